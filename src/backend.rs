@@ -1,0 +1,110 @@
+//! The root of trust behind the plugin: "wrap and unwrap a DEK seed under KEK
+//! version N". The gRPC server knows only this trait, so the file keyring, a
+//! PKCS#11 token and a cloud KMS plug in without touching the server.
+//!
+//! Contract every backend keeps:
+//! - [`KeyBackend::status`] is cheap (no I/O, no crypto, no remote call): it
+//!   reports the primary's key_id and the result of the last self-test.
+//! - [`KeyBackend::wrap`] uses one consistent view of the keys: the key_id it
+//!   returns is the key_id that [`KeyBackend::status`] reported for that same
+//!   view, so kube-apiserver never discards a seed mid-rotation.
+//! - [`KeyBackend::unwrap`] selects the key by key_id (no trial decryption) and
+//!   fails with a coarse [`BackendError`] that says nothing about the secret.
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::secret::SecretBytes;
+
+pub mod file;
+
+/// What Status reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// key_id of the current write (primary) key.
+    pub key_id: Arc<str>,
+    /// `"ok"`, or why the backend cannot wrap and unwrap right now.
+    pub healthz: Arc<str>,
+}
+
+/// The result of wrapping a seed: what Encrypt returns to kube-apiserver.
+#[derive(Debug)]
+pub struct Wrapped {
+    /// The wrapped seed (public: stored in etcd).
+    pub ciphertext: Vec<u8>,
+    /// key_id of the key that wrapped it.
+    pub key_id: Arc<str>,
+    /// Annotations to store beside it (keys are FQDNs).
+    pub annotations: BTreeMap<String, Vec<u8>>,
+}
+
+/// Why a backend call failed. The server maps each variant to a gRPC code and a
+/// generic message in one place; the variant name is the metrics/log reason.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum BackendError {
+    /// The request names a key_id this backend does not hold.
+    #[error("unknown key_id")]
+    UnknownKeyId,
+    /// The key exists but is disabled or destroyed.
+    #[error("key is disabled or destroyed")]
+    KeyDisabled,
+    /// The ciphertext is malformed, truncated, tampered, or bound to another key_id.
+    #[error("ciphertext failed authentication")]
+    DecryptFailed,
+    /// The request itself is out of bounds (e.g. plaintext too large to wrap).
+    #[error("invalid request: {0}")]
+    InvalidInput(String),
+    /// The root of trust cannot serve right now (no primary, token gone, ...).
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl BackendError {
+    /// A short, stable label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BackendError::UnknownKeyId => "unknown_key_id",
+            BackendError::KeyDisabled => "key_disabled",
+            BackendError::DecryptFailed => "authentication_failed",
+            BackendError::InvalidInput(_) => "invalid_input",
+            BackendError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// Nothing changed on disk (or in the token) since the last load.
+    Unchanged,
+    /// New keys are serving; the key_id now primary.
+    Reloaded {
+        /// key_id of the primary after the reload.
+        primary_key_id: Arc<str>,
+    },
+}
+
+/// A root of trust that wraps and unwraps DEK seeds.
+pub trait KeyBackend: Send + Sync + 'static {
+    /// The primary's key_id and the last self-test's verdict. No I/O.
+    fn status(&self) -> KeyStatus;
+
+    /// Wraps `plaintext` under the primary key.
+    fn wrap(&self, plaintext: &[u8]) -> impl Future<Output = Result<Wrapped, BackendError>> + Send;
+
+    /// Unwraps `ciphertext` with the key named by `key_id`.
+    fn unwrap(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+        annotations: &BTreeMap<String, Vec<u8>>,
+    ) -> impl Future<Output = Result<SecretBytes, BackendError>> + Send;
+
+    /// Wraps and unwraps a canary under the primary and records the verdict that
+    /// [`KeyBackend::status`] reports. Called periodically by the server.
+    fn self_test(&self) -> impl Future<Output = ()> + Send;
+
+    /// Reloads the keys if their source changed (`force`: even if it looks
+    /// unchanged, as on SIGHUP). On error the previous keys keep serving.
+    fn reload(&self, force: bool) -> Result<ReloadOutcome, BackendError>;
+}

@@ -1,0 +1,1 @@
+//! The file keyring as a [`super::KeyBackend`]. (Being written.)

@@ -1,0 +1,1 @@
+//! The versioned KEK keyring file. (Being written.)

@@ -1,0 +1,1 @@
+//! The KMS v2 gRPC server on a unix socket. (Being written.)
