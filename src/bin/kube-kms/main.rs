@@ -1,0 +1,38 @@
+//! `kube-kms`: the KMS v2 plugin server (`serve`) and its keyring tool (`key`).
+//! Glue only: the work is done in the `kube_kms` library.
+use clap::{Parser, Subcommand};
+
+mod key;
+mod serve;
+
+/// A KMS v2 plugin for kube-apiserver with a rotating local keyring.
+#[derive(Parser)]
+#[command(name = "kube-kms", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the KMS v2 gRPC API on a unix socket.
+    Serve(serve::ServeArgs),
+    /// Manage the keyring file.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Key(command) => key::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("kube-kms: error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
