@@ -45,3 +45,11 @@ pub trait ObservationSink {
     /// A non-fatal read problem: reported, the scan goes on, the exit code becomes 2.
     fn read_error(&mut self, message: String);
 }
+
+pub mod bbolt;
+pub mod classify;
+pub mod live;
+pub mod mvcc;
+pub mod pb;
+pub mod report;
+pub mod scan;
