@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod envelope;
 pub mod inspect;
 pub mod keyring;
 pub mod proto;
