@@ -1,0 +1,5 @@
+//! Test code shared by the integration tests (`mod common;` in each).
+// Each test binary uses a different part of it.
+#![allow(dead_code)]
+
+pub mod etcd;
