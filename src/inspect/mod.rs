@@ -48,6 +48,7 @@ pub trait ObservationSink {
 
 pub mod bbolt;
 pub mod classify;
+pub mod encryption_config;
 pub mod live;
 pub mod mvcc;
 pub mod pb;
