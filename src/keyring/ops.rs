@@ -323,4 +323,33 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        /// Any sequence of operations (refused ones included) keeps every
+        /// invariant, and the result survives a write/read round trip.
+        #[test]
+        fn random_operation_sequences_keep_the_invariants(
+            steps in proptest::collection::vec((0u8..6, 1u32..8), 0..40)
+        ) {
+            let now = SystemTime::now();
+            let mut ring = Keyring::initial(now).unwrap();
+            for (operation, id) in steps {
+                let before = ring.metadata();
+                let result = match operation {
+                    0 => ring.rotate(now).map(|_| ()),
+                    1 => ring.add(now).map(|_| ()),
+                    2 => ring.promote(id).map(|_| ()),
+                    3 => ring.disable(id).map(|_| ()),
+                    4 => ring.enable(id).map(|_| ()),
+                    _ => ring.destroy(id).map(|_| ()),
+                };
+                if result.is_err() {
+                    proptest::prop_assert_eq!(&ring.metadata(), &before, "a refused operation changed the keyring");
+                }
+                ring.validate().unwrap();
+                let reread = format::parse(&format::serialize(&ring).unwrap()).unwrap();
+                proptest::prop_assert_eq!(reread.metadata(), ring.metadata());
+            }
+        }
+    }
 }
