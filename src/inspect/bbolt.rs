@@ -1,1 +1,1072 @@
-//! (Being written.)
+//! A read-only reader of bbolt database files (etcd's backend), written for
+//! untrusted input and speed.
+//!
+//! It owns: finding the page size and the current meta page, verifying an
+//! `etcdctl snapshot save` trailer (SHA-256 of the image), and walking the B+
+//! tree of buckets from the current meta page, handing every key/value of every
+//! bucket to a [`Visitor`]. Layout facts: `../shared/spec/storage.md` (from
+//! etcd-io/bbolt `internal/common/page.go`, `meta.go`, `bucket.go`).
+//!
+//! No mmap (the crate forbids `unsafe`): pages are read with positioned reads
+//! ([`ReadAt`]). The walk goes level by level: the pages to visit next are
+//! sorted by page id and read in physical order, several at a time in large
+//! coalesced reads into one reused buffer, and parsed in place. So a file is
+//! read about once, sequentially, with memory bounded by the chunk size (and the
+//! largest single value), whatever the file size.
+//!
+//! Every page visited is checked (stored id, flags, below the high-water mark,
+//! element array and every key/value inside the page including overflow) and
+//! marked in a [`PageSet`]; a page reached twice is reported instead of being
+//! walked again, so corrupt files cannot loop. The set of reachable pages is
+//! returned by [`Database::walk`] for callers that look at the other pages
+//! (the deep scan of freed pages). Problems in one page are reported to the
+//! visitor and the walk goes on with the rest; problems with the file as a
+//! whole (no valid meta page, truncated, I/O errors) end it with a
+//! [`BboltError`].
+
+use std::fmt::Write as _;
+use std::io;
+
+/// Size of a page header: `id u64, flags u16, count u16, overflow u32`.
+pub const PAGE_HEADER_SIZE: usize = 16;
+/// Size of a branch or leaf element.
+const ELEMENT_SIZE: usize = 16;
+/// Size of a bucket header inside a leaf value: `root u64, sequence u64`.
+const BUCKET_HEADER_SIZE: usize = 16;
+/// Page flag: branch page.
+pub const BRANCH_PAGE: u16 = 0x01;
+/// Page flag: leaf page.
+pub const LEAF_PAGE: u16 = 0x02;
+/// Page flag: meta page.
+pub const META_PAGE: u16 = 0x04;
+/// Page flag: freelist page.
+pub const FREELIST_PAGE: u16 = 0x10;
+/// Leaf element flag: the value is a nested bucket.
+const BUCKET_LEAF_FLAG: u32 = 0x01;
+const MAGIC: u32 = 0xED0C_DAED;
+const VERSION: u32 = 2;
+/// Bytes of the meta structure covered by its checksum (everything before it).
+const META_CHECKSUMMED: usize = 56;
+const META_SIZE: usize = META_CHECKSUMMED + 8;
+/// An `etcdctl snapshot save` file is the image plus its SHA-256.
+const TRAILER_SIZE: u64 = 32;
+/// Bytes read at once when pages are close together.
+const CHUNK_SIZE: u64 = 4 << 20;
+/// Deepest bucket/branch nesting accepted (bbolt trees are a few levels deep).
+const MAX_DEPTH: u32 = 64;
+
+/// Something that can be read at arbitrary offsets: a file, or bytes in memory
+/// (tests and fuzzing).
+pub trait ReadAt {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read
+    /// (0 at end of input).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Total size in bytes.
+    fn size(&self) -> io::Result<u64>;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let available = self.get(start..).unwrap_or(&[]);
+        let count = available.len().min(buf.len());
+        buf.get_mut(..count)
+            .unwrap_or(&mut [])
+            .copy_from_slice(available.get(..count).unwrap_or(&[]));
+        Ok(count)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.as_slice().read_at(buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        (**self).size()
+    }
+}
+
+/// Why a file could not be read as a bbolt database, or a page could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BboltError {
+    /// The operating system refused a read.
+    #[error("reading {len} bytes at offset {offset}: {source}")]
+    Io {
+        /// Where the read started.
+        offset: u64,
+        /// How many bytes were asked for.
+        len: u64,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The file ended before a read that the meta page says must succeed.
+    #[error("file ends at {size} bytes but {len} bytes were needed at offset {offset}: the file is truncated")]
+    UnexpectedEof {
+        /// Where the read started.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// File size.
+        size: u64,
+    },
+    /// Neither meta page is valid: not a bbolt file, or both meta pages are corrupt.
+    #[error("not a bbolt database (or its meta pages are corrupt): {detail}")]
+    NoValidMeta {
+        /// What was wrong with each meta page.
+        detail: String,
+    },
+    /// The meta page describes more pages than the file holds.
+    #[error("file truncated: the meta page (txid {txid}) says the database has {pages} pages of {page_size} bytes ({needed} bytes), but the file holds {available} bytes of pages; page {first_missing} at offset {first_missing_offset} is missing")]
+    Truncated {
+        /// txid of the meta page used.
+        txid: u64,
+        /// High-water mark (number of pages).
+        pages: u64,
+        /// Page size.
+        page_size: u64,
+        /// `pages * page_size`.
+        needed: u64,
+        /// Bytes available for pages (file size without a snapshot trailer).
+        available: u64,
+        /// First page not (fully) in the file.
+        first_missing: u64,
+        /// Its offset.
+        first_missing_offset: u64,
+    },
+    /// The snapshot trailer does not match the SHA-256 of the image.
+    #[error("snapshot checksum mismatch: SHA-256 of the first {image_len} bytes is {actual}, the trailer at offset {image_len} says {expected}; the file is corrupt or truncated (a copy of the snapshot may be intact)")]
+    TrailerMismatch {
+        /// Bytes hashed.
+        image_len: u64,
+        /// Hex digest computed.
+        actual: String,
+        /// Hex digest stored.
+        expected: String,
+    },
+    /// One page is corrupt; the walk skipped it (and what hangs below it).
+    #[error("page {pgid} (offset {offset}): {problem}")]
+    Page {
+        /// Page number.
+        pgid: u64,
+        /// Byte offset of the page (or of the inline page's value) in the file.
+        offset: u64,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl BboltError {
+    /// True for problems confined to one page, after which a walk goes on.
+    pub fn is_page_error(&self) -> bool {
+        matches!(self, BboltError::Page { .. })
+    }
+}
+
+/// A decoded meta page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Which meta page (0 or 1).
+    pub page: u64,
+    /// Page size of the database.
+    pub page_size: u32,
+    /// bbolt flags.
+    pub flags: u32,
+    /// Root page of the root bucket.
+    pub root: u64,
+    /// Sequence of the root bucket.
+    pub root_sequence: u64,
+    /// Freelist page, or `u64::MAX` when the freelist is not persisted (etcd).
+    pub freelist: u64,
+    /// High-water mark: number of pages in use (`pgid` in bbolt).
+    pub high_water: u64,
+    /// Transaction id.
+    pub txid: u64,
+}
+
+/// FNV-1a 64-bit, as bbolt checksums its meta pages.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+fn u16_at(bytes: &[u8], offset: usize) -> Option<u16> {
+    let slice = bytes.get(offset..offset.checked_add(2)?)?;
+    Some(u16::from_le_bytes([slice[0], slice[1]]))
+}
+
+fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
+    let slice = bytes.get(offset..offset.checked_add(4)?)?;
+    let mut array = [0u8; 4];
+    array.copy_from_slice(slice);
+    Some(u32::from_le_bytes(array))
+}
+
+fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
+    let slice = bytes.get(offset..offset.checked_add(8)?)?;
+    let mut array = [0u8; 8];
+    array.copy_from_slice(slice);
+    Some(u64::from_le_bytes(array))
+}
+
+/// A page header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageHeader {
+    /// Page id stored in the page.
+    pub id: u64,
+    /// Page type flags.
+    pub flags: u16,
+    /// Number of elements.
+    pub count: u16,
+    /// Number of extra pages this page spans.
+    pub overflow: u32,
+}
+
+impl PageHeader {
+    /// Decodes the 16-byte header at the start of `bytes`.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        Some(Self {
+            id: u64_at(bytes, 0)?,
+            flags: u16_at(bytes, 8)?,
+            count: u16_at(bytes, 10)?,
+            overflow: u32_at(bytes, 12)?,
+        })
+    }
+}
+
+/// Parses and validates a meta page (header + meta) found at `page`.
+fn parse_meta(bytes: &[u8], page: u64) -> Result<Meta, String> {
+    let header = PageHeader::parse(bytes).ok_or("too short for a page header")?;
+    let meta = bytes
+        .get(PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + META_SIZE)
+        .ok_or("too short for a meta page")?;
+    let field32 = |offset| u32_at(meta, offset).unwrap_or(0);
+    let field64 = |offset| u64_at(meta, offset).unwrap_or(0);
+    let magic = field32(0);
+    if magic != MAGIC {
+        return Err(format!("magic is {magic:#010x}, expected {MAGIC:#010x}"));
+    }
+    let version = field32(4);
+    if version != VERSION {
+        return Err(format!(
+            "format version {version}, this reader knows {VERSION}"
+        ));
+    }
+    let stored = field64(META_CHECKSUMMED);
+    let computed = fnv1a64(meta.get(..META_CHECKSUMMED).unwrap_or(&[]));
+    if stored != computed {
+        return Err(format!(
+            "checksum mismatch (stored {stored:#018x}, computed {computed:#018x})"
+        ));
+    }
+    if header.flags != META_PAGE {
+        return Err(format!(
+            "page flags {:#06x}, expected meta ({META_PAGE:#06x})",
+            header.flags
+        ));
+    }
+    if header.id != page {
+        return Err(format!("page header says page {}", header.id));
+    }
+    let page_size = field32(8);
+    if !page_size.is_power_of_two() || !(512..=(1 << 24)).contains(&page_size) {
+        return Err(format!("implausible page size {page_size}"));
+    }
+    Ok(Meta {
+        page,
+        page_size,
+        flags: field32(12),
+        root: field64(16),
+        root_sequence: field64(24),
+        freelist: field64(32),
+        high_water: field64(40),
+        txid: field64(48),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`.
+fn read_exact_at<R: ReadAt + ?Sized>(
+    source: &R,
+    buf: &mut [u8],
+    offset: u64,
+    size: u64,
+) -> Result<(), BboltError> {
+    let len = buf.len() as u64;
+    let mut done = 0usize;
+    while done < buf.len() {
+        let position = offset + done as u64;
+        let target = buf.get_mut(done..).unwrap_or(&mut []);
+        match source.read_at(target, position) {
+            Ok(0) => return Err(BboltError::UnexpectedEof { offset, len, size }),
+            Ok(count) => done += count,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(BboltError::Io {
+                    offset: position,
+                    len,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What [`Database::verify_trailer`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrailerStatus {
+    /// No snapshot trailer (a member `db` file).
+    Absent,
+    /// The trailer matches the SHA-256 of the image.
+    Verified,
+}
+
+/// A set of page ids below the high-water mark (a bitset).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageSet {
+    words: Vec<u64>,
+    len: u64,
+}
+
+impl PageSet {
+    /// An empty set for pages `0..len`.
+    pub fn new(len: u64) -> Self {
+        let words = usize::try_from(len.div_ceil(64)).unwrap_or(0);
+        Self {
+            words: vec![0; words],
+            len,
+        }
+    }
+
+    /// Number of page ids the set can hold (`0..capacity()`).
+    pub fn capacity(&self) -> u64 {
+        self.len
+    }
+
+    /// Adds `pgid`; returns false if it was already present or out of range.
+    pub fn insert(&mut self, pgid: u64) -> bool {
+        if pgid >= self.len {
+            return false;
+        }
+        let Some(word) = self.words.get_mut((pgid / 64) as usize) else {
+            return false;
+        };
+        let bit = 1u64 << (pgid % 64);
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
+    }
+
+    /// True if `pgid` is in the set.
+    pub fn contains(&self, pgid: u64) -> bool {
+        pgid < self.len
+            && self
+                .words
+                .get((pgid / 64) as usize)
+                .is_some_and(|word| word & (1u64 << (pgid % 64)) != 0)
+    }
+
+    /// Number of pages in the set.
+    pub fn count(&self) -> u64 {
+        self.words
+            .iter()
+            .map(|word| u64::from(word.count_ones()))
+            .sum()
+    }
+
+    /// Page ids in `0..capacity()` that are not in the set, ascending.
+    pub fn missing(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.len).filter(|&pgid| !self.contains(pgid))
+    }
+}
+
+/// Receives the contents of the buckets during [`Database::walk`].
+pub trait Visitor {
+    /// One key/value of a bucket. `bucket` is the bucket's path from the root
+    /// (etcd's MVCC store is `[b"key"]`). Entries arrive in physical page
+    /// order, not key order. Borrowed bytes are only valid during the call.
+    /// `offset` is where the key sits in the file (for error messages).
+    fn entry(&mut self, bucket: &[Vec<u8>], key: &[u8], value: &[u8], offset: u64);
+    /// A corrupt page that was skipped; the walk goes on.
+    fn page_error(&mut self, error: BboltError);
+}
+
+/// What a walk did.
+#[derive(Debug, Clone, Default)]
+pub struct WalkStats {
+    /// Pages reachable from the meta page (tree pages, their overflow pages,
+    /// both meta pages, the freelist page if persisted).
+    pub reachable: PageSet,
+    /// Bytes read from the file.
+    pub bytes_read: u64,
+    /// Number of read calls.
+    pub reads: u64,
+    /// Leaf entries handed to the visitor.
+    pub entries: u64,
+    /// Path of every bucket found (the root bucket, first, has an empty path).
+    pub buckets: Vec<Vec<Vec<u8>>>,
+}
+
+/// An open bbolt file: its page size and current meta page.
+#[derive(Debug)]
+pub struct Database<R> {
+    source: R,
+    file_size: u64,
+    image_size: u64,
+    page_size: u64,
+    meta: Meta,
+    other_meta: Result<Meta, String>,
+    trailer: Option<[u8; 32]>,
+}
+
+/// A page waiting to be read: its id, the bucket it belongs to, its depth.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    pgid: u64,
+    bucket: u32,
+    depth: u32,
+}
+
+impl<R: ReadAt> Database<R> {
+    /// Opens a bbolt file: finds the page size and the current meta page,
+    /// detects an `etcdctl snapshot save` trailer, and checks that the file
+    /// holds every page the meta page claims. Reads a few bytes only.
+    pub fn open(source: R) -> Result<Self, BboltError> {
+        let file_size = source.size().map_err(|source| BboltError::Io {
+            offset: 0,
+            len: 0,
+            source,
+        })?;
+        let head_len = (PAGE_HEADER_SIZE + META_SIZE) as u64;
+        if file_size < head_len {
+            return Err(BboltError::NoValidMeta {
+                detail: format!(
+                    "the file is {file_size} bytes, shorter than one meta page ({head_len} bytes)"
+                ),
+            });
+        }
+        let (image_size, trailer) = if file_size % 512 == TRAILER_SIZE && file_size > TRAILER_SIZE {
+            let mut trailer = [0u8; 32];
+            read_exact_at(&source, &mut trailer, file_size - TRAILER_SIZE, file_size)?;
+            (file_size - TRAILER_SIZE, Some(trailer))
+        } else {
+            (file_size, None)
+        };
+        let read_meta = |offset: u64, page: u64| -> Result<Result<Meta, String>, BboltError> {
+            if offset + head_len > image_size {
+                return Ok(Err(format!(
+                    "offset {offset} is past the end of the file ({image_size} bytes)"
+                )));
+            }
+            let mut bytes = [0u8; PAGE_HEADER_SIZE + META_SIZE];
+            read_exact_at(&source, &mut bytes, offset, file_size)?;
+            Ok(parse_meta(&bytes, page))
+        };
+        let meta0 = read_meta(0, 0)?;
+        let meta1 = match &meta0 {
+            Ok(meta) => read_meta(u64::from(meta.page_size), 1)?.and_then(|meta1| {
+                if meta1.page_size == meta.page_size {
+                    Ok(meta1)
+                } else {
+                    Err(format!(
+                        "page size {} differs from meta 0's {}",
+                        meta1.page_size, meta.page_size
+                    ))
+                }
+            }),
+            Err(_) => {
+                let mut found = Err("no valid meta page at 1 KiB << i, i = 0..14".to_string());
+                for shift in 0..15u32 {
+                    let offset = 1024u64 << shift;
+                    if let Ok(meta) = read_meta(offset, 1)? {
+                        if u64::from(meta.page_size) == offset {
+                            found = Ok(meta);
+                            break;
+                        }
+                    }
+                }
+                found
+            }
+        };
+        let (meta, other_meta) = match (meta0, meta1) {
+            (Ok(m0), Ok(m1)) if m1.txid > m0.txid => (m1, Ok(m0)),
+            (Ok(m0), other) => (m0, other),
+            (Err(e0), Ok(m1)) => (m1, Err(format!("meta page 0 invalid: {e0}"))),
+            (Err(e0), Err(e1)) => {
+                return Err(BboltError::NoValidMeta {
+                    detail: format!("meta page 0 at offset 0: {e0}; meta page 1: {e1}"),
+                })
+            }
+        };
+        let page_size = u64::from(meta.page_size);
+        let needed = meta.high_water.checked_mul(page_size);
+        if meta.high_water < 3 || needed.is_none_or(|needed| needed > image_size) {
+            let first_missing = image_size / page_size;
+            return Err(BboltError::Truncated {
+                txid: meta.txid,
+                pages: meta.high_water,
+                page_size,
+                needed: needed.unwrap_or(u64::MAX),
+                available: image_size,
+                first_missing,
+                first_missing_offset: first_missing.saturating_mul(page_size),
+            });
+        }
+        Ok(Self {
+            source,
+            file_size,
+            image_size,
+            page_size,
+            meta,
+            other_meta,
+            trailer,
+        })
+    }
+
+    /// The meta page in use (the valid one with the larger txid).
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The other meta page, or why it is invalid (a sign of corruption: both
+    /// are valid in files written by bbolt).
+    pub fn other_meta(&self) -> Result<&Meta, &str> {
+        self.other_meta.as_ref().map_err(String::as_str)
+    }
+
+    /// Page size in bytes.
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    /// Size of the file, trailer included.
+    pub fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    /// Size of the database image (the file without a snapshot trailer).
+    pub fn image_size(&self) -> u64 {
+        self.image_size
+    }
+
+    /// True when the file ends with an `etcdctl snapshot save` trailer.
+    pub fn has_trailer(&self) -> bool {
+        self.trailer.is_some()
+    }
+
+    /// The underlying source.
+    pub fn source(&self) -> &R {
+        &self.source
+    }
+
+    /// Verifies the snapshot trailer: SHA-256 of the image. Reads the whole
+    /// image sequentially (1 MiB at a time).
+    pub fn verify_trailer(&self) -> Result<TrailerStatus, BboltError> {
+        use sha2::Digest as _;
+        let Some(expected) = self.trailer else {
+            return Ok(TrailerStatus::Absent);
+        };
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0u64;
+        while offset < self.image_size {
+            let len = (self.image_size - offset).min(buf.len() as u64) as usize;
+            let chunk = buf.get_mut(..len).unwrap_or(&mut []);
+            read_exact_at(&self.source, chunk, offset, self.file_size)?;
+            hasher.update(&*chunk);
+            offset += len as u64;
+        }
+        let actual: [u8; 32] = hasher.finalize().into();
+        if actual == expected {
+            Ok(TrailerStatus::Verified)
+        } else {
+            Err(BboltError::TrailerMismatch {
+                image_len: self.image_size,
+                actual: hex(&actual),
+                expected: hex(&expected),
+            })
+        }
+    }
+
+    /// Reads `count` whole pages starting at `first` into `buf` (resized).
+    /// The range must lie below the high-water mark.
+    pub fn read_pages(&self, first: u64, count: u64, buf: &mut Vec<u8>) -> Result<(), BboltError> {
+        let end = first.checked_add(count).unwrap_or(u64::MAX);
+        if end > self.meta.high_water {
+            return Err(BboltError::Page {
+                pgid: first,
+                offset: first.saturating_mul(self.page_size),
+                problem: format!(
+                    "pages {first}..{end} go past the high-water mark {}",
+                    self.meta.high_water
+                ),
+            });
+        }
+        let len = usize::try_from(count * self.page_size).map_err(|_| BboltError::Page {
+            pgid: first,
+            offset: first * self.page_size,
+            problem: "page run too large".to_string(),
+        })?;
+        buf.resize(len, 0);
+        read_exact_at(&self.source, buf, first * self.page_size, self.file_size)
+    }
+
+    /// Walks every bucket reachable from the current meta page and hands each
+    /// key/value to `visitor`. Returns the reachable pages and read figures.
+    /// Corrupt pages are reported to the visitor and skipped; `Err` only for
+    /// I/O problems.
+    pub fn walk(&self, visitor: &mut dyn Visitor) -> Result<WalkStats, BboltError> {
+        let mut walker = Walker {
+            db: self,
+            visitor,
+            reachable: PageSet::new(self.meta.high_water),
+            buckets: vec![Vec::new()],
+            next: Vec::new(),
+            stats: WalkStats::default(),
+        };
+        walker.reachable.insert(0);
+        walker.reachable.insert(1);
+        walker.mark_freelist()?;
+        walker.enqueue(self.meta.root, 0, 0, Parent::Meta);
+        let mut buf = Vec::new();
+        while !walker.next.is_empty() {
+            let mut batch = std::mem::take(&mut walker.next);
+            batch.sort_unstable_by_key(|pending| pending.pgid);
+            walker.read_batch(&batch, &mut buf)?;
+        }
+        let mut stats = walker.stats;
+        stats.reachable = walker.reachable;
+        stats.buckets = walker.buckets;
+        Ok(stats)
+    }
+}
+
+/// Who pointed to a page (for error messages).
+#[derive(Debug, Clone, Copy)]
+enum Parent {
+    Meta,
+    Branch(u64),
+    BucketValue(u64),
+}
+
+struct Walker<'d, 'v, R> {
+    db: &'d Database<R>,
+    visitor: &'v mut dyn Visitor,
+    reachable: PageSet,
+    /// Path of every bucket found, indexed by bucket number (0 = root bucket).
+    buckets: Vec<Vec<Vec<u8>>>,
+    /// Pages to read in the next round.
+    next: Vec<Pending>,
+    stats: WalkStats,
+}
+
+impl<R: ReadAt> Walker<'_, '_, R> {
+    fn page_error(&mut self, pgid: u64, problem: String) {
+        let offset = pgid.saturating_mul(self.db.page_size);
+        self.visitor.page_error(BboltError::Page {
+            pgid,
+            offset,
+            problem,
+        });
+    }
+
+    fn mark_freelist(&mut self) -> Result<(), BboltError> {
+        let freelist = self.db.meta.freelist;
+        if freelist == u64::MAX {
+            return Ok(());
+        }
+        if freelist < 2 || freelist >= self.db.meta.high_water {
+            self.page_error(
+                freelist,
+                format!(
+                    "the meta page names page {freelist} as freelist, outside 2..{}",
+                    self.db.meta.high_water
+                ),
+            );
+            return Ok(());
+        }
+        let mut header = [0u8; PAGE_HEADER_SIZE];
+        read_exact_at(
+            &self.db.source,
+            &mut header,
+            freelist * self.db.page_size,
+            self.db.file_size,
+        )?;
+        match PageHeader::parse(&header) {
+            Some(header) if header.id == freelist && header.flags == FREELIST_PAGE => {
+                self.mark_run(freelist, header.overflow);
+            }
+            _ => self.page_error(freelist, "freelist page has a bad header".to_string()),
+        }
+        Ok(())
+    }
+
+    /// Marks `pgid` and its overflow pages reachable; false if the run leaves
+    /// the file or overlaps pages already reached.
+    fn mark_run(&mut self, pgid: u64, overflow: u32) -> bool {
+        let mut clean = true;
+        for page in pgid..=pgid.saturating_add(u64::from(overflow)) {
+            if !self.reachable.insert(page) && page != pgid {
+                clean = false;
+            }
+        }
+        clean
+    }
+
+    /// Queues a page of bucket `bucket` for the next round, unless it is out of
+    /// range or already reached.
+    fn enqueue(&mut self, pgid: u64, bucket: u32, depth: u32, parent: Parent) {
+        let high_water = self.db.meta.high_water;
+        let from = match parent {
+            Parent::Meta => "the meta page".to_string(),
+            Parent::Branch(pgid) => format!("branch page {pgid}"),
+            Parent::BucketValue(offset) => format!("the bucket header at offset {offset}"),
+        };
+        if pgid < 2 || pgid >= high_water {
+            self.page_error(
+                pgid,
+                format!("{from} points to page {pgid}, outside 2..{high_water}"),
+            );
+        } else if depth > MAX_DEPTH {
+            self.page_error(pgid, format!("tree deeper than {MAX_DEPTH} levels"));
+        } else if !self.reachable.insert(pgid) {
+            self.page_error(
+                pgid,
+                format!("{from} points to page {pgid}, which was already reached (cycle or shared page)"),
+            );
+        } else {
+            self.next.push(Pending {
+                pgid,
+                bucket,
+                depth,
+            });
+        }
+    }
+
+    /// Reads the pages of one round in physical order, coalescing nearby
+    /// pages into chunk-sized reads, and processes each.
+    fn read_batch(&mut self, batch: &[Pending], buf: &mut Vec<u8>) -> Result<(), BboltError> {
+        let page_size = self.db.page_size;
+        let high_water = self.db.meta.high_water;
+        let mut index = 0;
+        while let Some(first) = batch.get(index) {
+            let start = first.pgid;
+            // Extend the chunk over the following pending pages that fit in it.
+            let mut end = start + 1;
+            let mut last = index + 1;
+            while let Some(pending) = batch.get(last) {
+                if (pending.pgid + 1 - start) * page_size > CHUNK_SIZE {
+                    break;
+                }
+                end = pending.pgid + 1;
+                last += 1;
+            }
+            self.fill(buf, start, end - start)?;
+            let mut restart = None;
+            for (position, pending) in batch.iter().enumerate().take(last).skip(index) {
+                let offset = ((pending.pgid - start) * page_size) as usize;
+                let header = buf.get(offset..).and_then(PageHeader::parse);
+                let Some(header) = header else {
+                    self.page_error(pending.pgid, "page header unreadable".to_string());
+                    continue;
+                };
+                let page_end = pending
+                    .pgid
+                    .checked_add(u64::from(header.overflow))
+                    .and_then(|last_page| last_page.checked_add(1));
+                let Some(page_end) = page_end.filter(|&page_end| page_end <= high_water) else {
+                    self.page_error(
+                        pending.pgid,
+                        format!(
+                            "overflow {} runs past the high-water mark {high_water}",
+                            header.overflow
+                        ),
+                    );
+                    continue;
+                };
+                if header.id != pending.pgid {
+                    self.page_error(
+                        pending.pgid,
+                        format!(
+                            "page header says page {} (corrupt page or bad pointer)",
+                            header.id
+                        ),
+                    );
+                    continue;
+                }
+                if page_end > start + (buf.len() as u64 / page_size) {
+                    if position == index {
+                        // The first page of the chunk is bigger than the
+                        // chunk: read it whole.
+                        self.fill(buf, start, page_end.max(end) - start)?;
+                    } else {
+                        restart = Some(position);
+                        break;
+                    }
+                }
+                if !self.mark_run(pending.pgid, header.overflow) {
+                    self.page_error(
+                        pending.pgid,
+                        format!(
+                            "its {} overflow pages overlap pages already reached",
+                            header.overflow
+                        ),
+                    );
+                    continue;
+                }
+                let page_len = ((page_end - pending.pgid) * page_size) as usize;
+                let Some(page) = buf.get(offset..offset + page_len) else {
+                    self.page_error(pending.pgid, "page outside the read buffer".to_string());
+                    continue;
+                };
+                self.process_page(*pending, header, page);
+            }
+            index = restart.unwrap_or(last);
+        }
+        Ok(())
+    }
+
+    /// Reads pages `first..first + count` into `buf`.
+    fn fill(&mut self, buf: &mut Vec<u8>, first: u64, count: u64) -> Result<(), BboltError> {
+        self.db.read_pages(first, count, buf)?;
+        self.stats.reads += 1;
+        self.stats.bytes_read += buf.len() as u64;
+        Ok(())
+    }
+
+    fn process_page(&mut self, pending: Pending, header: PageHeader, page: &[u8]) {
+        let base = pending.pgid * self.db.page_size;
+        match header.flags {
+            BRANCH_PAGE => self.process_branch(pending, header, page),
+            LEAF_PAGE => {
+                if let Err(problem) = self.process_leaf(pending.bucket, pending.depth, page, base) {
+                    self.page_error(pending.pgid, problem);
+                }
+            }
+            flags => self.page_error(
+                pending.pgid,
+                format!("flags {flags:#06x}, expected a branch or leaf page"),
+            ),
+        }
+    }
+
+    fn process_branch(&mut self, pending: Pending, header: PageHeader, page: &[u8]) {
+        let count = usize::from(header.count);
+        if count == 0 {
+            self.page_error(pending.pgid, "branch page with no elements".to_string());
+            return;
+        }
+        if PAGE_HEADER_SIZE + count * ELEMENT_SIZE > page.len() {
+            self.page_error(
+                pending.pgid,
+                format!("{count} branch elements do not fit in the page"),
+            );
+            return;
+        }
+        for element in 0..count {
+            let at = PAGE_HEADER_SIZE + element * ELEMENT_SIZE;
+            let (Some(pos), Some(ksize), Some(child)) =
+                (u32_at(page, at), u32_at(page, at + 4), u64_at(page, at + 8))
+            else {
+                continue;
+            };
+            let key_end = (at as u64) + u64::from(pos) + u64::from(ksize);
+            if key_end > page.len() as u64 {
+                self.page_error(
+                    pending.pgid,
+                    format!(
+                        "branch element {element} at offset {at}: key of {ksize} bytes at +{pos} ends past the page ({} bytes)",
+                        page.len()
+                    ),
+                );
+                continue;
+            }
+            self.enqueue(
+                child,
+                pending.bucket,
+                pending.depth + 1,
+                Parent::Branch(pending.pgid),
+            );
+        }
+    }
+
+    /// Parses a leaf page (a real one, or an inline bucket's page inside a
+    /// value at file offset `base`): hands plain entries to the visitor,
+    /// follows nested buckets.
+    fn process_leaf(
+        &mut self,
+        bucket: u32,
+        depth: u32,
+        page: &[u8],
+        base: u64,
+    ) -> Result<(), String> {
+        let header = PageHeader::parse(page).ok_or("too short for a page header")?;
+        if header.flags != LEAF_PAGE {
+            return Err(format!("flags {:#06x}, expected a leaf page", header.flags));
+        }
+        let count = usize::from(header.count);
+        if PAGE_HEADER_SIZE + count * ELEMENT_SIZE > page.len() {
+            return Err(format!(
+                "{count} leaf elements do not fit in {} bytes",
+                page.len()
+            ));
+        }
+        let mut first_problem = None;
+        for element in 0..count {
+            let at = PAGE_HEADER_SIZE + element * ELEMENT_SIZE;
+            let (Some(flags), Some(pos), Some(ksize), Some(vsize)) = (
+                u32_at(page, at),
+                u32_at(page, at + 4),
+                u32_at(page, at + 8),
+                u32_at(page, at + 12),
+            ) else {
+                continue;
+            };
+            let key_start = at as u64 + u64::from(pos);
+            let value_start = key_start + u64::from(ksize);
+            let value_end = value_start + u64::from(vsize);
+            if value_end > page.len() as u64 {
+                first_problem.get_or_insert_with(|| {
+                    format!(
+                        "leaf element {element} at offset {}: key ({ksize} bytes) and value ({vsize} bytes) at +{pos} end past the page ({} bytes)",
+                        base + at as u64,
+                        page.len()
+                    )
+                });
+                continue;
+            }
+            let key = page
+                .get(key_start as usize..value_start as usize)
+                .unwrap_or(&[]);
+            let value = page
+                .get(value_start as usize..value_end as usize)
+                .unwrap_or(&[]);
+            if flags & BUCKET_LEAF_FLAG != 0 {
+                if let Err(problem) =
+                    self.nested_bucket(bucket, depth, key, value, base + value_start)
+                {
+                    first_problem.get_or_insert(problem);
+                }
+            } else {
+                self.stats.entries += 1;
+                let path = self
+                    .buckets
+                    .get(bucket as usize)
+                    .map_or(&[][..], Vec::as_slice);
+                self.visitor.entry(path, key, value, base + key_start);
+            }
+        }
+        match first_problem {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    fn nested_bucket(
+        &mut self,
+        parent: u32,
+        depth: u32,
+        name: &[u8],
+        value: &[u8],
+        value_offset: u64,
+    ) -> Result<(), String> {
+        let root = u64_at(value, 0).ok_or_else(|| {
+            format!(
+                "bucket value at offset {value_offset} is {} bytes, shorter than a bucket header",
+                value.len()
+            )
+        })?;
+        if depth >= MAX_DEPTH {
+            return Err(format!("buckets nested deeper than {MAX_DEPTH} levels"));
+        }
+        let mut path = self
+            .buckets
+            .get(parent as usize)
+            .cloned()
+            .unwrap_or_default();
+        path.push(name.to_vec());
+        let id = u32::try_from(self.buckets.len()).map_err(|_| "too many buckets".to_string())?;
+        self.buckets.push(path);
+        if root == 0 {
+            let inline = value.get(BUCKET_HEADER_SIZE..).unwrap_or(&[]);
+            let inline_offset = value_offset + BUCKET_HEADER_SIZE as u64;
+            self.process_leaf(id, depth + 1, inline, inline_offset)
+                .map_err(|problem| format!("inline bucket at offset {inline_offset}: {problem}"))
+        } else {
+            self.enqueue(root, id, depth + 1, Parent::BucketValue(value_offset));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_known_answer() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn page_set_tracks_pages() {
+        let mut set = PageSet::new(130);
+        assert!(set.insert(0));
+        assert!(!set.insert(0));
+        assert!(set.insert(129));
+        assert!(!set.insert(130));
+        assert_eq!(set.count(), 2);
+        assert_eq!(set.missing().count(), 128);
+        assert!(set.contains(129) && !set.contains(64));
+    }
+
+    #[test]
+    fn bytes_read_at_handles_end() {
+        let data = vec![1u8, 2, 3];
+        let mut buf = [0u8; 4];
+        assert_eq!(data.read_at(&mut buf, 1).unwrap(), 2);
+        assert_eq!(data.read_at(&mut buf, 10).unwrap(), 0);
+    }
+
+    #[test]
+    fn garbage_is_not_bbolt() {
+        let error = Database::open(vec![0x55u8; 8192]).unwrap_err();
+        assert!(matches!(error, BboltError::NoValidMeta { .. }), "{error}");
+        assert!(error.to_string().contains("magic"), "{error}");
+    }
+}

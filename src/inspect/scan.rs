@@ -1,1 +1,844 @@
-//! (Being written.)
+//! The scan engine: the [`ObservationSink`] every source feeds.
+//!
+//! Owns scope (`--prefix`, `--resources`), classification of each value as it
+//! arrives (values are not retained: each becomes a compact record of interned
+//! key, revision and interned classification), history (the latest revision
+//! of a key is the highest one, unless it is a tombstone; every other revision
+//! is history), policy (which values are findings) and the summary counts.
+//! Observations may arrive in any order; everything that depends on order is
+//! decided in [`Scan::finish`].
+
+use std::collections::HashMap;
+
+use super::classify::{Classifier, DekSourceType, Encoding, Malformation, Provider};
+use super::{ObservationSink, Observed, Revision};
+
+/// Default key prefix of kube-apiserver.
+pub const DEFAULT_PREFIX: &str = "/registry";
+
+/// Which resources are in scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceFilter {
+    /// Every key under the prefix.
+    All,
+    /// Only these resources (`secrets`, `configmaps`, `widgets.example.com`).
+    Only(Vec<String>),
+}
+
+impl ResourceFilter {
+    /// Parses `all` or a comma-separated list. `group/resource` is accepted for
+    /// `resource.group`.
+    pub fn parse(list: &str) -> Self {
+        let names: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(|name| match name.split_once('/') {
+                Some((group, resource)) => format!("{resource}.{group}"),
+                None => name.to_string(),
+            })
+            .collect();
+        if names.iter().any(|name| name == "all") {
+            ResourceFilter::All
+        } else {
+            ResourceFilter::Only(names)
+        }
+    }
+
+    fn includes(&self, resource: &str) -> bool {
+        match self {
+            ResourceFilter::All => true,
+            ResourceFilter::Only(names) => names.iter().any(|name| name == resource),
+        }
+    }
+}
+
+/// A `--require-provider` policy: a provider, optionally with its name
+/// (`kms-v2:kube-kms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequiredProvider {
+    /// The provider every latest value must use.
+    pub provider: Provider,
+    /// The key/provider name it must have, if given.
+    pub name: Option<Vec<u8>>,
+}
+
+impl RequiredProvider {
+    /// Parses `PROVIDER` or `PROVIDER:NAME`.
+    pub fn parse(spec: &str) -> Option<Self> {
+        let (label, name) = match spec.split_once(':') {
+            Some((label, name)) => (label, Some(name.as_bytes().to_vec())),
+            None => (spec, None),
+        };
+        Some(Self {
+            provider: Provider::parse(label)?,
+            name,
+        })
+    }
+}
+
+/// Scope and policy of a scan.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Key prefix (`/registry`); keys outside it are ignored.
+    pub prefix: Vec<u8>,
+    /// Resources in scope.
+    pub resources: ResourceFilter,
+    /// Do not report plaintext (or malformed) history revisions.
+    pub ignore_history: bool,
+    /// Every latest value must use this provider.
+    pub require_provider: Option<RequiredProvider>,
+    /// kms v2 latest values must use one of these key_ids.
+    pub allowed_key_ids: Option<Vec<Vec<u8>>>,
+    /// Classifier (with configured names, if any).
+    pub classifier: Classifier,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.as_bytes().to_vec(),
+            resources: ResourceFilter::Only(vec!["secrets".to_string()]),
+            ignore_history: false,
+            require_provider: None,
+            allowed_key_ids: None,
+            classifier: Classifier::default(),
+        }
+    }
+}
+
+/// What is wrong with a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Finding {
+    /// The latest revision is plaintext.
+    Plaintext,
+    /// An older revision is plaintext (still on disk until compaction).
+    PlaintextHistory,
+    /// A `k8s:enc:` value that does not parse.
+    Malformed,
+    /// Not the provider `--require-provider` asks for.
+    WrongProvider,
+    /// kms v2 under a key_id not in `--allowed-key-ids`.
+    StaleKeyId,
+}
+
+impl Finding {
+    /// Short code for JSON output.
+    pub fn code(self) -> &'static str {
+        match self {
+            Finding::Plaintext => "plaintext",
+            Finding::PlaintextHistory => "plaintext-history",
+            Finding::Malformed => "malformed",
+            Finding::WrongProvider => "wrong-provider",
+            Finding::StaleKeyId => "stale-key-id",
+        }
+    }
+
+    /// Sentence for the table output.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Finding::Plaintext => "stored in plaintext",
+            Finding::PlaintextHistory => {
+                "older revision stored in plaintext (stays until compaction + defrag; in backups forever)"
+            }
+            Finding::Malformed => "encrypted-looking value that does not parse",
+            Finding::WrongProvider => "not under the required provider",
+            Finding::StaleKeyId => "kms v2 key_id not in the allowed list (stale; rewrite it)",
+        }
+    }
+}
+
+/// An interned classification (strings are ids into [`ScanResult::string`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClassInfo {
+    /// Provider.
+    pub provider: Provider,
+    /// Plaintext encoding.
+    pub encoding: Option<Encoding>,
+    /// Key or provider name.
+    pub name: Option<u32>,
+    /// kms v2 key_id.
+    pub key_id: Option<u32>,
+    /// kms v2 DEK source type.
+    pub dek_source_type: Option<DekSourceType>,
+    /// Plaintext protobuf apiVersion.
+    pub api_version: Option<u32>,
+    /// Plaintext protobuf kind.
+    pub kind: Option<u32>,
+    /// kms v2 annotation keys, joined with `,`.
+    pub annotation_keys: Option<u32>,
+    /// Why malformed.
+    pub malformation: Option<Malformation>,
+}
+
+/// Interns byte strings; lookups of known strings do not allocate.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<Vec<u8>, u32>,
+    strings: Vec<Vec<u8>>,
+}
+
+impl Interner {
+    fn intern(&mut self, bytes: &[u8]) -> u32 {
+        if let Some(&id) = self.ids.get(bytes) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(bytes.to_vec());
+        self.ids.insert(bytes.to_vec(), id);
+        id
+    }
+
+    fn get(&self, id: u32) -> &[u8] {
+        self.strings.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+}
+
+const TOMBSTONE: u32 = u32::MAX;
+
+/// One change: 24 bytes, however large the value was.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    key: u32,
+    class: u32,
+    revision: Revision,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KeyInfo {
+    /// Id of the key bytes in the key interner.
+    resource: u32,
+}
+
+/// The engine. Feed it with a source, then call [`Scan::finish`].
+#[derive(Debug)]
+pub struct Scan {
+    options: ScanOptions,
+    keys: Interner,
+    key_info: Vec<KeyInfo>,
+    out_of_scope_keys: HashMap<Vec<u8>, ()>,
+    strings: Interner,
+    classes: Vec<ClassInfo>,
+    class_ids: HashMap<ClassInfo, u32>,
+    records: Vec<Record>,
+    read_errors: Vec<String>,
+    out_of_scope: u64,
+    scratch: Vec<u8>,
+}
+
+impl Scan {
+    /// A fresh scan with these options.
+    pub fn new(options: ScanOptions) -> Self {
+        let mut prefix = options.prefix.clone();
+        while prefix.last() == Some(&b'/') {
+            prefix.pop();
+        }
+        Self {
+            options: ScanOptions { prefix, ..options },
+            keys: Interner::default(),
+            key_info: Vec::new(),
+            out_of_scope_keys: HashMap::new(),
+            strings: Interner::default(),
+            classes: Vec::new(),
+            class_ids: HashMap::new(),
+            records: Vec::new(),
+            read_errors: Vec::new(),
+            out_of_scope: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The key id of `key` if it is in scope (interning it on first sight).
+    fn key_in_scope(&mut self, key: &[u8]) -> Option<u32> {
+        if let Some(&id) = self.keys.ids.get(key) {
+            return Some(id);
+        }
+        if self.out_of_scope_keys.contains_key(key) {
+            return None;
+        }
+        let in_scope = resource_of(key, &self.options.prefix)
+            .filter(|resource| self.options.resources.includes(resource));
+        match in_scope {
+            Some(resource) => {
+                let resource = self.strings.intern(resource.as_bytes());
+                let id = self.keys.intern(key);
+                self.key_info.push(KeyInfo { resource });
+                Some(id)
+            }
+            None => {
+                // Remember (bounded) so repeated revisions are cheap to skip.
+                if self.out_of_scope_keys.len() < 100_000 {
+                    self.out_of_scope_keys.insert(key.to_vec(), ());
+                }
+                None
+            }
+        }
+    }
+
+    fn intern_class(&mut self, value: &[u8]) -> u32 {
+        let c = self.options.classifier.classify(value);
+        let annotation_keys = if c.encrypted_object.is_some() {
+            self.scratch.clear();
+            for key in c.annotation_keys() {
+                if !self.scratch.is_empty() {
+                    self.scratch.push(b',');
+                }
+                self.scratch.extend_from_slice(key);
+            }
+            (!self.scratch.is_empty()).then(|| self.strings.intern(&self.scratch))
+        } else {
+            None
+        };
+        let info = ClassInfo {
+            provider: c.provider(),
+            encoding: c.encoding,
+            name: c.name.map(|name| self.strings.intern(name)),
+            key_id: c.key_id.map(|key_id| self.strings.intern(key_id)),
+            dek_source_type: c.dek_source_type,
+            api_version: c.api_version.map(|v| self.strings.intern(v)),
+            kind: c.kind.map(|kind| self.strings.intern(kind)),
+            annotation_keys,
+            malformation: c.malformation,
+        };
+        if let Some(&id) = self.class_ids.get(&info) {
+            return id;
+        }
+        let id = self.classes.len() as u32;
+        self.classes.push(info);
+        self.class_ids.insert(info, id);
+        id
+    }
+
+    /// Resolves history and policy. The result holds every record, sorted by
+    /// key then revision.
+    pub fn finish(self) -> ScanResult {
+        let Scan {
+            options,
+            keys,
+            key_info,
+            strings,
+            classes,
+            mut records,
+            read_errors,
+            out_of_scope,
+            ..
+        } = self;
+        // Sort keys once, then records by (key rank, revision).
+        let mut order: Vec<u32> = (0..keys.strings.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| keys.get(a).cmp(keys.get(b)));
+        let mut rank = vec![0u32; order.len()];
+        for (position, &key) in order.iter().enumerate() {
+            if let Some(slot) = rank.get_mut(key as usize) {
+                *slot = position as u32;
+            }
+        }
+        let rank_of = |key: u32| rank.get(key as usize).copied().unwrap_or(0);
+        records.sort_unstable_by(|a, b| {
+            (rank_of(a.key), a.revision).cmp(&(rank_of(b.key), b.revision))
+        });
+        let mut result = ScanResult {
+            options,
+            keys,
+            key_info,
+            strings,
+            classes,
+            records,
+            latest: Vec::new(),
+            read_errors,
+            out_of_scope,
+        };
+        // The last record of each key (sorted) is its latest state.
+        let mut latest = vec![false; result.records.len()];
+        for index in 0..result.records.len() {
+            let is_last = result
+                .records
+                .get(index + 1)
+                .is_none_or(|next| next.key != result.records[index].key);
+            if is_last && result.records[index].class != TOMBSTONE {
+                latest[index] = true;
+            }
+        }
+        result.latest = latest;
+        result
+    }
+}
+
+impl ObservationSink for Scan {
+    fn observe(&mut self, observed: Observed<'_>) {
+        match observed {
+            Observed::Put {
+                key,
+                revision,
+                value,
+            } => {
+                let Some(key) = self.key_in_scope(key) else {
+                    self.out_of_scope += 1;
+                    return;
+                };
+                let class = self.intern_class(value);
+                self.records.push(Record {
+                    key,
+                    class,
+                    revision,
+                });
+            }
+            Observed::Delete { key, revision } => {
+                let Some(key) = self.key_in_scope(key) else {
+                    self.out_of_scope += 1;
+                    return;
+                };
+                self.records.push(Record {
+                    key,
+                    class: TOMBSTONE,
+                    revision,
+                });
+            }
+        }
+    }
+
+    fn read_error(&mut self, message: String) {
+        self.read_errors.push(message);
+    }
+}
+
+/// The resource a key belongs to, by kube-apiserver's key layout (see
+/// `storage.md`): `<prefix>/<resource>/...`, `<prefix>/<group>/<resource>/...`
+/// for groups (a first segment with a dot), reported as `resource.group`, and
+/// the historical odd paths (`services/specs`, `services/endpoints`,
+/// `minions`, `controllers`). `None` for keys outside the prefix.
+pub fn resource_of(key: &[u8], prefix: &[u8]) -> Option<String> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix(b"/")?;
+    let mut segments = rest.split(|&b| b == b'/');
+    let first = String::from_utf8_lossy(segments.next()?).into_owned();
+    if first.is_empty() {
+        return None;
+    }
+    let second = segments.next().map(String::from_utf8_lossy);
+    Some(match (first.as_str(), second.as_deref()) {
+        ("services", Some("specs")) => "services".to_string(),
+        ("services", Some("endpoints")) => "endpoints".to_string(),
+        ("minions", _) => "nodes".to_string(),
+        ("controllers", _) => "replicationcontrollers".to_string(),
+        (group, Some(resource)) if group.contains('.') && !resource.is_empty() => {
+            format!("{resource}.{group}")
+        }
+        _ => first,
+    })
+}
+
+/// One value as reported: borrowed from the [`ScanResult`].
+#[derive(Debug, Clone, Copy)]
+pub struct ValueView<'r> {
+    /// The etcd key.
+    pub key: &'r [u8],
+    /// Its resource.
+    pub resource: &'r [u8],
+    /// Revision of this value.
+    pub revision: Revision,
+    /// True if this is the key's current value.
+    pub latest: bool,
+    /// Classification.
+    pub class: &'r ClassInfo,
+    /// What is wrong, if anything.
+    pub finding: Option<Finding>,
+}
+
+/// Counts of one (resource, provider, name, key_id) group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    /// Latest values.
+    pub latest: u64,
+    /// History values.
+    pub history: u64,
+}
+
+/// Per-resource counts, shaped like the fixtures' summaries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceSummary {
+    /// Latest values by label (`identity`, `aescbc`, `kms-v2:<key_id>`...).
+    pub latest: std::collections::BTreeMap<String, u64>,
+    /// History values that are plaintext.
+    pub history_plaintext: u64,
+    /// History values (any provider).
+    pub history: u64,
+    /// Keys whose latest revision is a tombstone.
+    pub deleted: u64,
+    /// Revisions seen, tombstones included.
+    pub events: u64,
+}
+
+/// The outcome of a scan.
+#[derive(Debug)]
+pub struct ScanResult {
+    options: ScanOptions,
+    keys: Interner,
+    key_info: Vec<KeyInfo>,
+    strings: Interner,
+    classes: Vec<ClassInfo>,
+    records: Vec<Record>,
+    latest: Vec<bool>,
+    read_errors: Vec<String>,
+    out_of_scope: u64,
+}
+
+impl ScanResult {
+    /// An interned string (name, key_id, kind, resource...).
+    pub fn string(&self, id: u32) -> &[u8] {
+        self.strings.get(id)
+    }
+
+    /// An optional interned string as text (lossy for non-UTF-8).
+    pub fn text(&self, id: Option<u32>) -> Option<std::borrow::Cow<'_, str>> {
+        id.map(|id| String::from_utf8_lossy(self.strings.get(id)))
+    }
+
+    /// Non-fatal read problems reported by the source.
+    pub fn read_errors(&self) -> &[String] {
+        &self.read_errors
+    }
+
+    /// Adds a read problem found after the scan (e.g. by the caller).
+    pub fn push_read_error(&mut self, message: String) {
+        self.read_errors.push(message);
+    }
+
+    /// Revisions of keys outside the prefix or the resources in scope.
+    pub fn out_of_scope(&self) -> u64 {
+        self.out_of_scope
+    }
+
+    /// The options the scan ran with.
+    pub fn options(&self) -> &ScanOptions {
+        &self.options
+    }
+
+    /// The label used in summaries: `kms-v2:<key_id>` for kms v2, else the provider.
+    pub fn label(&self, class: &ClassInfo) -> String {
+        match (class.provider, class.key_id) {
+            (Provider::KmsV2, Some(key_id)) => {
+                format!(
+                    "kms-v2:{}",
+                    String::from_utf8_lossy(self.strings.get(key_id))
+                )
+            }
+            (provider, _) => provider.as_str().to_string(),
+        }
+    }
+
+    fn finding(&self, class: &ClassInfo, latest: bool) -> Option<Finding> {
+        let options = &self.options;
+        if class.provider == Provider::Malformed {
+            return (latest || !options.ignore_history).then_some(Finding::Malformed);
+        }
+        if !latest {
+            return (class.provider == Provider::Identity && !options.ignore_history)
+                .then_some(Finding::PlaintextHistory);
+        }
+        if class.provider == Provider::Identity {
+            return Some(Finding::Plaintext);
+        }
+        if let Some(required) = &options.require_provider {
+            let name_ok = required.name.as_ref().is_none_or(|name| {
+                class
+                    .name
+                    .is_some_and(|id| self.strings.get(id) == name.as_slice())
+            });
+            if class.provider != required.provider || !name_ok {
+                return Some(Finding::WrongProvider);
+            }
+        }
+        if let (Provider::KmsV2, Some(allowed)) = (class.provider, &options.allowed_key_ids) {
+            let key_id = class.key_id.map_or(&[][..], |id| self.strings.get(id));
+            if !allowed.iter().any(|allowed| allowed.as_slice() == key_id) {
+                return Some(Finding::StaleKeyId);
+            }
+        }
+        None
+    }
+
+    /// Every value examined (tombstones excluded), sorted by key then revision.
+    pub fn values(&self) -> impl Iterator<Item = ValueView<'_>> + '_ {
+        self.records
+            .iter()
+            .zip(self.latest.iter())
+            .filter(|(record, _)| record.class != TOMBSTONE)
+            .filter_map(move |(record, &latest)| {
+                let class = self.classes.get(record.class as usize)?;
+                let resource = self
+                    .key_info
+                    .get(record.key as usize)
+                    .map_or(&[][..], |info| self.strings.get(info.resource));
+                Some(ValueView {
+                    key: self.keys.get(record.key),
+                    resource,
+                    revision: record.revision,
+                    latest,
+                    class,
+                    finding: self.finding(class, latest),
+                })
+            })
+    }
+
+    /// Number of keys in scope.
+    pub fn key_count(&self) -> usize {
+        self.keys.strings.len()
+    }
+
+    /// Per-resource summary.
+    pub fn resource_summaries(&self) -> std::collections::BTreeMap<String, ResourceSummary> {
+        let mut summaries: std::collections::BTreeMap<String, ResourceSummary> = Default::default();
+        for (index, record) in self.records.iter().enumerate() {
+            let resource = self
+                .key_info
+                .get(record.key as usize)
+                .map_or(&[][..], |info| self.strings.get(info.resource));
+            let summary = summaries
+                .entry(String::from_utf8_lossy(resource).into_owned())
+                .or_default();
+            summary.events += 1;
+            let is_last = self
+                .records
+                .get(index + 1)
+                .is_none_or(|next| next.key != record.key);
+            if record.class == TOMBSTONE {
+                if is_last {
+                    summary.deleted += 1;
+                }
+                continue;
+            }
+            let Some(class) = self.classes.get(record.class as usize) else {
+                continue;
+            };
+            if self.latest.get(index).copied().unwrap_or(false) {
+                *summary.latest.entry(self.label(class)).or_default() += 1;
+            } else {
+                summary.history += 1;
+                if class.provider == Provider::Identity {
+                    summary.history_plaintext += 1;
+                }
+            }
+        }
+        summaries
+    }
+
+    /// Counts by (resource, provider, name, key_id), for the summary table.
+    pub fn groups(&self) -> Vec<(GroupKey, GroupCounts)> {
+        let mut groups: std::collections::BTreeMap<GroupKey, GroupCounts> = Default::default();
+        for value in self.values() {
+            let key = GroupKey {
+                resource: String::from_utf8_lossy(value.resource).into_owned(),
+                provider: value.class.provider,
+                name: self.text(value.class.name).map(|s| s.into_owned()),
+                key_id: self.text(value.class.key_id).map(|s| s.into_owned()),
+            };
+            let counts = groups.entry(key).or_default();
+            if value.latest {
+                counts.latest += 1;
+            } else {
+                counts.history += 1;
+            }
+        }
+        groups.into_iter().collect()
+    }
+
+    /// Number of values with each finding.
+    pub fn finding_counts(&self) -> std::collections::BTreeMap<Finding, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for value in self.values() {
+            if let Some(finding) = value.finding {
+                *counts.entry(finding).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// A row of the summary table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GroupKey {
+    /// Resource.
+    pub resource: String,
+    /// Provider.
+    pub provider: Provider,
+    /// Key/provider name.
+    pub name: Option<String>,
+    /// kms v2 key_id.
+    pub key_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::classify::build;
+
+    fn put(scan: &mut Scan, key: &str, main: i64, value: &[u8]) {
+        scan.observe(Observed::Put {
+            key: key.as_bytes(),
+            revision: Revision { main, sub: 0 },
+            value,
+        });
+    }
+
+    #[test]
+    fn resources_from_keys() {
+        let p = b"/registry";
+        let r = |key: &str| resource_of(key.as_bytes(), p);
+        assert_eq!(r("/registry/secrets/ns/a").as_deref(), Some("secrets"));
+        assert_eq!(
+            r("/registry/services/specs/ns/a").as_deref(),
+            Some("services")
+        );
+        assert_eq!(
+            r("/registry/services/endpoints/ns/a").as_deref(),
+            Some("endpoints")
+        );
+        assert_eq!(r("/registry/minions/n1").as_deref(), Some("nodes"));
+        assert_eq!(
+            r("/registry/controllers/ns/rc").as_deref(),
+            Some("replicationcontrollers")
+        );
+        assert_eq!(
+            r("/registry/apiextensions.k8s.io/customresourcedefinitions/x").as_deref(),
+            Some("customresourcedefinitions.apiextensions.k8s.io")
+        );
+        assert_eq!(r("/registryx/secrets/a"), None);
+        assert_eq!(r("compact_rev_key"), None);
+        assert_eq!(
+            ResourceFilter::parse("secrets, example.com/widgets"),
+            ResourceFilter::Only(vec!["secrets".into(), "widgets.example.com".into()])
+        );
+        assert_eq!(ResourceFilter::parse("all"), ResourceFilter::All);
+    }
+
+    #[test]
+    fn latest_history_and_tombstones_in_any_order() {
+        let mut scan = Scan::new(ScanOptions::default());
+        let plain = build::plaintext_protobuf("v1", "Secret", b"");
+        let kms = build::kms_v2("kube-kms", "k1", Some(1), &[], &[1; 40]);
+        // Observed out of order on purpose.
+        put(&mut scan, "/registry/secrets/a/migrated", 5, &kms);
+        put(&mut scan, "/registry/secrets/a/migrated", 2, &plain);
+        scan.observe(Observed::Delete {
+            key: b"/registry/secrets/a/deleted",
+            revision: Revision { main: 4, sub: 0 },
+        });
+        put(&mut scan, "/registry/secrets/a/deleted", 3, &plain);
+        put(&mut scan, "/registry/secrets/a/plain", 1, &plain);
+        put(&mut scan, "/registry/configmaps/a/c", 1, &plain);
+        let result = scan.finish();
+        let values: Vec<_> = result
+            .values()
+            .map(|v| {
+                (
+                    String::from_utf8_lossy(v.key).into_owned(),
+                    v.revision.main,
+                    v.latest,
+                    v.finding,
+                )
+            })
+            .collect();
+        assert_eq!(
+            values,
+            vec![
+                (
+                    "/registry/secrets/a/deleted".into(),
+                    3,
+                    false,
+                    Some(Finding::PlaintextHistory)
+                ),
+                (
+                    "/registry/secrets/a/migrated".into(),
+                    2,
+                    false,
+                    Some(Finding::PlaintextHistory)
+                ),
+                ("/registry/secrets/a/migrated".into(), 5, true, None),
+                (
+                    "/registry/secrets/a/plain".into(),
+                    1,
+                    true,
+                    Some(Finding::Plaintext)
+                ),
+            ]
+        );
+        let summary = result.resource_summaries();
+        let secrets = summary.get("secrets").unwrap();
+        assert_eq!(secrets.deleted, 1);
+        assert_eq!(secrets.history_plaintext, 2);
+        assert_eq!(secrets.events, 5);
+        assert_eq!(secrets.latest.get("kms-v2:k1"), Some(&1));
+        assert_eq!(result.out_of_scope(), 1);
+    }
+
+    #[test]
+    fn policies() {
+        let options = ScanOptions {
+            require_provider: RequiredProvider::parse("kms-v2:kube-kms"),
+            allowed_key_ids: Some(vec![b"new".to_vec()]),
+            ignore_history: true,
+            ..ScanOptions::default()
+        };
+        let mut scan = Scan::new(options);
+        put(
+            &mut scan,
+            "/registry/secrets/a/old",
+            1,
+            &build::kms_v2("kube-kms", "old", Some(1), &[], &[1; 9]),
+        );
+        put(
+            &mut scan,
+            "/registry/secrets/a/new",
+            1,
+            &build::kms_v2("kube-kms", "new", Some(1), &[], &[1; 9]),
+        );
+        put(
+            &mut scan,
+            "/registry/secrets/a/other",
+            1,
+            &build::kms_v2("other", "new", Some(1), &[], &[1; 9]),
+        );
+        put(
+            &mut scan,
+            "/registry/secrets/a/cbc",
+            1,
+            &build::symmetric("aescbc", "k", 32),
+        );
+        put(
+            &mut scan,
+            "/registry/secrets/a/hist",
+            1,
+            &build::plaintext_protobuf("v1", "Secret", b""),
+        );
+        put(
+            &mut scan,
+            "/registry/secrets/a/hist",
+            2,
+            &build::symmetric("aescbc", "k", 32),
+        );
+        let result = scan.finish();
+        let findings: Vec<_> = result
+            .values()
+            .map(|v| (String::from_utf8_lossy(v.key).into_owned(), v.finding))
+            .collect();
+        assert_eq!(
+            findings,
+            vec![
+                (
+                    "/registry/secrets/a/cbc".into(),
+                    Some(Finding::WrongProvider)
+                ),
+                ("/registry/secrets/a/hist".into(), None),
+                (
+                    "/registry/secrets/a/hist".into(),
+                    Some(Finding::WrongProvider)
+                ),
+                ("/registry/secrets/a/new".into(), None),
+                ("/registry/secrets/a/old".into(), Some(Finding::StaleKeyId)),
+                (
+                    "/registry/secrets/a/other".into(),
+                    Some(Finding::WrongProvider)
+                ),
+            ]
+        );
+    }
+}

@@ -1,5 +1,35 @@
-//! `etcd-inspect`: audits etcd and etcd backups for plaintext Secrets. (Being written.)
+//! `etcd-inspect`: audits etcd and etcd backups for plaintext Secrets.
+//! Glue only: the work is done in `kube_kms::inspect`.
+use clap::{Parser, Subcommand};
+
+mod scan;
+
+/// Reports, for every stored Secret (or other resource), whether etcd holds it
+/// in plaintext or under which encryption provider and key.
+/// Exit codes: 0 clean, 1 findings, 2 error.
+#[derive(Parser)]
+#[command(name = "etcd-inspect", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scan a live etcd (--endpoints) or a backup file (--file).
+    Scan(Box<scan::ScanArgs>),
+}
+
 fn main() -> std::process::ExitCode {
-    eprintln!("etcd-inspect: not built yet");
-    std::process::ExitCode::from(2)
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Scan(args) => scan::run(*args),
+    };
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(error) => {
+            eprintln!("etcd-inspect: error: {error:#}");
+            std::process::ExitCode::from(kube_kms::inspect::report::EXIT_ERROR)
+        }
+    }
 }
