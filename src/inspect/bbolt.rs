@@ -625,7 +625,7 @@ impl<R: ReadAt> Database<R> {
     /// Reads `count` whole pages starting at `first` into `buf` (resized).
     /// The range must lie below the high-water mark.
     pub fn read_pages(&self, first: u64, count: u64, buf: &mut Vec<u8>) -> Result<(), BboltError> {
-        let end = first.checked_add(count).unwrap_or(u64::MAX);
+        let end = first.saturating_add(count);
         if end > self.meta.high_water {
             return Err(BboltError::Page {
                 pgid: first,

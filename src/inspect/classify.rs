@@ -325,7 +325,7 @@ pub fn classify(value: &[u8]) -> Classification<'_> {
 fn payload_fits(provider: Provider, payload: &[u8]) -> bool {
     let len = payload.len();
     match provider {
-        Provider::Aescbc => len >= 32 && len % 16 == 0,
+        Provider::Aescbc => len >= 32 && len.is_multiple_of(16),
         Provider::Aesgcm => len >= 12 + 16,
         Provider::Secretbox => len >= 24 + 16,
         Provider::KmsV1 => match payload.get(..2) {

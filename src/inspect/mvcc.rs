@@ -38,10 +38,12 @@ pub enum MvccError {
     #[error(transparent)]
     Bbolt(#[from] BboltError),
     /// The database has no `key` bucket: a bbolt file, but not etcd's.
-    #[error("no `key` bucket in the root bucket (buckets found: {found}): not an etcd backend database, or its root page is corrupt")]
+    #[error("no `key` bucket in the root bucket (buckets found: {found}): not an etcd backend database, or its root page is corrupt{cause}")]
     NotEtcd {
         /// Names of the buckets found, for the message.
         found: String,
+        /// The first page problem met, if any (`; first problem: ...`).
+        cause: String,
     },
     /// A bucket key that is not a 17- or 18-byte revision.
     #[error("bad revision key of {len} bytes (expected 17, or 18 ending in 't')")]
@@ -55,9 +57,6 @@ pub enum MvccError {
     /// A KeyValue without its `key` field.
     #[error("KeyValue has no key")]
     MissingKey,
-    /// The thread verifying the trailer died.
-    #[error("snapshot checksum verification failed unexpectedly")]
-    VerifierPanicked,
 }
 
 /// A decoded revision key.
@@ -226,24 +225,23 @@ pub fn scan_source<R: ReadAt + Sync>(
     let mut visitor = MvccVisitor {
         sink,
         summary: FileSummary::default(),
+        first_page_error: None,
     };
     let (walk, trailer) = std::thread::scope(|scope| {
         let verifier = (options.verify_trailer && db.has_trailer())
             .then(|| scope.spawn(|| db.verify_trailer()));
         let walk = db.walk(&mut visitor);
-        let trailer = match verifier {
-            Some(handle) => Some(handle.join().unwrap_or(Err(BboltError::Page {
+        let trailer = verifier.map(|handle| {
+            handle.join().unwrap_or(Err(BboltError::Page {
                 pgid: 0,
                 offset: 0,
                 problem: "checksum thread died".to_string(),
-            }))),
-            None => None,
-        };
+            }))
+        });
         (walk, trailer)
     });
     let trailer = trailer.transpose()?;
     let walk = walk?;
-    let mut summary = visitor.summary;
     let has_key_bucket = walk
         .buckets
         .iter()
@@ -266,8 +264,13 @@ pub fn scan_source<R: ReadAt + Sync>(
             } else {
                 found.join(", ")
             },
+            cause: visitor
+                .first_page_error
+                .map(|error| format!("; first problem: {error}"))
+                .unwrap_or_default(),
         });
     }
+    let mut summary = visitor.summary;
     summary.trailer = if db.has_trailer() {
         trailer
     } else {
@@ -285,6 +288,7 @@ pub fn scan_source<R: ReadAt + Sync>(
 struct MvccVisitor<'s> {
     sink: &'s mut dyn ObservationSink,
     summary: FileSummary,
+    first_page_error: Option<String>,
 }
 
 impl MvccVisitor<'_> {
@@ -339,7 +343,11 @@ impl bbolt::Visitor for MvccVisitor<'_> {
     }
 
     fn page_error(&mut self, error: BboltError) {
-        self.sink.read_error(error.to_string());
+        let message = error.to_string();
+        if self.first_page_error.is_none() {
+            self.first_page_error = Some(message.clone());
+        }
+        self.sink.read_error(message);
     }
 }
 

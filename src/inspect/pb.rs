@@ -357,11 +357,9 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
-            for field in Reader::new(&bytes) {
-                if let Ok(field) = field {
-                    let _ = field.bytes();
-                    let _ = field.varint();
-                }
+            for field in Reader::new(&bytes).flatten() {
+                let _ = field.bytes();
+                let _ = field.varint();
             }
         }
 

@@ -348,17 +348,17 @@ impl Scan {
             out_of_scope,
         };
         // The last record of each key (sorted) is its latest state.
-        let mut latest = vec![false; result.records.len()];
-        for index in 0..result.records.len() {
-            let is_last = result
-                .records
-                .get(index + 1)
-                .is_none_or(|next| next.key != result.records[index].key);
-            if is_last && result.records[index].class != TOMBSTONE {
-                latest[index] = true;
-            }
-        }
-        result.latest = latest;
+        let records = &result.records;
+        result.latest = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| {
+                let is_last = records
+                    .get(index + 1)
+                    .is_none_or(|next| next.key != record.key);
+                is_last && record.class != TOMBSTONE
+            })
+            .collect();
         result
     }
 }

@@ -138,7 +138,11 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-fn scan_file(path: &PathBuf, args: &ScanArgs, scan: &mut Scan) -> anyhow::Result<SourceInfo> {
+fn scan_file(
+    path: &std::path::Path,
+    args: &ScanArgs,
+    scan: &mut Scan,
+) -> anyhow::Result<SourceInfo> {
     let options = FileScanOptions {
         verify_trailer: !args.skip_checksum,
     };
