@@ -140,17 +140,28 @@ fn single_flag(file: &str, args: &[String], flag: &str) -> String {
 
 /// Every value given to `flag` anywhere in free text (docs, comments), as
 /// `flag=value` or `flag value`; a longer flag with the same prefix does not count.
+/// In the `flag value` form, prose after the flag ("--metrics-addr if ...") is
+/// told apart from a value: a value here is a path or an address (it starts with
+/// `/` or a digit, or holds a `:`).
 fn flag_values_in_text(text: &str, flag: &str) -> Vec<String> {
+    let take_value = |start: &str| -> String {
+        start
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !matches!(c, '`' | '"' | '\'' | ')' | ','))
+            .collect()
+    };
     let mut values = Vec::new();
     let mut rest = text;
     while let Some(found) = rest.find(flag) {
         let after = &rest[found + flag.len()..];
-        if let Some(value_start) = after.strip_prefix('=').or_else(|| after.strip_prefix(' ')) {
-            let value: String = value_start
-                .chars()
-                .take_while(|c| !c.is_whitespace() && !matches!(c, '`' | '"' | '\'' | ')' | ','))
-                .collect();
-            if !value.is_empty() && !value.starts_with('-') {
+        if let Some(start) = after.strip_prefix('=') {
+            values.push(take_value(start));
+        } else if let Some(start) = after.strip_prefix(' ') {
+            let value = take_value(start);
+            let looks_like_value = value.starts_with('/')
+                || value.starts_with(|c: char| c.is_ascii_digit())
+                || value.contains(':');
+            if looks_like_value {
                 values.push(value);
             }
         }
