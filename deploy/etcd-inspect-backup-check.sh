@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scans the newest etcd backup with etcd-inspect and fails when any Secret in it is
-# not under KMS v2 (plaintext, an old aescbc key, ...) or, if ALLOWED_KEY_IDS is
-# set, under a key_id not in that list.
+# not under the KMS v2 provider kube-kms (plaintext, an old aescbc key, another
+# plugin, plaintext left in older revisions...) or, if ALLOWED_KEY_IDS is set, under
+# a key_id not in that list.
 #
 # Run it from cron/a systemd timer on the host that keeps the backups, or from the
 # CronJob in deploy/etcd-inspect-cronjob.yaml (which carries a copy of this script).
@@ -10,9 +11,9 @@
 #   BACKUP_DIR        directory with the backups        (default /var/lib/etcd-backup)
 #   BACKUP_PATTERN    glob of backup file names         (default *.db)
 #   ETCD_INSPECT      the etcd-inspect binary           (default etcd-inspect, from PATH)
-#   REQUIRE_PROVIDER  provider every Secret must use    (default kms-v2)
+#   REQUIRE_PROVIDER  provider[:name] every Secret must use (default kms-v2:kube-kms)
 #   ALLOWED_KEY_IDS   comma-separated key_ids allowed   (default: any)
-#   OUTPUT_FORMAT     text or json                      (default text)
+#   OUTPUT_FORMAT     table or json (JSON Lines)        (default table)
 #
 # Exit status: 0 clean, 1 findings, 2 error (no backup, unreadable file, bad
 # settings): the same as etcd-inspect's, so a scheduler or alert can tell them apart.
@@ -21,9 +22,9 @@ set -euo pipefail
 backup_dir="${BACKUP_DIR:-/var/lib/etcd-backup}"
 backup_pattern="${BACKUP_PATTERN:-*.db}"
 etcd_inspect="${ETCD_INSPECT:-etcd-inspect}"
-require_provider="${REQUIRE_PROVIDER:-kms-v2}"
+require_provider="${REQUIRE_PROVIDER:-kms-v2:kube-kms}"
 allowed_key_ids="${ALLOWED_KEY_IDS:-}"
-output_format="${OUTPUT_FORMAT:-text}"
+output_format="${OUTPUT_FORMAT:-table}"
 
 log() {
     printf '%s etcd-inspect-backup-check: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2

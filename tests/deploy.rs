@@ -1002,6 +1002,28 @@ fn provider_name_agrees_across_all_files() {
         assert_eq!(name, PROVIDER);
         assert!(!name.contains(':'), "a provider name cannot contain ':'");
     }
+    // etcd-inspect's `--require-provider kms-v2:NAME`, wherever a file names one
+    // (script default, CronJob env, docs, comments).
+    let mut required = Vec::new();
+    for file in [DEPLOY_DOC, ENCRYPTION_CONFIG, BACKUP_SCRIPT, CRONJOB] {
+        let text = read(file);
+        for (index, prefix) in text.match_indices("kms-v2:") {
+            let name: String = text[index + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                .collect();
+            required.push((file, name));
+        }
+    }
+    for file in [DEPLOY_DOC, BACKUP_SCRIPT, CRONJOB] {
+        assert!(
+            required.iter().any(|(f, _)| *f == file),
+            "{file} requires the provider by name (kms-v2:{PROVIDER})"
+        );
+    }
+    for (file, name) in required {
+        assert_eq!(name, PROVIDER, "{file} requires kms-v2:{name}");
+    }
 }
 
 #[test]
@@ -1180,7 +1202,7 @@ fn cronjob_fails_on_findings_and_reads_backups_read_only() {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| panic!("{CRONJOB}: env {name} missing"))
     };
-    assert_eq!(env_value("REQUIRE_PROVIDER"), "kms-v2");
+    assert_eq!(env_value("REQUIRE_PROVIDER"), format!("kms-v2:{PROVIDER}"));
     // The backup directory the script scans is mounted read-only from the node.
     let backup_dir = env_value("BACKUP_DIR");
     let mount = list_at(CRONJOB, container, "volumeMounts")
@@ -1271,4 +1293,108 @@ fn backup_check_exits_2_when_etcd_inspect_is_missing() {
         run_backup_check(&[("BACKUP_DIR", backups.path()), ("ETCD_INSPECT", &missing)]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("not found or not executable"), "{stderr}");
+}
+
+/// A backup directory holding copies of real kube-apiserver snapshots, `newest`
+/// last by modification time.
+fn backup_dir_with(fixtures_oldest_first: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/apiserver");
+    let now = std::time::SystemTime::now();
+    let count = fixtures_oldest_first.len() as u64;
+    for (age_rank, name) in fixtures_oldest_first.iter().enumerate() {
+        let target = dir.path().join(name);
+        std::fs::copy(fixtures.join(name), &target)
+            .unwrap_or_else(|e| panic!("copy fixture {name}: {e}"));
+        let age = std::time::Duration::from_secs(3600 * (count - age_rank as u64));
+        std::fs::File::options()
+            .write(true)
+            .open(&target)
+            .and_then(|file| file.set_modified(now - age))
+            .expect("set mtime");
+    }
+    dir
+}
+
+fn etcd_inspect() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_etcd-inspect"))
+}
+
+#[test]
+fn backup_check_scans_only_the_newest_backup_and_passes_on_its_verdict() {
+    // plaintext.db (kube-apiserver with identity only) is older than
+    // kmsv2-rotated.db (kube-apiserver with the KMS v2 provider `fixture-kms`).
+    let plaintext_older = backup_dir_with(&["plaintext.db", "kmsv2-rotated.db"]);
+    let fixture_provider = Path::new("kms-v2:fixture-kms");
+    let (code, stderr) = run_backup_check(&[
+        ("BACKUP_DIR", plaintext_older.path()),
+        ("ETCD_INSPECT", etcd_inspect()),
+        ("REQUIRE_PROVIDER", fixture_provider),
+    ]);
+    assert_eq!(code, 0, "the newest backup is all under kms v2: {stderr}");
+    assert!(stderr.contains("kmsv2-rotated.db is clean"), "{stderr}");
+
+    let plaintext_newer = backup_dir_with(&["kmsv2-rotated.db", "plaintext.db"]);
+    let (code, stderr) = run_backup_check(&[
+        ("BACKUP_DIR", plaintext_newer.path()),
+        ("ETCD_INSPECT", etcd_inspect()),
+        ("REQUIRE_PROVIDER", fixture_provider),
+    ]);
+    assert_eq!(
+        code, 1,
+        "the newest backup holds plaintext Secrets: {stderr}"
+    );
+    assert!(
+        stderr.contains("FINDINGS: ") && stderr.contains("plaintext.db"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn backup_check_defaults_require_the_kube_kms_provider() {
+    // All KMS v2, but under another provider name: the default (kms-v2:kube-kms)
+    // reports it.
+    let backups = backup_dir_with(&["kmsv2-rotated.db"]);
+    let (code, stderr) = run_backup_check(&[
+        ("BACKUP_DIR", backups.path()),
+        ("ETCD_INSPECT", etcd_inspect()),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not under kms-v2:kube-kms"), "{stderr}");
+}
+
+#[test]
+fn backup_check_reports_key_ids_outside_the_allowed_list() {
+    // The fixture holds 12 Secrets under key-A and 12 under key-B.
+    let backups = backup_dir_with(&["kmsv2-rotated.db"]);
+    let run = |allowed: &str| {
+        let allowed = Path::new(allowed);
+        run_backup_check(&[
+            ("BACKUP_DIR", backups.path()),
+            ("ETCD_INSPECT", etcd_inspect()),
+            ("REQUIRE_PROVIDER", Path::new("kms-v2:fixture-kms")),
+            ("ALLOWED_KEY_IDS", allowed),
+            ("OUTPUT_FORMAT", Path::new("json")),
+        ])
+    };
+    let (code, stderr) = run("key-B");
+    assert_eq!(code, 1, "key-A is not allowed: {stderr}");
+    let (code, stderr) = run("key-A,key-B");
+    assert_eq!(code, 0, "both key_ids allowed: {stderr}");
+}
+
+#[test]
+fn backup_check_exits_2_when_the_newest_backup_is_unreadable() {
+    let backups = backup_dir_with(&["kmsv2-rotated.db"]);
+    std::fs::write(backups.path().join("zz-truncated.db"), b"not a bbolt file").expect("write");
+    let (code, stderr) = run_backup_check(&[
+        ("BACKUP_DIR", backups.path()),
+        ("ETCD_INSPECT", etcd_inspect()),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("ERROR: etcd-inspect could not scan"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("zz-truncated.db"), "{stderr}");
 }
