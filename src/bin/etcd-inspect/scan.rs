@@ -4,10 +4,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use kube_kms::inspect::classify::Classifier;
+use kube_kms::inspect::encryption_config::{EncryptionConfig, KeyedProvider};
+use kube_kms::inspect::live::{self, LiveSource};
 use kube_kms::inspect::mvcc::{self, FileScanOptions};
 use kube_kms::inspect::report::{self, SourceInfo};
 use kube_kms::inspect::scan::{RequiredProvider, ResourceFilter, Scan, ScanOptions};
 use kube_kms::inspect::ObservationSink;
+use kube_kms::secret::SecretBytes;
 use serde_json::json;
 
 /// Output format.
@@ -54,9 +57,16 @@ pub(crate) struct ScanArgs {
     /// needed only when a name contains ':' (matched exactly).
     #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
     key_names: Vec<String>,
+    /// kube-apiserver's EncryptionConfiguration: its key and provider names
+    /// are matched exactly (only needed when a name contains ':').
+    #[arg(long, value_name = "PATH")]
+    encryption_config: Option<PathBuf>,
     /// Do not verify a snapshot's SHA-256 trailer (saves one pass over the file).
     #[arg(long)]
     skip_checksum: bool,
+    /// Live: keys per range request.
+    #[arg(long, default_value_t = kube_kms::inspect::live::DEFAULT_PAGE_SIZE)]
+    page_size: i64,
     /// Live: also examine older revisions etcd still serves (until compaction).
     #[arg(long)]
     history: bool,
@@ -93,25 +103,12 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
             .allowed_key_ids
             .as_ref()
             .map(|ids| ids.iter().map(|id| id.as_bytes().to_vec()).collect()),
-        classifier: Classifier::with_names(&args.key_names),
+        classifier: classifier(&args)?,
     };
     let mut scan = Scan::new(options);
     let source = match (&args.file, args.endpoints.is_empty()) {
         (Some(path), true) => scan_file(path, &args, &mut scan)?,
-        (None, false) => {
-            if args.cacert.is_some()
-                || args.cert.is_some()
-                || args.key.is_some()
-                || args.user.is_some()
-                || args.password.is_some()
-                || args.history
-            {
-                // Accepted now so scripts can be written; wired with the live source.
-            }
-            bail!(
-                "live scans (--endpoints) are not available in this build yet; scan a backup with --file (etcdctl snapshot save)"
-            )
-        }
+        (None, false) => scan_live(&args, &mut scan)?,
         _ => bail!("give exactly one source: --file PATH or --endpoints URLS"),
     };
     let result = scan.finish();
@@ -136,6 +133,90 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(code)
+}
+
+/// The classifier, knowing the names given by --key-names and --encryption-config.
+fn classifier(args: &ScanArgs) -> anyhow::Result<Classifier> {
+    let mut names = args.key_names.clone();
+    if let Some(path) = &args.encryption_config {
+        let config = EncryptionConfig::load(path)?;
+        for kind in [
+            KeyedProvider::AesCbc,
+            KeyedProvider::AesGcm,
+            KeyedProvider::Secretbox,
+        ] {
+            names.extend(config.key_names(kind).into_iter().map(str::to_string));
+        }
+        names.extend(config.kms_names().iter().cloned());
+    }
+    Ok(Classifier::with_names(&names))
+}
+
+/// The narrowest key range holding every resource in scope: with one
+/// resource, its own directory; otherwise the whole prefix.
+fn live_range(prefix: &str, resources: &ResourceFilter) -> Vec<u8> {
+    let prefix = prefix.trim_end_matches('/');
+    let directory = match resources {
+        ResourceFilter::Only(names) if names.len() == 1 => {
+            let name = names.first().map(String::as_str).unwrap_or_default();
+            match name {
+                "services" => "services/specs".to_string(),
+                "endpoints" => "services/endpoints".to_string(),
+                "nodes" => "minions".to_string(),
+                "replicationcontrollers" => "controllers".to_string(),
+                _ => match name.split_once('.') {
+                    Some((resource, group)) => format!("{group}/{resource}"),
+                    None => name.to_string(),
+                },
+            }
+        }
+        _ => String::new(),
+    };
+    if directory.is_empty() {
+        format!("{prefix}/").into_bytes()
+    } else {
+        format!("{prefix}/{directory}/").into_bytes()
+    }
+}
+
+fn scan_live(args: &ScanArgs, scan: &mut Scan) -> anyhow::Result<SourceInfo> {
+    let source = LiveSource {
+        endpoints: args.endpoints.clone(),
+        cacert: args.cacert.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        user: args.user.clone(),
+        password: args
+            .password
+            .as_ref()
+            .map(|password| SecretBytes::copy_from(password.as_bytes())),
+        prefix: live_range(&args.prefix, &ResourceFilter::parse(&args.resources)),
+        page_size: args.page_size,
+        history: args.history,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = runtime
+        .block_on(live::scan(&source, scan as &mut dyn ObservationSink))
+        .with_context(|| format!("scanning etcd at {}", args.endpoints.join(",")))?;
+    let mut details = serde_json::Map::new();
+    details.insert("history".into(), json!(summary.history));
+    details.insert("range_requests".into(), json!(summary.pages));
+    details.insert("puts".into(), json!(summary.puts));
+    details.insert("deletes".into(), json!(summary.deletes));
+    details.insert(
+        "range".into(),
+        json!(String::from_utf8_lossy(&source.prefix)),
+    );
+    Ok(SourceInfo {
+        kind: "live",
+        location: args.endpoints.join(","),
+        revision: summary.revision,
+        compact_revision: summary.compact_revision,
+        details,
+    })
 }
 
 fn scan_file(
