@@ -1,1 +1,195 @@
-//! The KMS v2 gRPC server on a unix socket. (Being written.)
+//! The KMS v2 gRPC server on a unix socket, over any [`KeyBackend`].
+//!
+//! [`Server::run`] is the one entry point for the binary, the demo and the
+//! tests (the mini-redis layout): it takes an already bound
+//! [`SocketListener`] and a shutdown future. Before serving it runs one
+//! self-test so the first Status already tells the truth; while serving it
+//! re-runs the self-test periodically and polls the backend for keyring
+//! changes; when `shutdown` completes it removes the socket file, stops
+//! accepting, lets in-flight calls finish within the grace period and
+//! returns.
+//!
+//! Modules: [`service`] (the RPC handlers and the one error mapping),
+//! [`socket`] (creating and removing the socket), [`stats`] (counters),
+//! `tasks` (self-test and reload loops).
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::backend::KeyBackend;
+use crate::proto::v2::key_management_service_server::KeyManagementServiceServer;
+
+pub mod service;
+pub mod socket;
+pub mod stats;
+mod tasks;
+
+pub use socket::{SocketAddress, SocketError, SocketListener, DEFAULT_SOCKET_MODE};
+pub use stats::{Method, ServerStats, StatsSnapshot};
+
+/// Largest gRPC message accepted: a legitimate Decrypt carries at most 1 KiB
+/// of ciphertext, a 1 KiB key_id and under 32 KiB of annotations.
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
+
+/// How the server behaves; `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// How long in-flight calls may run after shutdown starts (default 5 s).
+    pub shutdown_grace: Duration,
+    /// Period of the wrap/unwrap self-test behind Status' healthz (default 10 s).
+    pub self_test_interval: Duration,
+    /// How often the backend is asked whether its keys changed (default 1 s;
+    /// `None`: only when a reload is requested through a [`ReloadHandle`]).
+    pub reload_poll_interval: Option<Duration>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(5),
+            self_test_interval: Duration::from_secs(10),
+            reload_poll_interval: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The gRPC transport failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Asks a running server to reload its keys now (what SIGHUP does).
+#[derive(Clone, Debug)]
+pub struct ReloadHandle(Arc<Notify>);
+
+impl ReloadHandle {
+    /// Requests a forced reload; requests made while one runs coalesce.
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// A configured server, not yet running.
+pub struct Server<B> {
+    backend: Arc<B>,
+    options: ServerOptions,
+    stats: Arc<ServerStats>,
+    reload: Arc<Notify>,
+}
+
+impl<B: KeyBackend> Server<B> {
+    /// A server for `backend`.
+    pub fn new(backend: Arc<B>, options: ServerOptions) -> Self {
+        Self {
+            backend,
+            options,
+            stats: Arc::new(ServerStats::default()),
+            reload: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The server's counters (live: keep the `Arc` and snapshot it any time).
+    pub fn stats(&self) -> Arc<ServerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// A handle that forces a reload while the server runs.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(Arc::clone(&self.reload))
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then shuts down
+    /// gracefully (see the module docs). The socket file is removed in every case.
+    pub async fn run(
+        self,
+        listener: SocketListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let address = listener.address().to_string();
+        let (incoming, socket_file) = listener.into_parts();
+        let healthz = tasks::self_test_once(&*self.backend, &self.stats, None).await;
+        let background = BackgroundTasks(vec![
+            tokio::spawn(tasks::self_test_loop(
+                Arc::clone(&self.backend),
+                Arc::clone(&self.stats),
+                self.options.self_test_interval,
+                healthz,
+            )),
+            tokio::spawn(tasks::reload_loop(
+                Arc::clone(&self.backend),
+                Arc::clone(&self.stats),
+                self.options.reload_poll_interval,
+                Arc::clone(&self.reload),
+            )),
+        ]);
+
+        let service = KeyManagementServiceServer::new(service::KmsService::new(
+            Arc::clone(&self.backend),
+            Arc::clone(&self.stats),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            });
+        tokio::pin!(serving);
+
+        tracing::info!(
+            socket = %address,
+            key_id = %self.backend.status().key_id,
+            "serving KMS v2"
+        );
+        let result = tokio::select! {
+            result = &mut serving => result,
+            () = shutdown => {
+                tracing::info!(grace = ?self.options.shutdown_grace, "shutting down: no new connections, finishing in-flight calls");
+                // New clients fail fast instead of queueing on a closing socket.
+                if let Some(file) = &socket_file {
+                    file.remove();
+                }
+                let _ = stop_accepting.send(());
+                match tokio::time::timeout(self.options.shutdown_grace, &mut serving).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("shutdown grace expired; dropping the calls still in flight");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        drop(background);
+        drop(socket_file);
+        tracing::info!("stopped");
+        result.map_err(ServerError::from)
+    }
+}
+
+/// Aborts the background tasks when the server stops, however it stops.
+struct BackgroundTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for BackgroundTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Binds nothing itself: serves `backend` on `listener` until `shutdown`.
+/// Shorthand for `Server::new(backend, options).run(listener, shutdown)`.
+pub async fn run<B: KeyBackend>(
+    listener: SocketListener,
+    backend: Arc<B>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    Server::new(backend, options).run(listener, shutdown).await
+}
