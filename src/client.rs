@@ -32,7 +32,7 @@ pub enum ClientError {
         source: tonic::transport::Error,
     },
     /// The plugin answered with an error status.
-    #[error("KMS plugin returned {}: {}", .0.code(), .0.message())]
+    #[error("KMS plugin returned {:?}: {}", .0.code(), .0.message())]
     Rpc(#[from] tonic::Status),
 }
 

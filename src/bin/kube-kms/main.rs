@@ -2,6 +2,7 @@
 //! Glue only: the work is done in the `kube_kms` library.
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod key;
 mod serve;
 
@@ -17,6 +18,9 @@ struct Cli {
 enum Command {
     /// Serve the KMS v2 gRPC API on a unix socket.
     Serve(serve::ServeArgs),
+    /// Run the plugin on a temp socket with a new keyring, play kube-apiserver
+    /// (encrypt, decrypt, rotate) and clean up. No cluster needed.
+    Demo(demo::DemoArgs),
     /// Manage the keyring file.
     #[command(subcommand)]
     Key(key::KeyCommand),
@@ -27,6 +31,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Key(command) => key::run(command),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(code) => code,

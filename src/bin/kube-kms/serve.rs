@@ -1,10 +1,185 @@
-//! `kube-kms serve`: runs the plugin. (Being written.)
+//! `kube-kms serve`: opens the keyring, binds the socket, installs the signal
+//! handlers (SIGTERM/SIGINT: graceful shutdown; SIGHUP: reload) and runs
+//! [`kube_kms::server::Server`]. Also owns log setup for the binary.
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kube_kms::backend::file::FileBackend;
+use kube_kms::server::{Server, ServerOptions, SocketAddress, SocketListener};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Where kube-apiserver's EncryptionConfiguration points by convention.
+pub(crate) const DEFAULT_SOCKET: &str = "/var/run/kube-kms/kms.sock";
 
 /// Options of `kube-kms serve`.
 #[derive(clap::Args)]
-pub(crate) struct ServeArgs {}
+pub(crate) struct ServeArgs {
+    /// The keyring file (create one with `kube-kms key init`).
+    #[arg(long, value_name = "PATH")]
+    keyring: PathBuf,
+    /// The unix socket to serve on (`unix:///path`, a path, or `@name` for an abstract socket).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: String,
+    /// Permission bits of the socket file, in octal.
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// How long in-flight calls may finish after SIGTERM/SIGINT.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// How often the wrap/unwrap self-test behind Status' healthz runs.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    self_test_interval: Duration,
+    /// How often the keyring file is checked for changes (`0s`: never; reload on SIGHUP only).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    reload_poll_interval: Duration,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Address for Prometheus metrics and health endpoints (not yet supported).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+}
 
-pub(crate) fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+/// Log options shared by the serving commands.
+#[derive(clap::Args)]
+pub(crate) struct LogArgs {
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// A level (error, warn, info, debug, trace) for kube-kms' own logs, or
+    /// tracing filter directives (e.g. `info,h2=debug`). Libraries log at warn
+    /// unless named in directives.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "{text:?} is not an octal permission mode such as 0600 or 0660"
+        )),
+    }
+}
+
+/// The tracing filter for `--log-level`. A bare level applies to this crate
+/// only: the HTTP/2 stack logs frame-level detail at debug/trace, which helps
+/// nobody operating the plugin and must not be enabled by accident.
+fn log_filter(level: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let lower = level.trim().to_ascii_lowercase();
+    let directives = match LEVELS.iter().position(|known| *known == lower) {
+        Some(rank) => {
+            let libraries = if rank <= 2 { lower.as_str() } else { "warn" };
+            format!("{libraries},kube_kms={lower}")
+        }
+        None => level.to_owned(),
+    };
+    tracing_subscriber::EnvFilter::try_new(&directives)
+        .with_context(|| format!("--log-level {level:?} is neither a level nor filter directives"))
+}
+
+impl LogArgs {
+    /// Installs the global subscriber writing to stderr.
+    pub(crate) fn init(&self) -> anyhow::Result<()> {
+        init_logging(self.log_format, &self.log_level)
+    }
+}
+
+/// Installs the global subscriber writing `format` lines to stderr.
+pub(crate) fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = log_filter(level)?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    installed.map_err(|error| anyhow::anyhow!("cannot install the logger: {error}"))
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(address) = &args.metrics_addr {
+        anyhow::bail!("--metrics-addr {address}: not yet supported by this build; leave it out");
+    }
+    args.log.init()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kube-kms")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let backend = FileBackend::open(&args.keyring)
+        .with_context(|| format!("cannot open the keyring {}", args.keyring.display()))?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+
+    let address = SocketAddress::parse(&args.socket);
+    let listener = SocketListener::bind(&address, args.socket_mode)?;
+    let options = ServerOptions {
+        shutdown_grace: args.shutdown_grace,
+        self_test_interval: args.self_test_interval,
+        reload_poll_interval: Some(args.reload_poll_interval).filter(|period| !period.is_zero()),
+    };
+    let server = Server::new(Arc::new(backend), options);
+    let reload = server.reload_handle();
+    let hangups = tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the keyring");
+            reload.request();
+        }
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    let result = server.run(listener, shutdown).await;
+    hangups.abort();
+    result.context("the server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_as_octal() {
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0o640"), Ok(0o640));
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("01777").is_err());
+        assert!(parse_mode("rw").is_err());
+    }
+
+    #[test]
+    fn bare_levels_keep_libraries_quiet() {
+        assert_eq!(
+            log_filter("trace").unwrap().to_string(),
+            "warn,kube_kms=trace"
+        );
+        assert_eq!(
+            log_filter("error").unwrap().to_string(),
+            "error,kube_kms=error"
+        );
+        assert!(log_filter("info,h2=debug").is_ok());
+    }
 }

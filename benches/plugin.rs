@@ -1,0 +1,314 @@
+//! Plugin benchmark over real unix sockets (run with `tools/bench-plugin`).
+//!
+//! For Encrypt and Decrypt at concurrency 1, 16 and 64 (one connection per
+//! concurrent client, each calling back to back for a fixed time) it measures
+//! throughput and p50/p99 latency of
+//! - the baseline: an empty tonic `v2.KeyManagementService` whose handlers
+//!   return at once, in its own process, on a unix socket, and
+//! - the real `kube-kms serve` binary (release profile) with a file keyring,
+//!
+//! alternating the two per data point. Then it reports the plugin's peak RSS
+//! (VmHWM) and the time from spawning `kube-kms serve` to the first answered
+//! Status. Environment: `BENCH_SECONDS` (per data point, default 2).
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube_kms::client::KmsClient;
+use kube_kms::proto::v2::key_management_service_server::{
+    KeyManagementService, KeyManagementServiceServer,
+};
+use kube_kms::proto::v2::{
+    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, StatusRequest, StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+const EMPTY_SERVER_ENV: &str = "KUBE_KMS_BENCH_EMPTY_SERVER";
+const KUBE_KMS: &str = env!("CARGO_BIN_EXE_kube-kms");
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The baseline: answers at once with fixed, realistically sized messages.
+struct EmptyService;
+
+#[tonic::async_trait]
+impl KeyManagementService for EmptyService {
+    async fn status(
+        &self,
+        _: Request<StatusRequest>,
+    ) -> std::result::Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(StatusResponse {
+            version: "v2".into(),
+            healthz: "ok".into(),
+            key_id: "kk-v1-0000000000000000".into(),
+        }))
+    }
+
+    async fn decrypt(
+        &self,
+        _: Request<DecryptRequest>,
+    ) -> std::result::Result<Response<DecryptResponse>, Status> {
+        Ok(Response::new(DecryptResponse {
+            plaintext: vec![0; 32],
+        }))
+    }
+
+    async fn encrypt(
+        &self,
+        _: Request<EncryptRequest>,
+    ) -> std::result::Result<Response<EncryptResponse>, Status> {
+        Ok(Response::new(EncryptResponse {
+            ciphertext: vec![0; 81],
+            key_id: "kk-v1-0000000000000000".into(),
+            annotations: HashMap::new(),
+        }))
+    }
+}
+
+fn run_empty_server(socket: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::UnixListener::bind(socket)?;
+        tonic::transport::Server::builder()
+            .add_service(KeyManagementServiceServer::new(EmptyService))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+            .await?;
+        Ok(())
+    })
+}
+
+/// A server child process, killed (by PID) when dropped.
+struct ChildServer {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl ChildServer {
+    fn spawn(command: &mut Command, socket: PathBuf) -> Result<Self> {
+        let child = command.stdin(Stdio::null()).stdout(Stdio::null()).spawn()?;
+        Ok(Self { child, socket })
+    }
+
+    /// Waits for the first answered Status; returns the time since `since`.
+    async fn ready(&mut self, since: Instant) -> Result<Duration> {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(format!("server exited: {status}").into());
+            }
+            if let Ok(mut client) = KmsClient::connect_path(&self.socket).await {
+                if client.status().await.is_ok() {
+                    return Ok(since.elapsed());
+                }
+            }
+            if since.elapsed() > Duration::from_secs(30) {
+                return Err("server not ready after 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    fn stop(mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Encrypt,
+    Decrypt,
+}
+
+struct Measured {
+    calls_per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn measure(socket: &Path, op: Op, concurrency: usize, period: Duration) -> Result<Measured> {
+    let mut probe = KmsClient::connect_path(socket).await?;
+    let seed = vec![0x5au8; 32];
+    let sample = probe.encrypt(&seed, "bench").await?;
+    let warmup = Duration::from_millis(300);
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + warmup;
+    let until = measure_from + period;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut client = KmsClient::connect_path(socket).await?;
+        let seed = seed.clone();
+        let sample = sample.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
+            tokio::time::sleep_until(start.into()).await;
+            loop {
+                let began = Instant::now();
+                if began >= until {
+                    break;
+                }
+                match op {
+                    Op::Encrypt => drop(client.encrypt(&seed, "bench").await?),
+                    Op::Decrypt => drop(client.decrypt_encrypted(&sample, "bench").await?),
+                }
+                if began >= measure_from {
+                    latencies.push(began.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                }
+            }
+            Ok::<_, kube_kms::client::ClientError>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    latencies.sort_unstable();
+    let at = |fraction: f64| {
+        let index =
+            ((latencies.len() as f64 * fraction) as usize).min(latencies.len().saturating_sub(1));
+        Duration::from_nanos(latencies.get(index).copied().unwrap_or(0) as u64)
+    };
+    Ok(Measured {
+        calls_per_second: latencies.len() as f64 / period.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    })
+}
+
+fn micros(duration: Duration) -> String {
+    format!("{:.0}", duration.as_secs_f64() * 1e6)
+}
+
+async fn bench() -> Result<()> {
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let period = Duration::from_secs_f64(seconds);
+    let dir = tempfile::Builder::new().prefix("kkb").tempdir_in("/tmp")?;
+    let keyring = dir.path().join("keyring.json");
+    let status = Command::new(KUBE_KMS)
+        .args(["key", "init", "--keyring"])
+        .arg(&keyring)
+        .status()?;
+    if !status.success() {
+        return Err("kube-kms key init failed".into());
+    }
+
+    let baseline_socket = dir.path().join("empty.sock");
+    let mut baseline = ChildServer::spawn(
+        Command::new(std::env::current_exe()?).env(EMPTY_SERVER_ENV, &baseline_socket),
+        baseline_socket,
+    )?;
+    baseline.ready(Instant::now()).await?;
+
+    let plugin_socket = dir.path().join("kms.sock");
+    let spawned = Instant::now();
+    let mut plugin = ChildServer::spawn(
+        Command::new(KUBE_KMS)
+            .args(["serve", "--keyring"])
+            .arg(&keyring)
+            .arg("--socket")
+            .arg(&plugin_socket),
+        plugin_socket,
+    )?;
+    let first_start = plugin.ready(spawned).await?;
+
+    println!(
+        "kube-kms plugin benchmark: {seconds} s per point, one connection per client, {} CPUs",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "{:<8} {:>5} | {:>12} {:>7} {:>7} | {:>12} {:>7} {:>7} | {:>6}",
+        "op", "conc", "empty/s", "p50us", "p99us", "plugin/s", "p50us", "p99us", "ratio"
+    );
+    for op in [Op::Encrypt, Op::Decrypt] {
+        for concurrency in CONCURRENCY {
+            let empty = measure(&baseline.socket, op, concurrency, period).await?;
+            let real = measure(&plugin.socket, op, concurrency, period).await?;
+            println!(
+                "{:<8} {:>5} | {:>12.0} {:>7} {:>7} | {:>12.0} {:>7} {:>7} | {:>6.2}",
+                if op == Op::Encrypt {
+                    "Encrypt"
+                } else {
+                    "Decrypt"
+                },
+                concurrency,
+                empty.calls_per_second,
+                micros(empty.p50),
+                micros(empty.p99),
+                real.calls_per_second,
+                micros(real.p50),
+                micros(real.p99),
+                real.calls_per_second / empty.calls_per_second,
+            );
+        }
+    }
+    let rss = plugin.peak_rss_kib();
+    plugin.stop();
+    baseline.stop();
+    println!(
+        "plugin peak RSS (VmHWM) after the load: {}",
+        rss.map(|kib| format!("{:.1} MiB", kib as f64 / 1024.0))
+            .unwrap_or_else(|| "unknown".into())
+    );
+
+    // Start to first answered Status: a few fresh starts.
+    let mut starts = vec![first_start];
+    for round in 0..5 {
+        let socket = dir.path().join(format!("s{round}.sock"));
+        let spawned = Instant::now();
+        let mut child = ChildServer::spawn(
+            Command::new(KUBE_KMS)
+                .args(["serve", "--keyring"])
+                .arg(&keyring)
+                .arg("--socket")
+                .arg(&socket),
+            socket,
+        )?;
+        starts.push(child.ready(spawned).await?);
+        child.stop();
+    }
+    starts.sort();
+    println!(
+        "start to first answered Status: median {:.1} ms, max {:.1} ms ({} starts)",
+        starts[starts.len() / 2].as_secs_f64() * 1e3,
+        starts[starts.len() - 1].as_secs_f64() * 1e3,
+        starts.len()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    if let Ok(socket) = std::env::var(EMPTY_SERVER_ENV) {
+        return run_empty_server(&socket);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench())
+}
