@@ -12,7 +12,7 @@ use std::time::Duration;
 use kube_kms::client::KmsClient;
 use kube_kms::server::service::{MAX_DECRYPT_CIPHERTEXT, MAX_ENCRYPT_PLAINTEXT};
 use kube_kms::server::{SocketAddress, SocketError, SocketListener, DEFAULT_SOCKET_MODE};
-use plugin::{init_keyring, key, seed, temp_dir, wait_for_key_id, InProcess};
+use plugin::{init_keyring, key, rotate, seed, temp_dir, wait_for_key_id, InProcess};
 use tonic::Code;
 
 const RELOAD_LIMIT: Duration = Duration::from_secs(5);
@@ -172,7 +172,7 @@ async fn a_replaced_keyring_file_shows_its_key_id_within_two_seconds() {
     let staged = dir.path().join("staged.json");
     std::fs::copy(&keyring, &staged).unwrap();
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).unwrap();
-    key(&staged, &["rotate"]);
+    rotate(&staged);
     std::fs::rename(&staged, &keyring).unwrap();
 
     let new_key_id = wait_for_new_key_id(&mut client, &old_key_id).await;
@@ -225,7 +225,7 @@ async fn a_broken_keyring_file_is_rejected_and_the_old_keys_keep_serving() {
     let staged = dir.path().join("fixed.json");
     std::fs::write(&staged, &good).unwrap();
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).unwrap();
-    key(&staged, &["rotate"]);
+    rotate(&staged);
     std::fs::rename(&staged, &keyring).unwrap();
     wait_for_new_key_id(&mut client, &key_id).await;
     server.stop().await.unwrap();
@@ -295,7 +295,7 @@ async fn a_ciphertext_presented_under_another_key_id_is_rejected() {
     let server = InProcess::start(dir.path(), &keyring).await;
     let mut client = server.client().await;
     let old = client.encrypt(&seed(), "old").await.unwrap();
-    key(&keyring, &["rotate"]);
+    rotate(&keyring);
     let new_key_id = wait_for_new_key_id(&mut client, &old.key_id).await;
     let error = client
         .decrypt(&old.ciphertext, &new_key_id, &old.annotations, "swap")
@@ -480,7 +480,7 @@ async fn status_and_encrypt_agree_on_the_key_id_across_rotations_under_load() {
     let mut current = first;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        key(&keyring, &["rotate"]);
+        rotate(&keyring);
         current = wait_for_new_key_id(&mut watcher, &current).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

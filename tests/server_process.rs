@@ -19,7 +19,7 @@ async fn sighup_reloads_the_keyring() {
     let serve = ServeProcess::start(dir.path(), &keyring, &["--reload-poll-interval", "0s"]).await;
     let mut client = serve.client().await;
     let old_key_id = client.status().await.unwrap().key_id;
-    key(&keyring, &["rotate"]);
+    plugin::rotate(&keyring);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         client.status().await.unwrap().key_id,

@@ -24,10 +24,10 @@ use crate::server::stats::{Method, ServerStats};
 /// The version string Status reports (kube-apiserver accepts `v2` and `v2beta1`).
 pub const STATUS_VERSION: &str = "v2";
 
-/// Largest plaintext Encrypt accepts. kube-apiserver sends 32-byte seeds; the
-/// bound keeps the wrapped form under the apiserver's 1 KiB ciphertext limit
-/// with room for the wrap format's header, salt, nonce and tag.
-pub const MAX_ENCRYPT_PLAINTEXT: usize = 512;
+/// Largest plaintext Encrypt accepts: the largest whose wrapped form stays
+/// within kube-apiserver's 1 KiB ciphertext limit ([`crate::wrap`]'s bound).
+/// kube-apiserver sends 32-byte seeds. Backends check their own bound too.
+pub const MAX_ENCRYPT_PLAINTEXT: usize = crate::wrap::MAX_PLAINTEXT_LEN;
 
 /// Largest ciphertext Decrypt accepts: kube-apiserver refuses anything larger
 /// from Encrypt, so nothing larger can be legitimate.

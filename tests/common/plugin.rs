@@ -45,11 +45,22 @@ pub fn key(keyring: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A new keyring file `keyring.json` in `dir`.
+/// A new keyring file `keyring.json` in `dir` (made with the keyring library).
 pub fn init_keyring(dir: &Path) -> PathBuf {
-    let keyring = dir.join("keyring.json");
-    key(&keyring, &["init"]);
-    keyring
+    let path = dir.join("keyring.json");
+    let keyring =
+        kube_kms::keyring::Keyring::initial(std::time::SystemTime::now()).expect("a new keyring");
+    kube_kms::keyring::create(&path, &keyring).expect("write the keyring");
+    path
+}
+
+/// Rotates the keyring at `path` with the keyring library (an atomic file
+/// replace, as `kube-kms key rotate` does); returns the new primary key_id.
+pub fn rotate(path: &Path) -> String {
+    kube_kms::keyring::modify(path, |keyring| keyring.rotate(std::time::SystemTime::now()))
+        .expect("rotate the keyring")
+        .primary
+        .key_id
 }
 
 /// A server running in this process on a real socket in `dir`.
