@@ -86,6 +86,10 @@ async fn rotation_keeps_old_ciphertexts_and_disable_enable_gate_them() {
     let old_key_id = client.status().await.unwrap().key_id;
     let seed = seed();
     let before = client.encrypt(&seed, "before").await.unwrap();
+    assert!(
+        old_key_id.starts_with("kk-v1-"),
+        "{old_key_id}: version 1 expected"
+    );
 
     key(&keyring, &["rotate"]);
     let new_key_id = wait_for_new_key_id(&mut client, &old_key_id).await;
@@ -97,7 +101,7 @@ async fn rotation_keeps_old_ciphertexts_and_disable_enable_gate_them() {
     }
 
     // Disable the old version: its ciphertexts stop decrypting once reloaded.
-    key(&keyring, &["disable", &old_key_id]);
+    key(&keyring, &["disable", "1"]);
     let refused = wait_until(|| {
         let mut client = client.clone();
         let before = &before;
@@ -115,7 +119,7 @@ async fn rotation_keeps_old_ciphertexts_and_disable_enable_gate_them() {
     );
     assert!(server.stats.snapshot().decrypt_failures_for("key_disabled") >= 1);
 
-    key(&keyring, &["enable", &old_key_id]);
+    key(&keyring, &["enable", "1"]);
     let plaintext = wait_until(|| {
         let mut client = client.clone();
         let before = &before;
@@ -651,4 +655,19 @@ async fn an_abstract_socket_serves_too() {
     assert!(matches!(error, SocketError::InUse(_)), "{error}");
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_path_too_long_for_a_unix_address_is_refused_clearly() {
+    let dir = temp_dir();
+    let deep = dir.path().join("d".repeat(100));
+    std::fs::create_dir(&deep).unwrap();
+    let error = SocketListener::bind(
+        &SocketAddress::Path(deep.join("kms.sock")),
+        DEFAULT_SOCKET_MODE,
+    )
+    .unwrap_err();
+    assert!(matches!(error, SocketError::TooLong(_)), "{error}");
+    assert!(error.to_string().contains("too long"), "{error}");
+    assert_eq!(std::fs::read_dir(&deep).unwrap().count(), 0);
 }

@@ -14,7 +14,10 @@
 //! refuses connections is stale and is removed (then the rename is retried); a
 //! socket that accepts is a live server (error); anything else is not ours to
 //! delete (error). A listening socket keeps working after its file is renamed:
-//! clients reach it through the inode.
+//! clients reach it through the inode. The staging directory (`.kkXXXXXXXX`)
+//! exists only between bind and rename; since the socket is bound there, the
+//! socket's directory path must leave room for it within the 107-byte limit
+//! of unix socket addresses.
 //!
 //! Abstract sockets (`@name`, Linux only) have no file and no permissions.
 use std::future::Future as _;
@@ -28,6 +31,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
+
+/// Unix socket addresses hold at most 107 path bytes plus a NUL.
+const MAX_SOCKET_PATH: usize = 108;
+/// `/.kkXXXXXXXX/s`: the staging directory and socket name added to the directory.
+const STAGING_NAME_LEN: usize = 14;
 
 /// The default socket mode: only the owner (kube-apiserver runs as the same user) may connect.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
@@ -81,6 +89,9 @@ pub enum SocketError {
     /// The mode has bits outside 0o777.
     #[error("socket mode {0:o} is not a permission mode (expected e.g. 0600 or 0660)")]
     BadMode(u32),
+    /// The socket's directory path is too long for a unix socket address.
+    #[error("socket path {0} is too long: its directory must be under {limit} bytes", limit = MAX_SOCKET_PATH - STAGING_NAME_LEN)]
+    TooLong(PathBuf),
     /// The path has no file name (e.g. ends in `/..`).
     #[error("socket path {0} does not name a file")]
     BadPath(PathBuf),
@@ -204,16 +215,15 @@ fn bind_path(
     getrandom::getrandom(&mut suffix).map_err(|error| {
         io_error("choose a temporary name in", parent)(io::Error::other(error.to_string()))
     })?;
-    let private = PrivateDir(parent.join(format!(
-        ".kube-kms.{}.{:08x}",
-        std::process::id(),
-        u32::from_ne_bytes(suffix)
-    )));
+    let private = PrivateDir(parent.join(format!(".kk{:08x}", u32::from_ne_bytes(suffix))));
+    let staged = private.0.join("s");
+    if staged.as_os_str().len() >= MAX_SOCKET_PATH {
+        return Err(SocketError::TooLong(path.to_owned()));
+    }
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&private.0)
         .map_err(io_error("create private directory", &private.0))?;
-    let staged = private.0.join("s");
     let listener =
         std::os::unix::net::UnixListener::bind(&staged).map_err(io_error("bind", &staged))?;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
