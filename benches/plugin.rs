@@ -89,7 +89,11 @@ struct ChildServer {
 
 impl ChildServer {
     fn spawn(command: &mut Command, socket: PathBuf) -> Result<Self> {
-        let child = command.stdin(Stdio::null()).stdout(Stdio::null()).spawn()?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
         Ok(Self { child, socket })
     }
 
