@@ -19,5 +19,9 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let rewritten = format::serialize(&again).expect("serialize again");
-    assert_eq!(&written[..], &rewritten[..], "serialization is not canonical");
+    assert_eq!(
+        &written[..],
+        &rewritten[..],
+        "serialization is not canonical"
+    );
 });

@@ -22,8 +22,12 @@ fuzz_target!(|data: &[u8]| {
     if mode % 2 == 0 {
         if let Ok(plaintext) = wrap::unwrap(&kek, KEY_ID, rest) {
             let salt: [u8; wrap::SALT_LEN] = rest[1..1 + wrap::SALT_LEN].try_into().unwrap();
-            let again = wrap::wrap_with_salt(&kek, KEY_ID, plaintext.expose_secret(), &salt).unwrap();
-            assert_eq!(again, rest, "an input that opens must be the canonical wrap");
+            let again =
+                wrap::wrap_with_salt(&kek, KEY_ID, plaintext.expose_secret(), &salt).unwrap();
+            assert_eq!(
+                again, rest,
+                "an input that opens must be the canonical wrap"
+            );
             assert!(wrap::unwrap(&kek, OTHER_KEY_ID, rest).is_err());
         }
         return;
@@ -49,9 +53,15 @@ fuzz_target!(|data: &[u8]| {
     if mutation[2] & 1 == 0 {
         let mut flipped = wrapped.clone();
         flipped[position / 8] ^= 1 << (position % 8);
-        assert!(wrap::unwrap(&kek, KEY_ID, &flipped).is_err(), "bit flip {position} accepted");
+        assert!(
+            wrap::unwrap(&kek, KEY_ID, &flipped).is_err(),
+            "bit flip {position} accepted"
+        );
     } else {
         let len = position / 8;
-        assert!(wrap::unwrap(&kek, KEY_ID, &wrapped[..len]).is_err(), "truncation to {len} accepted");
+        assert!(
+            wrap::unwrap(&kek, KEY_ID, &wrapped[..len]).is_err(),
+            "truncation to {len} accepted"
+        );
     }
 });
