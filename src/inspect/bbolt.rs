@@ -596,11 +596,10 @@ impl<R: ReadAt> Database<R> {
     /// Verifies the snapshot trailer: SHA-256 of the image. Reads the whole
     /// image sequentially (1 MiB at a time).
     pub fn verify_trailer(&self) -> Result<TrailerStatus, BboltError> {
-        use sha2::Digest as _;
         let Some(expected) = self.trailer else {
             return Ok(TrailerStatus::Absent);
         };
-        let mut hasher = sha2::Sha256::new();
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut buf = vec![0u8; 1 << 20];
         let mut offset = 0u64;
         while offset < self.image_size {
@@ -610,13 +609,14 @@ impl<R: ReadAt> Database<R> {
             hasher.update(&*chunk);
             offset += len as u64;
         }
-        let actual: [u8; 32] = hasher.finalize().into();
+        let digest = hasher.finish();
+        let actual = digest.as_ref();
         if actual == expected {
             Ok(TrailerStatus::Verified)
         } else {
             Err(BboltError::TrailerMismatch {
                 image_len: self.image_size,
-                actual: hex(&actual),
+                actual: hex(actual),
                 expected: hex(&expected),
             })
         }

@@ -47,34 +47,6 @@ pub fn exit_code(result: &ScanResult) -> u8 {
     }
 }
 
-fn bytes_field(map: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            map.insert(name.to_string(), Value::String(text.to_string()));
-        }
-        Err(_) => {
-            map.insert(
-                name.to_string(),
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            );
-            map.insert(format!("{name}_encoding"), Value::String("base64".into()));
-        }
-    }
-}
-
-fn text_or_null(result: &ScanResult, id: Option<u32>) -> Value {
-    match id {
-        None => Value::Null,
-        Some(id) => {
-            let bytes = result.string(id);
-            match std::str::from_utf8(bytes) {
-                Ok(text) => Value::String(text.to_string()),
-                Err(_) => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            }
-        }
-    }
-}
-
 /// The summary record's data.
 pub fn summary_json(result: &ScanResult, source: &SourceInfo) -> Value {
     let resources: Map<String, Value> = result
@@ -131,46 +103,138 @@ pub fn summary_json(result: &ScanResult, source: &SourceInfo) -> Value {
     })
 }
 
-/// Writes JSON Lines.
+/// Appends `text` as a JSON string.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        let escape: Option<&[u8]> = match byte {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0..=0x1f | 0x7f => None,
+            _ => continue,
+        };
+        out.extend_from_slice(bytes.get(start..index).unwrap_or(&[]));
+        match escape {
+            Some(escaped) => out.extend_from_slice(escaped),
+            None => out.extend_from_slice(format!("\\u{byte:04x}").as_bytes()),
+        }
+        start = index + 1;
+    }
+    out.extend_from_slice(bytes.get(start..).unwrap_or(&[]));
+    out.push(b'"');
+}
+
+/// Appends bytes as a JSON string: text if UTF-8, else base64.
+fn push_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> bool {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            push_json_str(out, text);
+            true
+        }
+        Err(_) => {
+            push_json_str(
+                out,
+                &base64::engine::general_purpose::STANDARD.encode(bytes),
+            );
+            false
+        }
+    }
+}
+
+fn push_optional(out: &mut Vec<u8>, result: &ScanResult, id: Option<u32>) {
+    match id {
+        Some(id) => {
+            push_json_bytes(out, result.string(id));
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_optional_static(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => push_json_str(out, text),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The part of a value record that depends only on the classification.
+fn class_fragment(result: &ScanResult, class: &super::scan::ClassInfo) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b",\"encrypted\":");
+    out.extend_from_slice(if class.provider.is_encrypted() {
+        b"true"
+    } else {
+        b"false"
+    });
+    out.extend_from_slice(b",\"provider\":");
+    push_json_str(&mut out, class.provider.as_str());
+    out.extend_from_slice(b",\"provider_name\":");
+    push_optional(&mut out, result, class.name);
+    out.extend_from_slice(b",\"key_id\":");
+    push_optional(&mut out, result, class.key_id);
+    out.extend_from_slice(b",\"dek_source_type\":");
+    push_optional_static(&mut out, class.dek_source_type.map(|t| t.as_str()));
+    out.extend_from_slice(b",\"kind\":");
+    push_optional(&mut out, result, class.kind);
+    out.extend_from_slice(b",\"api_version\":");
+    push_optional(&mut out, result, class.api_version);
+    out.extend_from_slice(b",\"encoding\":");
+    push_optional_static(&mut out, class.encoding.map(|e| e.as_str()));
+    out.extend_from_slice(b",\"annotation_keys\":[");
+    if let Some(id) = class.annotation_keys {
+        let joined = String::from_utf8_lossy(result.string(id));
+        for (index, key) in joined.split(',').enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            push_json_str(&mut out, key);
+        }
+    }
+    out.extend_from_slice(b"],\"problem\":");
+    push_optional_static(&mut out, class.malformation.map(|m| m.as_str()));
+    out
+}
+
+/// Writes JSON Lines: a `value` record per value, then the `summary` record.
+/// Records are assembled by hand (the per-classification part once per
+/// classification): serde_json's `Value` maps cost more than the whole file
+/// walk.
 pub fn write_json(out: &mut dyn Write, result: &ScanResult, source: &SourceInfo) -> io::Result<()> {
+    let mut fragments: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut line = Vec::with_capacity(1024);
     for value in result.values() {
-        let class = value.class;
-        let mut data = Map::new();
-        bytes_field(&mut data, "key", value.key);
-        data.insert(
-            "resource".into(),
-            json!(String::from_utf8_lossy(value.resource)),
+        line.clear();
+        line.extend_from_slice(b"{\"type\":\"value\",\"data\":{\"key\":");
+        let utf8 = push_json_bytes(&mut line, value.key);
+        if !utf8 {
+            line.extend_from_slice(b",\"key_encoding\":\"base64\"");
+        }
+        line.extend_from_slice(b",\"resource\":");
+        push_json_bytes(&mut line, value.resource);
+        line.extend_from_slice(
+            format!(
+                ",\"revision\":{},\"sub_revision\":{},\"latest\":{}",
+                value.revision.main, value.revision.sub, value.latest
+            )
+            .as_bytes(),
         );
-        data.insert("revision".into(), json!(value.revision.main));
-        data.insert("sub_revision".into(), json!(value.revision.sub));
-        data.insert("latest".into(), json!(value.latest));
-        data.insert("encrypted".into(), json!(class.provider.is_encrypted()));
-        data.insert("provider".into(), json!(class.provider.as_str()));
-        data.insert("provider_name".into(), text_or_null(result, class.name));
-        data.insert("key_id".into(), text_or_null(result, class.key_id));
-        data.insert(
-            "dek_source_type".into(),
-            json!(class.dek_source_type.map(|t| t.as_str())),
-        );
-        data.insert("kind".into(), text_or_null(result, class.kind));
-        data.insert(
-            "api_version".into(),
-            text_or_null(result, class.api_version),
-        );
-        data.insert("encoding".into(), json!(class.encoding.map(|e| e.as_str())));
-        let annotations: Vec<Value> = class
-            .annotation_keys
-            .map(|id| String::from_utf8_lossy(result.string(id)).into_owned())
-            .map(|joined| joined.split(',').map(|k| json!(k)).collect())
-            .unwrap_or_default();
-        data.insert("annotation_keys".into(), Value::Array(annotations));
-        data.insert(
-            "problem".into(),
-            json!(class.malformation.map(|m| m.as_str())),
-        );
-        data.insert("finding".into(), json!(value.finding.map(Finding::code)));
-        serde_json::to_writer(&mut *out, &json!({"type": "value", "data": data}))?;
-        out.write_all(b"\n")?;
+        let slot = value.class_id as usize;
+        if fragments.len() <= slot {
+            fragments.resize(slot + 1, None);
+        }
+        if let Some(entry) = fragments.get_mut(slot) {
+            let fragment = entry.get_or_insert_with(|| class_fragment(result, value.class));
+            line.extend_from_slice(fragment);
+        }
+        line.extend_from_slice(b",\"finding\":");
+        push_optional_static(&mut line, value.finding.map(Finding::code));
+        line.extend_from_slice(b"}}\n");
+        out.write_all(&line)?;
     }
     serde_json::to_writer(
         &mut *out,

@@ -441,6 +441,10 @@ pub struct ValueView<'r> {
     pub class: &'r ClassInfo,
     /// What is wrong, if anything.
     pub finding: Option<Finding>,
+    /// Id of the resource string (see [`ScanResult::string`]).
+    pub resource_id: u32,
+    /// Id of the classification (same id, same classification).
+    pub class_id: u32,
 }
 
 /// Counts of one (resource, provider, name, key_id) group.
@@ -564,17 +568,19 @@ impl ScanResult {
             .filter(|(record, _)| record.class != TOMBSTONE)
             .filter_map(move |(record, &latest)| {
                 let class = self.classes.get(record.class as usize)?;
-                let resource = self
+                let resource_id = self
                     .key_info
                     .get(record.key as usize)
-                    .map_or(&[][..], |info| self.strings.get(info.resource));
+                    .map_or(u32::MAX, |info| info.resource);
                 Some(ValueView {
                     key: self.keys.get(record.key),
-                    resource,
+                    resource: self.strings.get(resource_id),
                     revision: record.revision,
                     latest,
                     class,
                     finding: self.finding(class, latest),
+                    resource_id,
+                    class_id: record.class,
                 })
             })
     }
@@ -586,57 +592,93 @@ impl ScanResult {
 
     /// Per-resource summary.
     pub fn resource_summaries(&self) -> std::collections::BTreeMap<String, ResourceSummary> {
-        let mut summaries: std::collections::BTreeMap<String, ResourceSummary> = Default::default();
+        // Count by (resource id, class id) first: no string work per record.
+        #[derive(Default)]
+        struct Counts {
+            events: u64,
+            deleted: u64,
+            latest: HashMap<u32, u64>,
+            history: HashMap<u32, u64>,
+        }
+        let mut by_resource: HashMap<u32, Counts> = HashMap::new();
         for (index, record) in self.records.iter().enumerate() {
             let resource = self
                 .key_info
                 .get(record.key as usize)
-                .map_or(&[][..], |info| self.strings.get(info.resource));
-            let summary = summaries
-                .entry(String::from_utf8_lossy(resource).into_owned())
-                .or_default();
-            summary.events += 1;
-            let is_last = self
-                .records
-                .get(index + 1)
-                .is_none_or(|next| next.key != record.key);
+                .map_or(u32::MAX, |info| info.resource);
+            let counts = by_resource.entry(resource).or_default();
+            counts.events += 1;
             if record.class == TOMBSTONE {
+                let is_last = self
+                    .records
+                    .get(index + 1)
+                    .is_none_or(|next| next.key != record.key);
                 if is_last {
-                    summary.deleted += 1;
+                    counts.deleted += 1;
                 }
-                continue;
-            }
-            let Some(class) = self.classes.get(record.class as usize) else {
-                continue;
-            };
-            if self.latest.get(index).copied().unwrap_or(false) {
-                *summary.latest.entry(self.label(class)).or_default() += 1;
+            } else if self.latest.get(index).copied().unwrap_or(false) {
+                *counts.latest.entry(record.class).or_default() += 1;
             } else {
-                summary.history += 1;
-                if class.provider == Provider::Identity {
-                    summary.history_plaintext += 1;
+                *counts.history.entry(record.class).or_default() += 1;
+            }
+        }
+        let mut summaries = std::collections::BTreeMap::new();
+        for (resource, counts) in by_resource {
+            let mut summary = ResourceSummary {
+                deleted: counts.deleted,
+                events: counts.events,
+                ..ResourceSummary::default()
+            };
+            for (class, count) in counts.latest {
+                if let Some(class) = self.classes.get(class as usize) {
+                    *summary.latest.entry(self.label(class)).or_default() += count;
                 }
             }
+            for (class, count) in counts.history {
+                summary.history += count;
+                if self
+                    .classes
+                    .get(class as usize)
+                    .is_some_and(|class| class.provider == Provider::Identity)
+                {
+                    summary.history_plaintext += count;
+                }
+            }
+            summaries.insert(
+                String::from_utf8_lossy(self.strings.get(resource)).into_owned(),
+                summary,
+            );
         }
         summaries
     }
 
     /// Counts by (resource, provider, name, key_id), for the summary table.
     pub fn groups(&self) -> Vec<(GroupKey, GroupCounts)> {
-        let mut groups: std::collections::BTreeMap<GroupKey, GroupCounts> = Default::default();
+        let mut by_ids: HashMap<(u32, u32), GroupCounts> = HashMap::new();
         for value in self.values() {
-            let key = GroupKey {
-                resource: String::from_utf8_lossy(value.resource).into_owned(),
-                provider: value.class.provider,
-                name: self.text(value.class.name).map(|s| s.into_owned()),
-                key_id: self.text(value.class.key_id).map(|s| s.into_owned()),
-            };
-            let counts = groups.entry(key).or_default();
+            let counts = by_ids
+                .entry((value.resource_id, value.class_id))
+                .or_default();
             if value.latest {
                 counts.latest += 1;
             } else {
                 counts.history += 1;
             }
+        }
+        let mut groups: std::collections::BTreeMap<GroupKey, GroupCounts> = Default::default();
+        for ((resource, class), counts) in by_ids {
+            let Some(class) = self.classes.get(class as usize) else {
+                continue;
+            };
+            let key = GroupKey {
+                resource: String::from_utf8_lossy(self.strings.get(resource)).into_owned(),
+                provider: class.provider,
+                name: self.text(class.name).map(|s| s.into_owned()),
+                key_id: self.text(class.key_id).map(|s| s.into_owned()),
+            };
+            let group = groups.entry(key).or_default();
+            group.latest += counts.latest;
+            group.history += counts.history;
         }
         groups.into_iter().collect()
     }
