@@ -1398,3 +1398,55 @@ fn backup_check_exits_2_when_the_newest_backup_is_unreadable() {
     );
     assert!(stderr.contains("zz-truncated.db"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------
+// The flags the manifests pass exist in the real binary
+// ---------------------------------------------------------------------------
+
+/// The `kube-kms serve` arguments of the static pod and of the systemd unit.
+fn serve_args_by_file() -> Vec<(&'static str, Vec<String>)> {
+    let pod_args = static_pod_args(&static_pod());
+    let unit_args = SystemdUnit::load().exec_start_args();
+    [(STATIC_POD, pod_args), (SYSTEMD_UNIT, unit_args)]
+        .into_iter()
+        .map(|(file, args)| {
+            let serve_at = args
+                .iter()
+                .position(|a| a == "serve")
+                .unwrap_or_else(|| panic!("{file}: no `serve` subcommand"));
+            (file, args[serve_at + 1..].to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn manifest_flags_are_accepted_by_kube_kms_serve() {
+    let help = Command::new(env!("CARGO_BIN_EXE_kube-kms"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("run kube-kms serve --help");
+    assert!(help.status.success(), "kube-kms serve --help failed");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (file, args) in serve_args_by_file() {
+        for arg in args.iter().filter(|a| a.starts_with("--")) {
+            let flag = arg.split('=').next().unwrap_or(arg);
+            assert!(
+                help.contains(&format!("{flag} ")),
+                "{file} passes {flag}, which `kube-kms serve --help` does not list:\n{help}"
+            );
+        }
+        // The exact argument vector parses (flag names and values, e.g. the log
+        // format): clap rejects a bad argument before it reaches --help.
+        let parsed = Command::new(env!("CARGO_BIN_EXE_kube-kms"))
+            .arg("serve")
+            .args(&args)
+            .arg("--help")
+            .output()
+            .expect("run kube-kms serve ARGS --help");
+        assert!(
+            parsed.status.success(),
+            "{file}: kube-kms serve rejects {args:?}: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+    }
+}
