@@ -161,7 +161,7 @@ pub fn open_aesgcm(key: &[u8], data: &[u8], aad: &[u8]) -> Result<SecretBytes, E
 /// caller's check of what comes out).
 pub fn open_aescbc(key: &[u8], data: &[u8]) -> Result<SecretBytes, EnvelopeError> {
     use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
-    if data.len() < 2 * AES_BLOCK_LEN || data.len() % AES_BLOCK_LEN != 0 {
+    if data.len() < 2 * AES_BLOCK_LEN || !data.len().is_multiple_of(AES_BLOCK_LEN) {
         return Err(EnvelopeError::Truncated);
     }
     let (iv, ciphertext) = data.split_at(AES_BLOCK_LEN);
