@@ -414,3 +414,51 @@ fn keyring_path_from_the_environment() {
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("kk-v1-"));
 }
+
+/// SIGKILL at spread-out moments of `rotate` (before, during and after the
+/// write): the keyring always loads, and holds either the old or the new
+/// versions, never fewer. A killed writer may leave a temp file, nothing else.
+#[test]
+fn killed_writers_never_leave_a_torn_or_shorter_keyring() {
+    let (dir, path) = fresh();
+    let mut versions = 1;
+    let mut completed_or_killed = [0u32; 2];
+    for round in 0..60u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kube-kms"))
+            .args(["key", "rotate", "--keyring"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_micros(round * 100));
+        let killed = matches!(child.try_wait(), Ok(None));
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        completed_or_killed[usize::from(killed && !status.success())] += 1;
+        let now = states(&path).len();
+        assert!(
+            now == versions || now == versions + 1,
+            "round {round}: {versions} versions became {now}"
+        );
+        versions = now;
+    }
+    for entry in std::fs::read_dir(dir.path()).expect("readdir") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            name == "keyring.json"
+                || name == "keyring.json.lock"
+                || name.starts_with(".keyring.json.tmp-"),
+            "unexpected file {name}"
+        );
+    }
+    ok(&["rotate"], &path);
+    assert!(
+        completed_or_killed[1] > 0,
+        "no writer was killed: {completed_or_killed:?}"
+    );
+}
