@@ -756,3 +756,23 @@ async fn config_errors_say_what_to_fix() {
     .await;
     assert!(error.to_string().contains("--password"), "{error}");
 }
+
+#[tokio::test]
+async fn pages_too_large_for_one_response_are_split() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    // 12 values of 1 MB: more than one response may carry (8 MiB).
+    for i in 0..12u8 {
+        let value = vec![i; 1 << 20];
+        common::etcd::put_with(&mut client, key(usize::from(i)), value).await;
+    }
+    let (recorder, summary) = scan_ok(&source(&etcd, "/registry/secrets/")).await;
+    assert_eq!(recorder.seen.len(), 12);
+    for (i, seen) in recorder.seen.iter().enumerate() {
+        assert_eq!(seen.key, key(i).into_bytes());
+        let value = seen.value.as_deref().expect("put");
+        assert_eq!(value.len(), 1 << 20);
+        assert!(value.iter().all(|&b| usize::from(b) == i));
+    }
+    assert!(summary.pages >= 2, "{summary:?}");
+}

@@ -8,7 +8,9 @@
 //! header revision becomes the *pinned* revision and every later page is a
 //! serializable read at exactly that revision, continuing from the last key
 //! plus `\0`. So the scan sees one consistent point in time (writes made during
-//! the scan do not show up) and holds one page in memory at a time. A page
+//! the scan do not show up). The client runs on a reader thread one page
+//! ahead of the sink, so etcd serves a page while the sink examines the last
+//! one; at most three pages are in memory (being read, queued, examined). A page
 //! whose encoded size exceeds [`MAX_RESPONSE_BYTES`] is asked again with half
 //! the limit, so huge values shrink the page instead of growing memory.
 //!
@@ -55,16 +57,16 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KvClient, TlsOptions,
-    WatchClient, WatchOptions,
+    WatchClient, WatchOptions, WatchResponse,
 };
 
 use super::{ObservationSink, Observed, Revision};
 use crate::secret::SecretBytes;
 
 /// Keys per range request when [`LiveSource::page_size`] is not positive.
-pub const DEFAULT_PAGE_SIZE: i64 = 500;
+pub const DEFAULT_PAGE_SIZE: i64 = 1000;
 /// Largest range response accepted; a larger page is asked again, halved.
-pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
 /// Largest watch response accepted while replaying history (one batch of at
 /// most 1000 revisions).
 pub const MAX_WATCH_MESSAGE_BYTES: usize = 256 << 20;
@@ -230,6 +232,9 @@ pub enum LiveError {
         /// The pinned revision the replay had to reach.
         revision: i64,
     },
+    /// The scan's own machinery failed (thread or runtime could not start).
+    #[error("etcd-inspect failed internally: {0}; the scan is incomplete")]
+    Internal(String),
     /// etcd rejected a request for another reason.
     #[error("etcd at {endpoints} rejected {what}: {detail}")]
     Request {
@@ -245,71 +250,160 @@ pub enum LiveError {
 /// Reads `source` and hands every value (and, with history, every change) to
 /// `sink`. Returns only after the whole range was read; any failure is an
 /// error, never a shorter result.
+///
+/// The etcd client runs on a reader thread of its own, one page ahead of the
+/// sink: etcd serves page n+1 while the sink examines page n. The channel
+/// between them holds one page, so at most three pages are in memory.
 pub async fn scan(
     source: &LiveSource,
     sink: &mut dyn ObservationSink,
 ) -> Result<LiveSummary, LiveError> {
-    let mut session = Session::connect(source).await?;
-    let mut summary = LiveSummary {
-        history: source.history,
-        ..LiveSummary::default()
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
+    let owned = source.clone();
+    let reader = std::thread::Builder::new()
+        .name("etcd-live-reader".to_owned())
+        .spawn(move || read_on_own_thread(owned, sender))
+        .map_err(|error| LiveError::Internal(format!("cannot start the reader thread: {error}")))?;
+    let (start, end) = prefix_range(&source.prefix);
+    let mut emitter = Emitter {
+        start,
+        end,
+        current_main: 0,
+        sub: 0,
+        puts: 0,
+        deletes: 0,
     };
-    if source.history {
-        scan_history(&mut session, sink, &mut summary).await?;
-    } else {
-        scan_latest(&mut session, sink, &mut summary).await?;
+    let outcome = loop {
+        match receiver.recv().await {
+            Some(Message::Page(page)) => emitter.page(&page, sink),
+            Some(Message::Changes { response, pinned }) => emitter.changes(&response, pinned, sink),
+            Some(Message::Finished(summary)) => break Ok(summary),
+            Some(Message::Failed(error)) => break Err(error),
+            None => {
+                break Err(LiveError::Internal(
+                    "the etcd reader thread ended without a result".to_owned(),
+                ))
+            }
+        }
+    };
+    drop(receiver);
+    // The reader has sent its last message and is ending.
+    if reader.join().is_err() {
+        return Err(LiveError::Internal(
+            "the etcd reader thread panicked".to_owned(),
+        ));
     }
-    Ok(summary)
+    outcome.map(|summary| LiveSummary {
+        puts: emitter.puts,
+        deletes: emitter.deletes,
+        ..summary
+    })
+}
+
+/// What the reader thread sends to the sink's side.
+enum Message {
+    /// A range page: every value is a put at its `mod_revision`.
+    Page(GetResponse),
+    /// A history watch response; changes after `pinned` are not emitted.
+    Changes {
+        response: WatchResponse,
+        pinned: i64,
+    },
+    /// The read is complete (observation counts not filled in).
+    Finished(LiveSummary),
+    /// The read failed; nothing more follows.
+    Failed(LiveError),
+}
+
+/// The reader's end of the channel, and what it counts.
+struct Feed {
+    sender: tokio::sync::mpsc::Sender<Message>,
+    summary: LiveSummary,
+}
+
+impl Feed {
+    async fn send(&mut self, message: Message) -> Result<(), LiveError> {
+        self.sender
+            .send(message)
+            .await
+            .map_err(|_| LiveError::Internal("the scan stopped reading".to_owned()))
+    }
+}
+
+fn read_on_own_thread(source: LiveSource, sender: tokio::sync::mpsc::Sender<Message>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = sender.blocking_send(Message::Failed(LiveError::Internal(format!(
+                "cannot start the reader's runtime: {error}"
+            ))));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut feed = Feed {
+            sender,
+            summary: LiveSummary {
+                history: source.history,
+                ..LiveSummary::default()
+            },
+        };
+        let last = match read(&source, &mut feed).await {
+            Ok(()) => Message::Finished(feed.summary.clone()),
+            Err(error) => Message::Failed(error),
+        };
+        let _ = feed.sender.send(last).await;
+    });
+}
+
+async fn read(source: &LiveSource, feed: &mut Feed) -> Result<(), LiveError> {
+    let mut session = Session::connect(source).await?;
+    if source.history {
+        scan_history(&mut session, feed).await
+    } else {
+        scan_latest(&mut session, feed).await
+    }
 }
 
 /// Latest values: pages at the revision of the first page.
-async fn scan_latest(
-    session: &mut Session,
-    sink: &mut dyn ObservationSink,
-    summary: &mut LiveSummary,
-) -> Result<(), LiveError> {
+async fn scan_latest(session: &mut Session, feed: &mut Feed) -> Result<(), LiveError> {
     let start = session.start.clone();
     let first = session.range_page(&start, None).await?;
-    summary.pages += 1;
+    feed.summary.pages += 1;
     let pinned = first
         .header()
         .map(|header| header.revision())
         .ok_or_else(|| session.missing_header("the first range request"))?;
-    summary.revision = pinned;
-    let mut next = emit_page(&first, sink, summary);
+    feed.summary.revision = pinned;
+    let next = continue_after(&first);
     let more = first.more();
-    drop(first);
-    summary.compact_revision = session.compact_revision(pinned).await?;
-    if more {
-        if let Some(from) = next.take() {
-            page_through(session, from, pinned, sink, summary).await?;
-        }
+    feed.send(Message::Page(first)).await?;
+    feed.summary.compact_revision = session.compact_revision(pinned).await?;
+    match next {
+        Some(from) if more => page_through(session, from, pinned, feed).await,
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// History: the state at the compaction revision, then every change after it
 /// up to the pinned revision (see the module doc).
-async fn scan_history(
-    session: &mut Session,
-    sink: &mut dyn ObservationSink,
-    summary: &mut LiveSummary,
-) -> Result<(), LiveError> {
+async fn scan_history(session: &mut Session, feed: &mut Feed) -> Result<(), LiveError> {
     let pinned = session.current_revision().await?;
-    summary.revision = pinned;
+    feed.summary.revision = pinned;
     let compacted = session.compact_revision(pinned).await?;
-    summary.compact_revision = compacted;
+    feed.summary.compact_revision = compacted;
     let replay_from = match compacted {
         Some(compact) => {
             let start = session.start.clone();
-            page_through(session, start, compact, sink, summary).await?;
+            page_through(session, start, compact, feed).await?;
             compact.saturating_add(1)
         }
         None => 1,
     };
-    session
-        .replay_changes(replay_from, pinned, sink, summary)
-        .await
+    session.replay_changes(replay_from, pinned, feed).await
 }
 
 /// Reads every page of the range from `from` at `revision`.
@@ -317,43 +411,101 @@ async fn page_through(
     session: &mut Session,
     mut from: Vec<u8>,
     revision: i64,
-    sink: &mut dyn ObservationSink,
-    summary: &mut LiveSummary,
+    feed: &mut Feed,
 ) -> Result<(), LiveError> {
     loop {
         let page = session.range_page(&from, Some(revision)).await?;
-        summary.pages += 1;
-        let next = emit_page(&page, sink, summary);
+        feed.summary.pages += 1;
+        let next = continue_after(&page);
+        let more = page.more();
+        feed.send(Message::Page(page)).await?;
         match next {
-            Some(key) if page.more() => from = key,
+            Some(key) if more => from = key,
             _ => return Ok(()),
         }
     }
 }
 
-/// Emits a page's values; returns the key to continue from (last key + `\0`).
-fn emit_page(
-    page: &GetResponse,
-    sink: &mut dyn ObservationSink,
-    summary: &mut LiveSummary,
-) -> Option<Vec<u8>> {
-    for kv in page.kvs() {
-        sink.observe(Observed::Put {
-            key: kv.key(),
-            revision: Revision {
-                main: kv.mod_revision(),
-                sub: 0,
-            },
-            value: kv.value(),
-        });
-        summary.puts += 1;
-    }
+/// The key to continue from after a page: its last key + `\0`.
+fn continue_after(page: &GetResponse) -> Option<Vec<u8>> {
     page.kvs().last().map(|kv| {
         let mut next = Vec::with_capacity(kv.key().len() + 1);
         next.extend_from_slice(kv.key());
         next.push(0);
         next
     })
+}
+
+/// The sink's side: turns pages and watch responses into observations.
+struct Emitter {
+    start: Vec<u8>,
+    end: Vec<u8>,
+    /// Revision of the last change seen on the history watch, and the index
+    /// of that change within its revision (its sub revision).
+    current_main: i64,
+    sub: i64,
+    puts: u64,
+    deletes: u64,
+}
+
+impl Emitter {
+    fn page(&mut self, page: &GetResponse, sink: &mut dyn ObservationSink) {
+        for kv in page.kvs() {
+            sink.observe(Observed::Put {
+                key: kv.key(),
+                revision: Revision {
+                    main: kv.mod_revision(),
+                    sub: 0,
+                },
+                value: kv.value(),
+            });
+            self.puts += 1;
+        }
+    }
+
+    fn changes(&mut self, response: &WatchResponse, pinned: i64, sink: &mut dyn ObservationSink) {
+        for event in response.events() {
+            let Some(kv) = event.kv() else {
+                continue;
+            };
+            let main = kv.mod_revision();
+            if main > pinned {
+                return;
+            }
+            // The watch covers all keys, so counting here gives the change's
+            // index within its revision.
+            if main == self.current_main {
+                self.sub += 1;
+            } else {
+                self.current_main = main;
+                self.sub = 0;
+            }
+            if !in_range(kv.key(), &self.start, &self.end) {
+                continue;
+            }
+            let revision = Revision {
+                main,
+                sub: self.sub,
+            };
+            // etcd writes a delete as a KeyValue with only key and
+            // mod_revision (version 0); every put has version >= 1. Reading
+            // that avoids etcd-client's panic on an unknown event type.
+            if kv.version() == 0 {
+                sink.observe(Observed::Delete {
+                    key: kv.key(),
+                    revision,
+                });
+                self.deletes += 1;
+            } else {
+                sink.observe(Observed::Put {
+                    key: kv.key(),
+                    revision,
+                    value: kv.value(),
+                });
+                self.puts += 1;
+            }
+        }
+    }
 }
 
 /// `[start, end)` for every key beginning with `prefix`, as etcd spells it:
@@ -614,13 +766,13 @@ impl Session {
         }
     }
 
-    /// Replays every change in `[from, pinned]` under the prefix.
+    /// Replays every change in `[from, pinned]` (all keys; the emitter
+    /// keeps those under the prefix).
     async fn replay_changes(
         &mut self,
         from: i64,
         pinned: i64,
-        sink: &mut dyn ObservationSink,
-        summary: &mut LiveSummary,
+        feed: &mut Feed,
     ) -> Result<(), LiveError> {
         // Revision 1 of a new etcd holds no change; nothing to replay when
         // the window is empty.
@@ -640,8 +792,6 @@ impl Session {
         .await?;
         let mut stream =
             answer.map_err(|error| classify(error, &self.endpoints, &what, Phase::Scanning))?;
-        let mut current_main = 0_i64;
-        let mut sub = 0_i64;
         loop {
             let message = deadline(&self.endpoints, Phase::Scanning, &what, stream.message())
                 .await?
@@ -653,7 +803,7 @@ impl Session {
                     detail: "etcd closed the watch stream".to_owned(),
                 });
             };
-            summary.watch_responses += 1;
+            feed.summary.watch_responses += 1;
             if response.compact_revision() > 0 {
                 return Err(LiveError::Compacted {
                     revision: from,
@@ -666,48 +816,17 @@ impl Session {
                     revision: pinned,
                 });
             }
-            let mut reached_pinned = false;
-            for event in response.events() {
-                let Some(kv) = event.kv() else {
-                    continue;
-                };
-                let main = kv.mod_revision();
-                if main > pinned {
-                    reached_pinned = true;
-                    break;
-                }
-                if main == current_main {
-                    sub += 1;
-                } else {
-                    current_main = main;
-                    sub = 0;
-                }
-                reached_pinned |= main == pinned;
-                if !in_range(kv.key(), &self.start, &self.end) {
-                    continue;
-                }
-                let revision = Revision { main, sub };
-                // etcd writes a delete as a KeyValue with only key and
-                // mod_revision (version 0); every put has version >= 1.
-                // Reading that avoids etcd-client's panic on an unknown event
-                // type.
-                if kv.version() == 0 {
-                    sink.observe(Observed::Delete {
-                        key: kv.key(),
-                        revision,
-                    });
-                    summary.deletes += 1;
-                } else {
-                    sink.observe(Observed::Put {
-                        key: kv.key(),
-                        revision,
-                        value: kv.value(),
-                    });
-                    summary.puts += 1;
-                }
-            }
             // etcd never splits one revision over two responses (no
-            // fragmenting was asked for), so all of `pinned` was seen.
+            // fragmenting was asked for), so once `pinned` (or a later
+            // revision) shows, every change up to `pinned` was seen.
+            let reached_pinned = response
+                .events()
+                .iter()
+                .filter_map(|event| event.kv())
+                .any(|kv| kv.mod_revision() >= pinned);
+            if !response.events().is_empty() {
+                feed.send(Message::Changes { response, pinned }).await?;
+            }
             if reached_pinned {
                 return Ok(());
             }
