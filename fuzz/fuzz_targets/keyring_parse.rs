@@ -1,27 +1,10 @@
-//! Arbitrary bytes as a keyring file: parsing never panics, and a keyring that
-//! loads re-serializes canonically and loads back to the same metadata and keys.
+//! Fuzz target `keyring_parse`: the invariants are in `fuzz/checks.rs` (`checks::keyring_parse`),
+//! shared with `tests/fuzz_regressions.rs`, which runs `fuzz/regressions/keyring_parse/`
+//! on stable.
 #![no_main]
-use kube_kms::keyring::format;
-use libfuzzer_sys::fuzz_target;
+#![forbid(unsafe_code)]
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(keyring) = format::parse(data) else {
-        return;
-    };
-    let written = format::serialize(&keyring).expect("a keyring that loaded must serialize");
-    let again = format::parse(&written).expect("a serialized keyring must load");
-    assert_eq!(again.metadata(), keyring.metadata());
-    for (a, b) in keyring.versions().iter().zip(again.versions()) {
-        assert_eq!(
-            a.material().map(|k| *k.expose_secret()),
-            b.material().map(|k| *k.expose_secret()),
-            "material changed in a round trip"
-        );
-    }
-    let rewritten = format::serialize(&again).expect("serialize again");
-    assert_eq!(
-        &written[..],
-        &rewritten[..],
-        "serialization is not canonical"
-    );
-});
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::keyring_parse(data));
