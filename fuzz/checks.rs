@@ -109,7 +109,8 @@ pub fn wrapped_seed(data: &[u8]) {
     assert!(wrapped.len() <= wrap::MAX_WRAPPED_LEN);
     let opened = wrap::unwrap(&kek, KEY_ID, &wrapped).expect("genuine wrap must open");
     assert_eq!(opened.expose_secret(), plaintext);
-    let position = usize::from(u16::from_le_bytes([mutation[0], mutation[1]])) % (wrapped.len() * 8);
+    let position =
+        usize::from(u16::from_le_bytes([mutation[0], mutation[1]])) % (wrapped.len() * 8);
     if mutation[2] & 1 == 0 {
         let mut flipped = wrapped.clone();
         flipped[position / 8] ^= 1 << (position % 8);
@@ -190,7 +191,10 @@ pub fn decrypt_request(data: &[u8]) {
         };
         let encoded = request.encode_to_vec();
         let again = DecryptRequest::decode(encoded.as_slice()).expect("re-encoded request decodes");
-        assert!(again == request, "a decoded request changed in a round trip");
+        assert!(
+            again == request,
+            "a decoded request changed in a round trip"
+        );
         let annotations: BTreeMap<String, Vec<u8>> = request.annotations.into_iter().collect();
         let result = ready(backend.unwrap(&request.key_id, &request.ciphertext, &annotations));
         assert!(
