@@ -526,6 +526,27 @@ fn corrupted_member_pages_exit_2_naming_the_page() {
             stderr.contains(&format!("page {root} (offset {})", root * page_size)),
             "{stderr}"
         );
+        // A bad id in a leaf below the root: reported, the rest is scanned.
+        let (_, _, pages) = reachable_pages(&bytes);
+        let leaf = pages
+            .iter()
+            .copied()
+            .find(|&p| p != root && bytes[(p * page_size) as usize + 8] == 0x02)
+            .expect("a leaf below the root");
+        let mut corrupt = bytes.clone();
+        corrupt[(leaf * page_size) as usize] ^= 0x01;
+        let (_dir, path) = scratch_copy(&fixture, &corrupt);
+        let output = run(&["scan", "--file", path.to_str().unwrap(), "--format", "json"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "read error: page {leaf} (offset {})",
+                leaf * page_size
+            )),
+            "{stderr}"
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("\"type\":\"summary\""));
         // A corrupt meta page 0: meta 1 is used, and the problem is reported.
         let mut corrupt = bytes.clone();
         corrupt[16 + 20] ^= 0xff;

@@ -727,7 +727,11 @@ impl<R: ReadAt> Walker<'_, '_, R> {
             self.db.file_size,
         )?;
         match PageHeader::parse(&header) {
-            Some(header) if header.id == freelist && header.flags == FREELIST_PAGE => {
+            Some(header)
+                if header.id == freelist
+                    && header.flags == FREELIST_PAGE
+                    && freelist + u64::from(header.overflow) < self.db.meta.high_water =>
+            {
                 self.mark_run(freelist, header.overflow);
             }
             _ => self.page_error(freelist, "freelist page has a bad header".to_string()),

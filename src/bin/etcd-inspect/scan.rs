@@ -126,8 +126,9 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
         Err(error) => return Err(error).context("writing the report"),
     }
-    if !is_terminal && args.format == Format::Table && !result.read_errors().is_empty() {
-        // Also tell stderr, where a pipeline's user looks for errors.
+    if !(is_terminal && args.format == Format::Table) {
+        // The table on a terminal already lists them; otherwise tell stderr,
+        // where a pipeline's user looks for errors.
         for error in result.read_errors() {
             eprintln!("etcd-inspect: read error: {error}");
         }
