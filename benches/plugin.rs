@@ -9,9 +9,15 @@
 //!
 //! alternating the two per data point. Then it reports the plugin's peak RSS
 //! (VmHWM) and the time from spawning `kube-kms serve` to the first answered
-//! Status. Environment: `BENCH_SECONDS` (per data point, default 2).
+//! Status. Environment: `BENCH_SECONDS` (per data point and round, default 1)
+//! and `BENCH_ROUNDS` (alternating rounds per data point, default 3),
+//! `BENCH_SERVE_ARGS` (extra `kube-kms serve` flags, for experiments).
+//!
+//! Client and servers share the machine, so throughput and latency move with
+//! any other load; the servers' CPU time per call (from
+//! `/proc/PID/task/*/schedstat`) does not, and is reported beside them.
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -148,11 +154,36 @@ enum Op {
 
 struct Measured {
     calls_per_second: f64,
+    /// Server CPU time per call: immune to other load on the machine.
+    server_cpu_per_call: Duration,
     p50: Duration,
     p99: Duration,
 }
 
-async fn measure(socket: &Path, op: Op, concurrency: usize, period: Duration) -> Result<Measured> {
+/// CPU time the process `pid` has used so far (all threads), from the
+/// scheduler's nanosecond accounting.
+fn cpu_time(pid: u32) -> Duration {
+    let mut total = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
+}
+
+async fn measure(
+    server: &ChildServer,
+    op: Op,
+    concurrency: usize,
+    period: Duration,
+) -> Result<Measured> {
+    let socket = server.socket.as_path();
     let mut probe = KmsClient::connect_path(socket).await?;
     let seed = vec![0x5au8; 32];
     let sample = probe.encrypt(&seed, "bench").await?;
@@ -184,6 +215,10 @@ async fn measure(socket: &Path, op: Op, concurrency: usize, period: Duration) ->
             Ok::<_, kube_kms::client::ClientError>(latencies)
         }));
     }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_before = cpu_time(server.child.id());
+    tokio::time::sleep_until(until.into()).await;
+    let cpu_used = cpu_time(server.child.id()).saturating_sub(cpu_before);
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await??);
@@ -195,10 +230,18 @@ async fn measure(socket: &Path, op: Op, concurrency: usize, period: Duration) ->
         Duration::from_nanos(latencies.get(index).copied().unwrap_or(0) as u64)
     };
     Ok(Measured {
+        server_cpu_per_call: cpu_used / (latencies.len().max(1) as u32),
         calls_per_second: latencies.len() as f64 / period.as_secs_f64(),
         p50: at(0.50),
         p99: at(0.99),
     })
+}
+
+/// The round with the median throughput.
+fn median(mut rounds: Vec<Measured>) -> Measured {
+    rounds.sort_by(|a, b| a.calls_per_second.total_cmp(&b.calls_per_second));
+    let middle = rounds.len() / 2;
+    rounds.swap_remove(middle)
 }
 
 fn micros(duration: Duration) -> String {
@@ -209,8 +252,13 @@ async fn bench() -> Result<()> {
     let seconds: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
+        .unwrap_or(1.0);
     let period = Duration::from_secs_f64(seconds);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let dir = tempfile::Builder::new().prefix("kkb").tempdir_in("/tmp")?;
     let keyring = dir.path().join("keyring.json");
     let status = Command::new(KUBE_KMS)
@@ -235,27 +283,50 @@ async fn bench() -> Result<()> {
             .args(["serve", "--keyring"])
             .arg(&keyring)
             .arg("--socket")
-            .arg(&plugin_socket),
+            .arg(&plugin_socket)
+            .args(
+                std::env::var("BENCH_SERVE_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            ),
         plugin_socket,
     )?;
     let first_start = plugin.ready(spawned).await?;
 
     println!(
-        "kube-kms plugin benchmark: {seconds} s per point, one connection per client, {} CPUs",
+        "kube-kms plugin benchmark: {seconds} s per point, median of {rounds} alternating rounds, one connection per client, {} CPUs",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     );
     println!(
-        "{:<8} {:>5} | {:>12} {:>7} {:>7} | {:>12} {:>7} {:>7} | {:>6}",
-        "op", "conc", "empty/s", "p50us", "p99us", "plugin/s", "p50us", "p99us", "ratio"
+        "{:<8} {:>5} | {:>9} {:>6} {:>6} {:>6} | {:>9} {:>6} {:>6} {:>6} | {:>6}",
+        "op",
+        "conc",
+        "empty/s",
+        "p50us",
+        "p99us",
+        "cpu/us",
+        "plugin/s",
+        "p50us",
+        "p99us",
+        "cpu/us",
+        "ratio"
     );
     for op in [Op::Encrypt, Op::Decrypt] {
         for concurrency in CONCURRENCY {
-            let empty = measure(&baseline.socket, op, concurrency, period).await?;
-            let real = measure(&plugin.socket, op, concurrency, period).await?;
+            // Alternate baseline and plugin a few times; the median round of
+            // each resists noise from other processes on the machine.
+            let mut empties = Vec::new();
+            let mut reals = Vec::new();
+            for _ in 0..rounds {
+                empties.push(measure(&baseline, op, concurrency, period).await?);
+                reals.push(measure(&plugin, op, concurrency, period).await?);
+            }
+            let empty = median(empties);
+            let real = median(reals);
             println!(
-                "{:<8} {:>5} | {:>12.0} {:>7} {:>7} | {:>12.0} {:>7} {:>7} | {:>6.2}",
+                "{:<8} {:>5} | {:>9.0} {:>6} {:>6} {:>6.1} | {:>9.0} {:>6} {:>6} {:>6.1} | {:>6.2}",
                 if op == Op::Encrypt {
                     "Encrypt"
                 } else {
@@ -265,9 +336,11 @@ async fn bench() -> Result<()> {
                 empty.calls_per_second,
                 micros(empty.p50),
                 micros(empty.p99),
+                empty.server_cpu_per_call.as_secs_f64() * 1e6,
                 real.calls_per_second,
                 micros(real.p50),
                 micros(real.p99),
+                real.server_cpu_per_call.as_secs_f64() * 1e6,
                 real.calls_per_second / empty.calls_per_second,
             );
         }
