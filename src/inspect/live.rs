@@ -42,7 +42,8 @@
 //! 3.4.23 and older, which may send them ahead of pending events (etcd issue
 //! 15220). This needs read access to the whole key space. etcd sends the replay
 //! in batches of at most 1000 revisions, never splitting a revision; memory is
-//! bounded by one batch (at most [`MAX_WATCH_MESSAGE_BYTES`]). A change's sub
+//! bounded by three batches (being read, queued, examined), each at most
+//! [`MAX_WATCH_MESSAGE_BYTES`]. A change's sub
 //! revision is its position among the changes of its revision, as in the file;
 //! values from ranges carry sub revision 0 (a range does not tell it).
 //!
