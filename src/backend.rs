@@ -72,6 +72,20 @@ impl BackendError {
     }
 }
 
+/// How many key versions a backend holds in each lifecycle state (the
+/// `kube_kms_keyring_versions` metric).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VersionCounts {
+    /// Versions that wrap (normally exactly one).
+    pub primary: u64,
+    /// Versions that only unwrap.
+    pub enabled: u64,
+    /// Versions kept but refusing to unwrap.
+    pub disabled: u64,
+    /// Versions whose material is erased.
+    pub destroyed: u64,
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -107,4 +121,10 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// Reloads the keys if their source changed (`force`: even if it looks
     /// unchanged, as on SIGHUP). On error the previous keys keep serving.
     fn reload(&self, force: bool) -> Result<ReloadOutcome, BackendError>;
+
+    /// The key versions currently served, by state. Cheap (no I/O). Backends
+    /// that cannot tell report zeros.
+    fn version_counts(&self) -> VersionCounts {
+        VersionCounts::default()
+    }
 }

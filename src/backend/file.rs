@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::{BackendError, KeyBackend, KeyStatus, ReloadOutcome, Wrapped};
+use super::{BackendError, KeyBackend, KeyStatus, ReloadOutcome, VersionCounts, Wrapped};
 use crate::keyring::{self, FileStamp, KeyState, Keyring, KeyringError};
 use crate::secret::{Key256, SecretBytes};
 use crate::wrap::{self, WrapError};
@@ -33,13 +33,22 @@ struct Snapshot {
     primary: Key256,
     keys: HashMap<Box<str>, Slot>,
     stamp: FileStamp,
+    counts: VersionCounts,
 }
 
 impl Snapshot {
     fn from_keyring(keyring: &Keyring, stamp: FileStamp) -> Result<Self, BackendError> {
         let mut keys = HashMap::with_capacity(keyring.versions().len());
         let mut primary = None;
+        let mut counts = VersionCounts::default();
         for version in keyring.versions() {
+            let counter = match version.state() {
+                KeyState::Primary => &mut counts.primary,
+                KeyState::Enabled => &mut counts.enabled,
+                KeyState::Disabled => &mut counts.disabled,
+                KeyState::Destroyed => &mut counts.destroyed,
+            };
+            *counter += 1;
             let slot = match (version.state(), version.material()) {
                 (state, Some(kek)) if state.can_unwrap() => {
                     if state == KeyState::Primary {
@@ -59,6 +68,7 @@ impl Snapshot {
             primary,
             keys,
             stamp,
+            counts,
         })
     }
 
@@ -236,6 +246,10 @@ impl KeyBackend for FileBackend {
 
     fn reload(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
         self.reload_now(force)
+    }
+
+    fn version_counts(&self) -> VersionCounts {
+        self.snapshot.load().counts
     }
 }
 

@@ -9,23 +9,34 @@
 //! accepting, lets in-flight calls finish within the grace period and
 //! returns.
 //!
+//! On the socket, beside `v2.KeyManagementService`, it serves the standard
+//! `grpc.health.v1.Health` service (SERVING while [`Health`] says ready, for
+//! `v2.KeyManagementService` and `""`). With [`Server::with_http`] it also
+//! serves `/metrics`, `/livez` and `/readyz` over HTTP.
+//!
 //! Modules: [`service`] (the RPC handlers and the one error mapping),
 //! [`socket`] (creating and removing the socket), [`stats`] (counters),
-//! `tasks` (self-test and reload loops).
+//! [`health`] (readiness), [`metrics`] (Prometheus encoding), `http` (the
+//! operator endpoints), `tasks` (self-test and reload loops).
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::backend::KeyBackend;
 use crate::proto::v2::key_management_service_server::KeyManagementServiceServer;
 
+pub mod health;
+mod http;
+pub mod metrics;
 pub mod service;
 pub mod socket;
 pub mod stats;
 mod tasks;
 
+pub use health::Health;
 pub use socket::{SocketAddress, SocketError, SocketListener, DEFAULT_SOCKET_MODE};
 pub use stats::{Method, ServerStats, StatsSnapshot};
 
@@ -80,6 +91,7 @@ pub struct Server<B> {
     options: ServerOptions,
     stats: Arc<ServerStats>,
     reload: Arc<Notify>,
+    http: Option<TcpListener>,
 }
 
 impl<B: KeyBackend> Server<B> {
@@ -90,7 +102,15 @@ impl<B: KeyBackend> Server<B> {
             options,
             stats: Arc::new(ServerStats::default()),
             reload: Arc::new(Notify::new()),
+            http: None,
         }
+    }
+
+    /// Also serves `/metrics`, `/livez` and `/readyz` on `listener` (an
+    /// already bound TCP listener, e.g. `--metrics-addr`) while the server runs.
+    pub fn with_http(mut self, listener: TcpListener) -> Self {
+        self.http = Some(listener);
+        self
     }
 
     /// The server's counters (live: keep the `Arc` and snapshot it any time).
@@ -113,20 +133,43 @@ impl<B: KeyBackend> Server<B> {
         let address = listener.address().to_string();
         let (incoming, socket_file) = listener.into_parts();
         let healthz = tasks::self_test_once(&*self.backend, &self.stats, None).await;
-        let background = BackgroundTasks(vec![
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Arc::new(Health::new(Arc::clone(&healthz), reporter));
+        health.publish().await;
+        let mut background = BackgroundTasks(vec![
             tokio::spawn(tasks::self_test_loop(
                 Arc::clone(&self.backend),
                 Arc::clone(&self.stats),
+                Arc::clone(&health),
                 self.options.self_test_interval,
                 healthz,
             )),
             tokio::spawn(tasks::reload_loop(
                 Arc::clone(&self.backend),
                 Arc::clone(&self.stats),
+                Arc::clone(&health),
                 self.options.reload_poll_interval,
                 Arc::clone(&self.reload),
             )),
         ]);
+        if let Some(listener) = self.http {
+            let http_address = listener
+                .local_addr()
+                .map(|address| address.to_string())
+                .unwrap_or_default();
+            let state = Arc::new(http::HttpState {
+                registry: metrics::registry(
+                    Arc::clone(&self.backend),
+                    Arc::clone(&self.stats),
+                    Arc::clone(&health),
+                ),
+                health: Arc::clone(&health),
+            });
+            background
+                .0
+                .push(tokio::spawn(http::serve(listener, state)));
+            tracing::info!(address = %http_address, "serving /metrics, /livez and /readyz");
+        }
 
         let service = KeyManagementServiceServer::new(service::KmsService::new(
             Arc::clone(&self.backend),
@@ -137,6 +180,7 @@ impl<B: KeyBackend> Server<B> {
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(health_service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             });

@@ -6,7 +6,8 @@
 //! Decrypt plaintext leaves the zeroizing [`crate::secret::SecretBytes`] only
 //! to be encoded into the response (prost messages own plain `Vec<u8>`). No
 //! request or response message is ever formatted; logs carry method, uid,
-//! key_id, result and duration.
+//! key_id, result and `duration_us` (client-supplied uid/key_id escaped and
+//! cut to 128 characters). Successes log at debug, failures at warn.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -125,29 +126,32 @@ impl<B> KmsService<B> {
         started: Instant,
     ) -> Status {
         let status = error.to_status(method);
-        self.stats.record_call(method, false);
+        let elapsed = started.elapsed();
+        self.stats.record_call(method, status.code(), elapsed);
         self.stats.record_failure(method, error.reason());
         tracing::warn!(
             method = method.name(),
-            uid = ?loggable(uid),
-            key_id = ?loggable(key_id),
+            uid = %loggable(uid).escape_debug(),
+            key_id = %loggable(key_id).escape_debug(),
+            result = "error",
             reason = error.reason(),
             detail = %error.detail(),
-            code = ?status.code(),
-            micros = started.elapsed().as_micros() as u64,
+            code = crate::server::stats::code_label(status.code()),
+            duration_us = elapsed.as_micros() as u64,
             "call failed"
         );
         status
     }
 
     fn succeed(&self, method: Method, uid: &str, key_id: &str, started: Instant) {
-        self.stats.record_call(method, true);
+        let elapsed = started.elapsed();
+        self.stats.record_call(method, tonic::Code::Ok, elapsed);
         tracing::debug!(
             method = method.name(),
-            uid = ?loggable(uid),
-            key_id = ?loggable(key_id),
+            uid = %loggable(uid).escape_debug(),
+            key_id = %loggable(key_id).escape_debug(),
             result = "ok",
-            micros = started.elapsed().as_micros() as u64,
+            duration_us = elapsed.as_micros() as u64,
             "call"
         );
     }

@@ -1,11 +1,15 @@
-//! In-process counters the server keeps about itself: calls per method and
-//! outcome, decrypt failures by reason, reloads and self-tests.
+//! In-process counters the server keeps about itself: calls and their
+//! latency per method and gRPC code, failures by reason, reloads and
+//! self-tests.
 //!
-//! Plain atomics, so the hot path never takes a lock. The Prometheus endpoint
-//! (issue 5) reads a [`StatsSnapshot`]; tests read it to check that failures
-//! were counted.
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+//! Plain atomics, so the hot path never takes a lock: a call costs two
+//! relaxed `fetch_add`s (its latency bucket and the latency sum) plus one per
+//! failure reason. The Prometheus endpoint ([`crate::server::metrics`]) reads
+//! them at scrape time; tests read a [`StatsSnapshot`] to check what was counted.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::Code;
 
 /// The three RPCs of `v2.KeyManagementService`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,13 +35,129 @@ impl Method {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         match self {
             Method::Status => 0,
             Method::Encrypt => 1,
             Method::Decrypt => 2,
         }
     }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets: calls take
+/// microseconds, so the resolution is below the millisecond; the top buckets
+/// catch a stalled backend.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 1.0,
+];
+
+/// The same bounds in nanoseconds, for the hot path's comparison.
+const LATENCY_BUCKETS_NANOS: [u64; 14] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+
+/// The gRPC status codes 0..=16, indexed by their number.
+pub const GRPC_CODES: [Code; 17] = [
+    Code::Ok,
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+    Code::Unimplemented,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unauthenticated,
+];
+
+/// The name of a gRPC code as grpc-go and grpc-prometheus spell it (`OK`,
+/// `InvalidArgument`, ...), the `code` label of the request metrics.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Latency histogram of the calls of one method that ended with one code.
+/// Buckets are not cumulative here (one increment per call); the last one is `+Inf`.
+#[derive(Debug, Default)]
+struct CallCell {
+    buckets: [AtomicU64; LATENCY_BUCKETS_NANOS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl CallCell {
+    fn record(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let slot = LATENCY_BUCKETS_NANOS
+            .iter()
+            .position(|bound| nanos <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_NANOS.len());
+        if let Some(bucket) = self.buckets.get(slot) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// One method × code series of the request metrics, read at scrape time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallHistogram {
+    /// The RPC.
+    pub method: Method,
+    /// The gRPC code the calls ended with.
+    pub code: Code,
+    /// Calls counted.
+    pub count: u64,
+    /// Their total handling time in seconds.
+    pub sum_seconds: f64,
+    /// Calls per bucket, not cumulative (as `prometheus-client` takes them),
+    /// keyed by the upper bounds of [`LATENCY_BUCKETS_SECONDS`], then `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// Every reason a Decrypt or Encrypt can fail, as counted. The labels of the
@@ -62,14 +182,16 @@ pub(crate) fn reason_index(reason: &str) -> usize {
 /// Counters shared by the service and the background tasks.
 #[derive(Debug, Default)]
 pub struct ServerStats {
-    calls_ok: [AtomicU64; 3],
-    calls_failed: [AtomicU64; 3],
+    /// Per method (index of [`Method::ALL`]), per gRPC code (its number).
+    calls: [[CallCell; GRPC_CODES.len()]; 3],
     decrypt_failures: [AtomicU64; FAILURE_REASONS.len()],
     encrypt_failures: [AtomicU64; FAILURE_REASONS.len()],
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_unix_seconds: AtomicU64,
     self_tests: AtomicU64,
+    self_tests_failed: AtomicU64,
+    last_self_test_failed: AtomicBool,
 }
 
 /// A copy of the counters at one moment.
@@ -91,6 +213,10 @@ pub struct StatsSnapshot {
     pub last_reload_unix_seconds: u64,
     /// Self-tests run.
     pub self_tests: u64,
+    /// Self-tests that failed.
+    pub self_tests_failed: u64,
+    /// Whether the last self-test passed (true before the first one).
+    pub last_self_test_ok: bool,
 }
 
 impl StatsSnapshot {
@@ -115,15 +241,47 @@ impl StatsSnapshot {
 }
 
 impl ServerStats {
-    pub(crate) fn record_call(&self, method: Method, ok: bool) {
-        let counters = if ok {
-            &self.calls_ok
-        } else {
-            &self.calls_failed
-        };
-        if let Some(counter) = counters.get(method.index()) {
-            counter.fetch_add(1, Ordering::Relaxed);
+    /// Counts a call of `method` that ended with `code` after `elapsed`.
+    pub(crate) fn record_call(&self, method: Method, code: Code, elapsed: Duration) {
+        let cell = self
+            .calls
+            .get(method.index())
+            .and_then(|codes| codes.get(code as usize));
+        if let Some(cell) = cell {
+            cell.record(elapsed);
         }
+    }
+
+    /// The request series with at least one call, plus the `OK` series of
+    /// every method (so dashboards see zeros rather than gaps).
+    pub fn call_histograms(&self) -> Vec<CallHistogram> {
+        let mut series = Vec::new();
+        for (method, codes) in Method::ALL.iter().zip(&self.calls) {
+            for (code, cell) in GRPC_CODES.iter().zip(codes) {
+                let bounds = LATENCY_BUCKETS_SECONDS
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY]);
+                let buckets: Vec<(f64, u64)> = bounds
+                    .zip(&cell.buckets)
+                    .map(|(bound, bucket)| (bound, bucket.load(Ordering::Relaxed)))
+                    .collect();
+                // From the loaded buckets, so the count and the buckets agree
+                // even while calls land.
+                let count = buckets.iter().map(|(_, calls)| calls).sum();
+                if count == 0 && *code != Code::Ok {
+                    continue;
+                }
+                series.push(CallHistogram {
+                    method: *method,
+                    code: *code,
+                    count,
+                    sum_seconds: cell.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+                    buckets,
+                });
+            }
+        }
+        series
     }
 
     pub(crate) fn record_failure(&self, method: Method, reason: &str) {
@@ -150,22 +308,82 @@ impl ServerStats {
         }
     }
 
-    pub(crate) fn record_self_test(&self) {
+    pub(crate) fn record_self_test(&self, passed: bool) {
         self.self_tests.fetch_add(1, Ordering::Relaxed);
+        if !passed {
+            self.self_tests_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.last_self_test_failed.store(!passed, Ordering::Relaxed);
     }
 
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let calls_ok = self
+            .calls
+            .each_ref()
+            .map(|codes| codes.first().map(CallCell::count).unwrap_or(0));
+        let calls_failed = self
+            .calls
+            .each_ref()
+            .map(|codes| codes.iter().skip(1).map(CallCell::count).sum());
         StatsSnapshot {
-            calls_ok: self.calls_ok.each_ref().map(load),
-            calls_failed: self.calls_failed.each_ref().map(load),
+            calls_ok,
+            calls_failed,
             decrypt_failures: self.decrypt_failures.each_ref().map(load),
             encrypt_failures: self.encrypt_failures.each_ref().map(load),
             reloads_ok: load(&self.reloads_ok),
             reloads_failed: load(&self.reloads_failed),
             last_reload_unix_seconds: load(&self.last_reload_unix_seconds),
             self_tests: load(&self.self_tests),
+            self_tests_failed: load(&self.self_tests_failed),
+            last_self_test_ok: !self.last_self_test_failed.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_indexed_by_their_number() {
+        for (number, code) in GRPC_CODES.iter().enumerate() {
+            assert_eq!(*code as usize, number);
+            assert_eq!(Code::from(number as i32), *code);
+        }
+        assert_eq!(LATENCY_BUCKETS_NANOS.len(), LATENCY_BUCKETS_SECONDS.len());
+        for (nanos, seconds) in LATENCY_BUCKETS_NANOS.iter().zip(LATENCY_BUCKETS_SECONDS) {
+            assert_eq!(*nanos, (seconds * 1e9).round() as u64);
+        }
+    }
+
+    #[test]
+    fn calls_land_in_their_bucket_and_count_per_code() {
+        let stats = ServerStats::default();
+        stats.record_call(Method::Encrypt, Code::Ok, Duration::from_micros(7));
+        stats.record_call(Method::Encrypt, Code::Ok, Duration::from_micros(10));
+        stats.record_call(Method::Encrypt, Code::Ok, Duration::from_micros(300));
+        stats.record_call(Method::Decrypt, Code::NotFound, Duration::from_secs(5));
+        let series = stats.call_histograms();
+        let encrypt = series
+            .iter()
+            .find(|s| s.method == Method::Encrypt && s.code == Code::Ok)
+            .unwrap();
+        assert_eq!(encrypt.count, 3);
+        assert_eq!(encrypt.buckets[0], (0.00001, 2), "≤ 10 µs, bound inclusive");
+        assert_eq!(encrypt.buckets[5], (0.0005, 1), "300 µs");
+        assert!((encrypt.sum_seconds - 0.000317).abs() < 1e-9);
+        let not_found = series
+            .iter()
+            .find(|s| s.method == Method::Decrypt && s.code == Code::NotFound)
+            .unwrap();
+        assert_eq!(not_found.buckets.last(), Some(&(f64::INFINITY, 1)));
+        // OK series always, others only when used.
+        assert_eq!(series.len(), 4);
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.ok(Method::Encrypt), 3);
+        assert_eq!(snapshot.failed(Method::Decrypt), 1);
+        assert_eq!(snapshot.ok(Method::Status), 0);
     }
 }

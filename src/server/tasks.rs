@@ -8,17 +8,19 @@ use tokio::sync::Notify;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::backend::{KeyBackend, ReloadOutcome};
+use crate::server::health::Health;
 use crate::server::stats::ServerStats;
 
-/// Runs the self-test and logs when the verdict changes.
+/// Runs the self-test, counts it and logs when the verdict changes. The
+/// caller hands the verdict to [`Health`].
 pub(crate) async fn self_test_once<B: KeyBackend>(
     backend: &B,
     stats: &ServerStats,
     previous: Option<&str>,
 ) -> Arc<str> {
     backend.self_test().await;
-    stats.record_self_test();
     let healthz = backend.status().healthz;
+    stats.record_self_test(&*healthz == crate::backend::file::HEALTHY);
     if previous != Some(&*healthz) {
         if &*healthz == "ok" {
             tracing::info!(healthz = %healthz, "self-test passed");
@@ -34,6 +36,7 @@ pub(crate) async fn self_test_once<B: KeyBackend>(
 pub(crate) async fn self_test_loop<B: KeyBackend>(
     backend: Arc<B>,
     stats: Arc<ServerStats>,
+    health: Arc<Health>,
     period: Duration,
     mut last: Arc<str>,
 ) {
@@ -44,6 +47,7 @@ pub(crate) async fn self_test_loop<B: KeyBackend>(
     loop {
         ticker.tick().await;
         last = self_test_once(&*backend, &stats, Some(&last)).await;
+        health.set_self_test(Arc::clone(&last)).await;
     }
 }
 
@@ -51,6 +55,7 @@ pub(crate) async fn self_test_loop<B: KeyBackend>(
 pub(crate) async fn reload_loop<B: KeyBackend>(
     backend: Arc<B>,
     stats: Arc<ServerStats>,
+    health: Arc<Health>,
     poll: Option<Duration>,
     force: Arc<Notify>,
 ) {
@@ -83,19 +88,33 @@ pub(crate) async fn reload_loop<B: KeyBackend>(
                     tracing::info!(key_id = %before, "reload requested: keyring unchanged");
                 }
                 last_failure = None;
+                health.set_reload_error(None).await;
             }
             Ok(Ok(ReloadOutcome::Reloaded { primary_key_id })) => {
                 stats.record_reload(true);
+                let versions = backend.version_counts();
                 tracing::info!(
                     old_key_id = %before,
                     new_key_id = %primary_key_id,
                     forced,
+                    enabled = versions.enabled,
+                    disabled = versions.disabled,
+                    destroyed = versions.destroyed,
                     "keyring reloaded"
                 );
+                if *before != *primary_key_id {
+                    tracing::info!(
+                        old_key_id = %before,
+                        new_key_id = %primary_key_id,
+                        "key rotation: Encrypt now wraps under the new primary"
+                    );
+                }
                 last_failure = None;
                 // Status must reflect the new keys' health, not the old ones'.
                 let healthz = backend.status().healthz;
-                self_test_once(&*backend, &stats, Some(&healthz)).await;
+                let verdict = self_test_once(&*backend, &stats, Some(&healthz)).await;
+                health.set_self_test(verdict).await;
+                health.set_reload_error(None).await;
             }
             Ok(Err(error)) => {
                 stats.record_reload(false);
@@ -109,11 +128,15 @@ pub(crate) async fn reload_loop<B: KeyBackend>(
                 } else {
                     tracing::debug!(error = %message, "keyring still fails to load");
                 }
+                health.set_reload_error(Some(message.clone())).await;
                 last_failure = Some(message);
             }
             Err(join_error) => {
                 stats.record_reload(false);
                 tracing::error!(error = %join_error, "keyring reload task failed; the previous keyring keeps serving");
+                health
+                    .set_reload_error(Some(format!("reload task failed: {join_error}")))
+                    .await;
             }
         }
     }

@@ -2,6 +2,8 @@
 //! Glue only: the work is done in `kube_kms::inspect`.
 use clap::{Parser, Subcommand};
 
+#[path = "../cli_docs.rs"]
+mod cli_docs;
 mod scan;
 
 /// Reports, for every stored Secret (or other resource), whether etcd holds it
@@ -18,12 +20,18 @@ struct Cli {
 enum Command {
     /// Scan a live etcd (--endpoints) or a backup file (--file).
     Scan(Box<scan::ScanArgs>),
+    /// Print a shell completion script (e.g. `etcd-inspect completions bash > /etc/bash_completion.d/etcd-inspect`).
+    Completions(cli_docs::CompletionsArgs),
+    /// Write the man pages (roff) to stdout, or one file per command to --dir.
+    Man(cli_docs::ManArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Scan(args) => scan::run(*args),
+        Command::Completions(args) => cli_docs::completions::<Cli>(&args).map(|()| 0),
+        Command::Man(args) => cli_docs::man_pages::<Cli>(&args).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

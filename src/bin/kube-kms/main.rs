@@ -2,6 +2,8 @@
 //! Glue only: the work is done in the `kube_kms` library.
 use clap::{Parser, Subcommand};
 
+#[path = "../cli_docs.rs"]
+mod cli_docs;
 mod demo;
 mod key;
 mod serve;
@@ -24,6 +26,10 @@ enum Command {
     /// Manage the keyring file.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Print a shell completion script (e.g. `kube-kms completions bash > /etc/bash_completion.d/kube-kms`).
+    Completions(cli_docs::CompletionsArgs),
+    /// Write the man pages (roff) to stdout, or one file per command to --dir.
+    Man(cli_docs::ManArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +38,12 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Key(command) => key::run(command),
         Command::Demo(args) => demo::run(args),
+        Command::Completions(args) => {
+            cli_docs::completions::<Cli>(&args).map(|()| std::process::ExitCode::SUCCESS)
+        }
+        Command::Man(args) => {
+            cli_docs::man_pages::<Cli>(&args).map(|()| std::process::ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
 //! `kube-kms serve`: opens the keyring, binds the socket, installs the signal
 //! handlers (SIGTERM/SIGINT: graceful shutdown; SIGHUP: reload) and runs
-//! [`kube_kms::server::Server`]. Also owns log setup for the binary.
+//! [`kube_kms::server::Server`], with the metrics/health HTTP listener when
+//! `--metrics-addr` is given. Also owns log setup for the binary.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,9 +38,10 @@ pub(crate) struct ServeArgs {
     reload_poll_interval: Duration,
     #[command(flatten)]
     log: LogArgs,
-    /// Address for Prometheus metrics and health endpoints (not yet supported).
-    #[arg(long, value_name = "ADDR")]
-    metrics_addr: Option<String>,
+    /// Serve /metrics (Prometheus), /livez and /readyz over HTTP on this
+    /// address, e.g. 127.0.0.1:9464. Off when not given.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Log options shared by the serving commands.
@@ -110,9 +112,6 @@ pub(crate) fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()>
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if let Some(address) = &args.metrics_addr {
-        anyhow::bail!("--metrics-addr {address}: not yet supported by this build; leave it out");
-    }
     args.log.init()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -137,7 +136,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         self_test_interval: args.self_test_interval,
         reload_poll_interval: Some(args.reload_poll_interval).filter(|period| !period.is_zero()),
     };
-    let server = Server::new(Arc::new(backend), options);
+    let mut server = Server::new(Arc::new(backend), options);
+    if let Some(address) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {address}"))?;
+        server = server.with_http(listener);
+    }
     let reload = server.reload_handle();
     let hangups = tokio::spawn(async move {
         while hangup.recv().await.is_some() {
