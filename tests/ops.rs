@@ -415,7 +415,7 @@ async fn metrics_count_the_calls_made_per_method_code_and_failure_reason() {
         },
     )
     .await;
-    assert_ne!(first_key, [new_key.clone()]);
+    assert_ne!(first_key, std::slice::from_ref(&new_key));
     assert_eq!(
         rotated.value("kube_kms_keyring_versions", &[("state", "primary")]),
         1.0
