@@ -26,7 +26,8 @@ const SECRETBOX_NONCE_LEN: usize = 24;
 const AES_BLOCK_LEN: usize = 16;
 
 /// How a KMS v2 `encryptedDEKSource` is used (`EncryptedObject.encryptedDEKSourceType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The one type for it in the crate (`inspect::classify` re-exports it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DekSourceType {
     /// The plugin wrapped an AES-256 key that encrypts the data directly (value 0,
     /// also what a missing field means).

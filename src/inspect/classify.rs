@@ -114,24 +114,9 @@ impl Encoding {
     }
 }
 
-/// What a kms v2 `encryptedDEKSource` wraps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DekSourceType {
-    /// 0 (also: field 5 absent): an AES-256 DEK.
-    AesGcmKey,
-    /// 1: a 32-byte seed, per-write keys by HKDF (default since 1.29).
-    HkdfSha256XnonceAesGcmSeed,
-}
-
-impl DekSourceType {
-    /// The enum name as in the Kubernetes proto.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DekSourceType::AesGcmKey => "AES_GCM_KEY",
-            DekSourceType::HkdfSha256XnonceAesGcmSeed => "HKDF_SHA256_XNONCE_AES_GCM_SEED",
-        }
-    }
-}
+/// What a kms v2 `encryptedDEKSource` wraps: the one type shared with
+/// [`crate::envelope`], which opens the data.
+pub use crate::envelope::DekSourceType;
 
 /// Why a `k8s:enc:` value is malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -409,12 +394,46 @@ fn classify_kms_v2(rest: &[u8]) -> Classification<'_> {
     result
 }
 
-struct EncryptedObject<'a> {
-    key_id: &'a [u8],
-    dek_source_type: DekSourceType,
+/// The fields of a kms v2 `EncryptedObject`, borrowed from the stored value.
+#[derive(Debug, Clone, Copy)]
+pub struct EncryptedObject<'a> {
+    /// `encryptedData`: the object sealed with the DEK (or a key derived from the seed).
+    pub data: &'a [u8],
+    /// `keyID`: the key_id the plugin returned (UTF-8, at most 1 KiB).
+    pub key_id: &'a [u8],
+    /// `encryptedDEKSource`: the plugin's ciphertext of the seed or DEK.
+    pub dek_source: &'a [u8],
+    /// The whole message, to iterate annotations with [`EncryptedObject::annotations`].
+    pub object: &'a [u8],
+    /// `encryptedDEKSourceType` (absent: AES_GCM_KEY).
+    pub dek_source_type: DekSourceType,
 }
 
-fn decode_encrypted_object(object: &[u8]) -> Result<EncryptedObject<'_>, Malformation> {
+impl<'a> EncryptedObject<'a> {
+    /// The annotations `(key, value)` in stored order (the last entry wins for
+    /// a repeated key, as in Go's map decoding; callers that need a map dedupe).
+    pub fn annotations(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        pb::Reader::new(self.object)
+            .map_while(Result::ok)
+            .filter(|field| field.number == 4)
+            .filter_map(|field| field.bytes().ok())
+            .map(|entry| {
+                let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
+                for inner in pb::Reader::new(entry).map_while(Result::ok) {
+                    match (inner.number, inner.bytes()) {
+                        (1, Ok(bytes)) => key = bytes,
+                        (2, Ok(bytes)) => value = bytes,
+                        _ => {}
+                    }
+                }
+                (key, value)
+            })
+    }
+}
+
+/// Decodes and checks a kms v2 `EncryptedObject` (the bytes after
+/// `k8s:enc:kms:v2:<name>:`) as kube-apiserver validates it.
+pub fn decode_encrypted_object(object: &[u8]) -> Result<EncryptedObject<'_>, Malformation> {
     let mut data: &[u8] = &[];
     let mut key_id: &[u8] = &[];
     let mut dek_source: &[u8] = &[];
@@ -468,7 +487,10 @@ fn decode_encrypted_object(object: &[u8]) -> Result<EncryptedObject<'_>, Malform
         _ => return Err(Malformation::KmsV2UnknownDekSourceType),
     };
     Ok(EncryptedObject {
+        data,
         key_id,
+        dek_source,
+        object,
         dek_source_type,
     })
 }
@@ -513,10 +535,32 @@ pub mod build {
         annotations: &[(&str, &[u8])],
         data: &[u8],
     ) -> Vec<u8> {
+        kms_v2_with_dek_source(
+            provider,
+            key_id,
+            &[7u8; 60],
+            dek_source_type,
+            annotations,
+            data,
+        )
+    }
+
+    /// A kms v2 value with a given `encryptedDEKSource` (what the plugin's
+    /// Encrypt returned), as kube-apiserver writes it: with
+    /// [`crate::envelope::seal_kms_v2_seed`]'s output as `data`, a value the
+    /// plugin can decrypt.
+    pub fn kms_v2_with_dek_source(
+        provider: &str,
+        key_id: &str,
+        dek_source: &[u8],
+        dek_source_type: Option<u64>,
+        annotations: &[(&str, &[u8])],
+        data: &[u8],
+    ) -> Vec<u8> {
         let mut object = Vec::new();
         encode::bytes_field(&mut object, 1, data);
         encode::bytes_field(&mut object, 2, key_id.as_bytes());
-        encode::bytes_field(&mut object, 3, &[7u8; 60]);
+        encode::bytes_field(&mut object, 3, dek_source);
         for (key, value) in annotations {
             let mut entry = Vec::new();
             encode::bytes_field(&mut entry, 1, key.as_bytes());

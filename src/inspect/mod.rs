@@ -54,3 +54,4 @@ pub mod mvcc;
 pub mod pb;
 pub mod report;
 pub mod scan;
+pub mod verify;

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::classify::Provider;
 use super::scan::{Finding, ScanResult};
+use super::verify::{stale_report, VerifySummary};
 
 /// Exit code: nothing wrong.
 pub const EXIT_CLEAN: u8 = 0;
@@ -34,6 +35,9 @@ pub struct SourceInfo {
     pub compact_revision: Option<i64>,
     /// Further facts (page size, trailer status...), shown as-is.
     pub details: Map<String, Value>,
+    /// When the scan started (the destroy gate compares it with the time a
+    /// key was disabled).
+    pub scanned_at: Option<std::time::SystemTime>,
 }
 
 /// The exit code a result calls for.
@@ -85,7 +89,24 @@ pub fn summary_json(result: &ScanResult, source: &SourceInfo) -> Value {
         .map(|(finding, count)| (finding.code().to_string(), json!(count)))
         .collect();
     let values = result.values().count();
+    let stale = stale_report(result).map(|report| {
+        let latest = report.latest();
+        let by_key_id: Map<String, Value> = report
+            .by_key_id
+            .into_iter()
+            .map(|(key_id, counts)| {
+                (
+                    key_id,
+                    json!({"latest": counts.latest, "history": counts.history}),
+                )
+            })
+            .collect();
+        json!({"current_key_ids": report.current, "key_ids": by_key_id, "latest": latest})
+    });
     json!({
+        "scanned_at": source
+            .scanned_at
+            .map(|time| humantime::format_rfc3339_seconds(time).to_string()),
         "source": source.kind,
         "location": source.location,
         "revision": source.revision,
@@ -98,10 +119,47 @@ pub fn summary_json(result: &ScanResult, source: &SourceInfo) -> Value {
         "resources": resources,
         "groups": groups,
         "findings": findings,
+        "stale": stale,
+        "verify": result.verification().map(verify_json),
         "read_errors": result.read_errors(),
         "exit_code": exit_code(result),
     })
 }
+
+fn verify_json(summary: &VerifySummary) -> Value {
+    let by_provider = |counts: &std::collections::BTreeMap<Provider, u64>| -> Map<String, Value> {
+        counts
+            .iter()
+            .map(|(provider, count)| (provider.as_str().to_string(), json!(count)))
+            .collect()
+    };
+    let failed: Map<String, Value> = summary
+        .failed
+        .iter()
+        .map(|(failure, count)| (failure.code().to_string(), json!(count)))
+        .collect();
+    let decrypt_failures: Vec<Value> = summary
+        .unwrap_failures
+        .iter()
+        .map(|failure| {
+            json!({
+                "key_id": failure.key_id,
+                "reason": failure.failure.code(),
+                "detail": failure.detail,
+            })
+        })
+        .collect();
+    json!({
+        "kms_plugin": summary.kms_source,
+        "encryption_config": summary.with_encryption_config,
+        "decrypt_calls": summary.decrypt_calls,
+        "verified": by_provider(&summary.verified),
+        "failed": failed,
+        "not_verified": by_provider(&summary.not_verified),
+        "decrypt_failures": decrypt_failures,
+    })
+}
+
 
 /// Appends `text` as a JSON string.
 fn push_json_str(out: &mut Vec<u8>, text: &str) {
@@ -233,6 +291,10 @@ pub fn write_json(out: &mut dyn Write, result: &ScanResult, source: &SourceInfo)
         }
         line.extend_from_slice(b",\"finding\":");
         push_optional_static(&mut line, value.finding.map(Finding::code));
+        if let Some(failure) = value.verify_failure {
+            line.extend_from_slice(b",\"verify\":");
+            push_json_str(&mut line, failure.code());
+        }
         line.extend_from_slice(b"}}\n");
         out.write_all(&line)?;
     }
@@ -356,6 +418,14 @@ pub fn write_table(
                         what = format!("{what}: key_id {key_id}");
                     }
                 }
+                Finding::VerifyFailed => {
+                    if let Some(failure) = value.verify_failure {
+                        what = format!("{what}: {}", failure.describe());
+                    }
+                    if let Some(key_id) = result.text(class.key_id) {
+                        what = format!("{what} (key_id {key_id})");
+                    }
+                }
             }
             writeln!(
                 out,
@@ -375,6 +445,10 @@ pub fn write_table(
                 "\nPlaintext history stays in etcd until compaction, in its file until `etcdctl defrag`, and in every backup taken before; --ignore-history skips it."
             )?;
         }
+    }
+    write_stale_table(out, result)?;
+    if let Some(summary) = result.verification() {
+        write_verify_table(out, summary)?;
     }
     if !result.read_errors().is_empty() {
         writeln!(out, "\nRead errors ({}):", result.read_errors().len())?;
@@ -398,4 +472,96 @@ pub fn write_table(
         result.values().count()
     )?;
     out.flush()
+}
+
+fn write_stale_table(out: &mut dyn Write, result: &ScanResult) -> io::Result<()> {
+    let Some(report) = stale_report(result) else {
+        return Ok(());
+    };
+    writeln!(out)?;
+    if report.by_key_id.is_empty() {
+        writeln!(
+            out,
+            "Stale kms v2 key_ids: none (every kms v2 value is under {}).",
+            report.current.join(", ")
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Stale kms v2 key_ids (current: {}): {} current values to rewrite",
+        report.current.join(", "),
+        report.latest()
+    )?;
+    let width = report
+        .by_key_id
+        .keys()
+        .map(|key_id| key_id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("KEY ID".len());
+    writeln!(
+        out,
+        "  {:<width$}  {:>7}  {:>7}",
+        "KEY ID", "LATEST", "HISTORY"
+    )?;
+    for (key_id, counts) in &report.by_key_id {
+        writeln!(
+            out,
+            "  {:<width$}  {:>7}  {:>7}",
+            display_bytes(key_id.as_bytes()),
+            counts.latest,
+            counts.history
+        )?;
+    }
+    Ok(())
+}
+
+fn write_verify_table(out: &mut dyn Write, summary: &VerifySummary) -> io::Result<()> {
+    let verified: u64 = summary.verified.values().sum();
+    let failed: u64 = summary.failed.values().sum();
+    let list = |counts: &std::collections::BTreeMap<Provider, u64>| {
+        counts
+            .iter()
+            .map(|(provider, count)| format!("{} {count}", provider.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Verification: {verified} values decrypted to valid objects ({}), {failed} failed.",
+        if verified == 0 {
+            "none".to_string()
+        } else {
+            list(&summary.verified)
+        }
+    )?;
+    if let Some(source) = &summary.kms_source {
+        writeln!(
+            out,
+            "  kms v2 seeds from {source}: {} Decrypt calls (one per distinct DEK source).",
+            summary.decrypt_calls
+        )?;
+    }
+    for (failure, count) in &summary.failed {
+        writeln!(out, "  {count} {}: {}", failure.code(), failure.describe())?;
+    }
+    for failure in &summary.unwrap_failures {
+        writeln!(
+            out,
+            "  Decrypt under key_id {} failed ({}): {}",
+            display_bytes(failure.key_id.as_bytes()),
+            failure.failure.code(),
+            failure.detail
+        )?;
+    }
+    if !summary.not_verified.is_empty() {
+        writeln!(
+            out,
+            "  Not verified (no key given for them): {}.",
+            list(&summary.not_verified)
+        )?;
+    }
+    Ok(())
 }

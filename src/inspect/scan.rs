@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 
 use super::classify::{Classifier, DekSourceType, Encoding, Malformation, Provider};
+use super::verify::pool::VerifyPool;
+use super::verify::{object::expected_for_resource, VerifyFailure, VerifySummary};
 use super::{ObservationSink, Observed, Revision};
 
 /// Default key prefix of kube-apiserver.
@@ -120,6 +122,9 @@ pub enum Finding {
     WrongProvider,
     /// kms v2 under a key_id not in `--allowed-key-ids`.
     StaleKeyId,
+    /// Did not decrypt to a valid object with the keys given (`--verify-with`,
+    /// `--encryption-config`).
+    VerifyFailed,
 }
 
 impl Finding {
@@ -131,6 +136,7 @@ impl Finding {
             Finding::Malformed => "malformed",
             Finding::WrongProvider => "wrong-provider",
             Finding::StaleKeyId => "stale-key-id",
+            Finding::VerifyFailed => "verify-failed",
         }
     }
 
@@ -144,6 +150,7 @@ impl Finding {
             Finding::Malformed => "encrypted-looking value that does not parse",
             Finding::WrongProvider => "not under the required provider",
             Finding::StaleKeyId => "kms v2 key_id not in the allowed list (stale; rewrite it)",
+            Finding::VerifyFailed => "failed verification",
         }
     }
 }
@@ -290,6 +297,7 @@ pub struct Scan {
     read_errors: Vec<String>,
     out_of_scope: u64,
     scratch: Vec<u8>,
+    verify: Option<VerifyPool>,
 }
 
 impl Scan {
@@ -311,7 +319,16 @@ impl Scan {
             read_errors: Vec::new(),
             out_of_scope: 0,
             scratch: Vec::new(),
+            verify: None,
         }
+    }
+
+    /// Verifies every encrypted value the pool's verifier has keys for, as
+    /// values arrive (see [`super::verify`]); results land in the
+    /// [`ScanResult`] (findings [`Finding::VerifyFailed`], and
+    /// [`ScanResult::verification`]).
+    pub fn verify_with(&mut self, pool: VerifyPool) {
+        self.verify = Some(pool);
     }
 
     /// The key id of `key` if it is in scope (interning it on first sight).
@@ -385,10 +402,31 @@ impl Scan {
             strings,
             classes,
             mut records,
-            read_errors,
+            mut read_errors,
             out_of_scope,
+            verify,
             ..
         } = self;
+        // Failures are tagged with their record's index: resolve them to
+        // (key, revision) before the records are sorted.
+        let mut verify_failures = HashMap::new();
+        let verification = verify.map(|pool| {
+            let outcome = pool.finish();
+            for (tag, failure) in outcome.failures {
+                if let Some(record) = usize::try_from(tag).ok().and_then(|i| records.get(i)) {
+                    verify_failures.insert((record.key, record.revision), failure);
+                }
+            }
+            for failure in &outcome.summary.unwrap_failures {
+                if failure.failure == VerifyFailure::PluginUnreachable {
+                    read_errors.push(format!(
+                        "verification incomplete: Decrypt for key_id {:?} failed: {}",
+                        failure.key_id, failure.detail
+                    ));
+                }
+            }
+            outcome.summary
+        });
         // Sort keys once, then records by (key rank, revision).
         let mut order: Vec<u32> = (0..keys.strings.len() as u32).collect();
         order.sort_unstable_by(|&a, &b| keys.get(a).cmp(keys.get(b)));
@@ -412,6 +450,8 @@ impl Scan {
             latest: Vec::new(),
             read_errors,
             out_of_scope,
+            verify_failures,
+            verification,
         };
         // The last record of each key (sorted) is its latest state.
         let records = &result.records;
@@ -442,6 +482,20 @@ impl ObservationSink for Scan {
                     return;
                 };
                 let class = self.intern_class(value);
+                if let Some(pool) = &mut self.verify {
+                    let provider = self
+                        .classes
+                        .get(class as usize)
+                        .map_or(Provider::Malformed, |info| info.provider);
+                    let resource = self
+                        .key_info
+                        .get(key as usize)
+                        .map_or(&[][..], |info| self.strings.get(info.resource));
+                    let tag = self.records.len() as u64;
+                    let expected = expected_for_resource(resource);
+                    let etcd_key = self.keys.get(key);
+                    pool.submit(tag, provider, etcd_key, expected, value);
+                }
                 self.records.push(Record {
                     key,
                     class,
@@ -511,6 +565,8 @@ pub struct ValueView<'r> {
     pub resource_id: u32,
     /// Id of the classification (same id, same classification).
     pub class_id: u32,
+    /// Why verification failed, if it did.
+    pub verify_failure: Option<VerifyFailure>,
 }
 
 /// Counts of one (resource, provider, name, key_id) group.
@@ -549,9 +605,16 @@ pub struct ScanResult {
     latest: Vec<bool>,
     read_errors: Vec<String>,
     out_of_scope: u64,
+    verify_failures: HashMap<(u32, Revision), VerifyFailure>,
+    verification: Option<VerifySummary>,
 }
 
 impl ScanResult {
+    /// What verification did, when the scan verified values.
+    pub fn verification(&self) -> Option<&VerifySummary> {
+        self.verification.as_ref()
+    }
+
     /// An interned string (name, key_id, kind, resource...).
     pub fn string(&self, id: u32) -> &[u8] {
         self.strings.get(id)
@@ -595,10 +658,18 @@ impl ScanResult {
         }
     }
 
-    fn finding(&self, class: &ClassInfo, latest: bool) -> Option<Finding> {
+    fn finding(
+        &self,
+        class: &ClassInfo,
+        latest: bool,
+        verify_failure: Option<VerifyFailure>,
+    ) -> Option<Finding> {
         let options = &self.options;
         if class.provider == Provider::Malformed {
             return (latest || !options.ignore_history).then_some(Finding::Malformed);
+        }
+        if verify_failure.is_some() && (latest || !options.ignore_history) {
+            return Some(Finding::VerifyFailed);
         }
         if !latest {
             return (class.provider == Provider::Identity && !options.ignore_history)
@@ -638,15 +709,23 @@ impl ScanResult {
                     .key_info
                     .get(record.key as usize)
                     .map_or(u32::MAX, |info| info.resource);
+                let verify_failure = if self.verify_failures.is_empty() {
+                    None
+                } else {
+                    self.verify_failures
+                        .get(&(record.key, record.revision))
+                        .copied()
+                };
                 Some(ValueView {
                     key: self.keys.get(record.key),
                     resource: self.strings.get(resource_id),
                     revision: record.revision,
                     latest,
                     class,
-                    finding: self.finding(class, latest),
+                    finding: self.finding(class, latest, verify_failure),
                     resource_id,
                     class_id: record.class,
+                    verify_failure,
                 })
             })
     }

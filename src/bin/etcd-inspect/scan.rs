@@ -1,6 +1,7 @@
 //! `etcd-inspect scan`: argument parsing, choice of source, output and exit code.
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use kube_kms::inspect::classify::Classifier;
@@ -9,6 +10,9 @@ use kube_kms::inspect::live::{self, LiveSource};
 use kube_kms::inspect::mvcc::{self, FileScanOptions};
 use kube_kms::inspect::report::{self, SourceInfo};
 use kube_kms::inspect::scan::{RequiredProvider, ResourceFilter, Scan, ScanOptions};
+use kube_kms::inspect::verify::plugin::PluginUnwrapper;
+use kube_kms::inspect::verify::pool::VerifyPool;
+use kube_kms::inspect::verify::{self, DekUnwrapper, Verifier};
 use kube_kms::inspect::ObservationSink;
 use kube_kms::secret::SecretBytes;
 use serde_json::json;
@@ -58,9 +62,26 @@ pub(crate) struct ScanArgs {
     #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
     key_names: Vec<String>,
     /// kube-apiserver's EncryptionConfiguration: its key and provider names
-    /// are matched exactly (only needed when a name contains ':').
+    /// are matched exactly, and aescbc, aesgcm and secretbox values are
+    /// verified by decrypting them with its keys (a value that does not
+    /// decrypt to a valid object is a `verify-failed` finding).
     #[arg(long, value_name = "PATH")]
     encryption_config: Option<PathBuf>,
+    /// Verify every kms v2 value by decrypting it: its DEK through this KMS v2
+    /// plugin's Decrypt (unix:///path/kms.sock; once per distinct DEK), then
+    /// its data, which must be a valid object of its kind. The plugin's Status
+    /// key_id is the current key_id unless --current-key-id is given.
+    #[arg(long, value_name = "unix:///PATH")]
+    verify_with: Option<String>,
+    /// The current kms v2 key_id: values under any other key_id are stale
+    /// (reported grouped by key_id; current stale values are findings).
+    #[arg(long, value_name = "KEY_ID")]
+    current_key_id: Option<String>,
+    /// Print only `namespace/name` (or `name`) of each current object under a
+    /// stale key_id, one per line, for `xargs kubectl ...`. Needs a current
+    /// key_id (--current-key-id or --verify-with) and exactly one resource.
+    #[arg(long)]
+    emit_stale: bool,
     /// Do not verify a snapshot's SHA-256 trailer (saves one pass over the file).
     #[arg(long)]
     skip_checksum: bool,
@@ -88,37 +109,102 @@ pub(crate) struct ScanArgs {
 }
 
 pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
+    let scanned_at = std::time::SystemTime::now();
     let require_provider = match &args.require_provider {
         Some(spec) => Some(RequiredProvider::parse(spec).with_context(|| {
             format!("--require-provider {spec}: unknown provider (use identity, aescbc, aesgcm, secretbox, kms-v1 or kms-v2, optionally :NAME)")
         })?),
         None => None,
     };
+    let encryption_config = match &args.encryption_config {
+        Some(path) => Some(EncryptionConfig::load(path)?),
+        None => None,
+    };
+    let classifier = classifier(&args, encryption_config.as_ref());
+    let mut plugin_key_id = None;
+    let plugin: Option<Arc<dyn DekUnwrapper>> = match &args.verify_with {
+        Some(address) => {
+            let (plugin, status) = PluginUnwrapper::connect(address).with_context(|| {
+                format!("--verify-with {address}: is the plugin running and is this its socket?")
+            })?;
+            if status.healthz != "ok" {
+                eprintln!(
+                    "etcd-inspect: warning: the KMS plugin reports healthz {:?}; verification goes on",
+                    status.healthz
+                );
+            }
+            eprintln!(
+                "etcd-inspect: KMS plugin {address}: Status version {}, key_id {}",
+                status.version, status.key_id
+            );
+            plugin_key_id = Some(status.key_id);
+            Some(Arc::new(plugin))
+        }
+        None => None,
+    };
+    let mut allowed_key_ids: Option<Vec<Vec<u8>>> = args
+        .allowed_key_ids
+        .as_ref()
+        .map(|ids| ids.iter().map(|id| id.as_bytes().to_vec()).collect());
+    let current = args
+        .current_key_id
+        .clone()
+        .or(if allowed_key_ids.is_none() {
+            plugin_key_id
+        } else {
+            None
+        });
+    if let Some(current) = current {
+        allowed_key_ids
+            .get_or_insert_with(Vec::new)
+            .push(current.into_bytes());
+    }
+    let resources = ResourceFilter::parse(&args.resources);
+    if args.emit_stale {
+        if allowed_key_ids.is_none() {
+            bail!("--emit-stale needs the current key_id: give --current-key-id KEY_ID or --verify-with the plugin's socket");
+        }
+        if !matches!(&resources, ResourceFilter::Only(names) if names.len() == 1) {
+            bail!("--emit-stale needs exactly one resource in --resources (e.g. --resources secrets), so each line names an object of that resource");
+        }
+    }
     let options = ScanOptions {
         prefix: args.prefix.as_bytes().to_vec(),
-        resources: ResourceFilter::parse(&args.resources),
+        resources,
         ignore_history: args.ignore_history,
         require_provider,
-        allowed_key_ids: args
-            .allowed_key_ids
-            .as_ref()
-            .map(|ids| ids.iter().map(|id| id.as_bytes().to_vec()).collect()),
-        classifier: classifier(&args)?,
+        allowed_key_ids,
+        classifier: classifier.clone(),
     };
     let mut scan = Scan::new(options);
-    let source = match (&args.file, args.endpoints.is_empty()) {
+    if plugin.is_some() || encryption_config.is_some() {
+        let verifier = Verifier::new(plugin, encryption_config);
+        scan.verify_with(VerifyPool::start(
+            Arc::new(verifier),
+            classifier,
+            VerifyPool::default_threads(),
+        ));
+    }
+    let mut source = match (&args.file, args.endpoints.is_empty()) {
         (Some(path), true) => scan_file(path, &args, &mut scan)?,
         (None, false) => scan_live(&args, &mut scan)?,
         _ => bail!("give exactly one source: --file PATH or --endpoints URLS"),
     };
+    source.scanned_at = Some(scanned_at);
     let result = scan.finish();
     let code = report::exit_code(&result);
     let stdout = io::stdout();
     let is_terminal = stdout.is_terminal();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let written = match args.format {
-        Format::Json => report::write_json(&mut out, &result, &source),
-        Format::Table => report::write_table(&mut out, &result, &source),
+    let written = if args.emit_stale {
+        verify::stale_objects(&result)
+            .iter()
+            .try_for_each(|name| writeln!(out, "{name}"))
+    } else {
+        match args.format {
+            Format::Json => report::write_json(&mut out, &result, &source),
+            Format::Table => report::write_table(&mut out, &result, &source),
+        }
     }
     .and_then(|()| out.flush());
     match written {
@@ -126,7 +212,7 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
         Err(error) => return Err(error).context("writing the report"),
     }
-    if !(is_terminal && args.format == Format::Table) {
+    if args.emit_stale || !(is_terminal && args.format == Format::Table) {
         // The table on a terminal already lists them; otherwise tell stderr,
         // where a pipeline's user looks for errors.
         for error in result.read_errors() {
@@ -137,10 +223,9 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
 }
 
 /// The classifier, knowing the names given by --key-names and --encryption-config.
-fn classifier(args: &ScanArgs) -> anyhow::Result<Classifier> {
+fn classifier(args: &ScanArgs, config: Option<&EncryptionConfig>) -> Classifier {
     let mut names = args.key_names.clone();
-    if let Some(path) = &args.encryption_config {
-        let config = EncryptionConfig::load(path)?;
+    if let Some(config) = config {
         for kind in [
             KeyedProvider::AesCbc,
             KeyedProvider::AesGcm,
@@ -150,7 +235,7 @@ fn classifier(args: &ScanArgs) -> anyhow::Result<Classifier> {
         }
         names.extend(config.kms_names().iter().cloned());
     }
-    Ok(Classifier::with_names(&names))
+    Classifier::with_names(&names)
 }
 
 /// The narrowest key range holding every resource in scope: with one
@@ -217,6 +302,7 @@ fn scan_live(args: &ScanArgs, scan: &mut Scan) -> anyhow::Result<SourceInfo> {
         revision: summary.revision,
         compact_revision: summary.compact_revision,
         details,
+        scanned_at: None,
     })
 }
 
@@ -256,5 +342,6 @@ fn scan_file(
         revision: summary.revision,
         compact_revision: summary.compact_revision,
         details,
+        scanned_at: None,
     })
 }
