@@ -6,6 +6,8 @@
 //! - [`ops`] holds the state machine (init, rotate, add, promote, disable,
 //!   enable, destroy) and [`Keyring::validate`], the invariants every loaded
 //!   or written keyring satisfies.
+//! - [`bundle`] exports versions to, and imports them from, encrypted age bundles.
+//! - [`peer_check`] asks running plugin instances whether they hold the local versions.
 //! - [`store`] reads the file (ownership and mode checked) and writes it
 //!   atomically under an exclusive lock.
 //!
@@ -18,9 +20,11 @@ use std::time::SystemTime;
 
 use crate::secret::Key256;
 
+pub mod bundle;
 pub mod format;
 pub mod key_id;
 pub mod ops;
+pub mod peer_check;
 pub mod store;
 
 pub use store::{create, load, modify, FileStamp, LoadedKeyring};

@@ -9,6 +9,8 @@ use std::time::SystemTime;
 use anyhow::Context;
 use kube_kms::keyring::{self, Keyring, VersionInfo};
 
+mod ha;
+
 /// Keyring commands.
 #[derive(clap::Subcommand)]
 pub(crate) enum KeyCommand {
@@ -18,9 +20,12 @@ pub(crate) enum KeyCommand {
     Rotate(KeyringArg),
     /// Add a new enabled (not primary) version, to distribute before promoting it.
     Add(KeyringArg),
-    /// Make an enabled version primary; the old primary stays enabled.
-    Promote(VersionArgs),
-    /// Show the versions (metadata only: id, key_id, state, creation time).
+    /// Make an enabled version primary; the old primary stays enabled. With
+    /// `--peer`, first checks that those running plugins hold the version.
+    Promote(ha::PromoteArgs),
+    /// Show the versions (metadata only: id, key_id, state, creation time, and the
+    /// fingerprint, which is the key_id's last part: a non-secret HKDF of the key,
+    /// equal on every node that holds the same key).
     List(ListArgs),
     /// Stop a version from decrypting (not the primary).
     Disable(VersionArgs),
@@ -28,6 +33,12 @@ pub(crate) enum KeyCommand {
     Enable(VersionArgs),
     /// Erase a disabled version's material for good (its id and key_id stay reserved).
     Destroy(VersionArgs),
+    /// Write versions to an encrypted bundle (age: X25519 recipients or a passphrase) for other nodes.
+    Export(ha::ExportArgs),
+    /// Add the versions of a bundle this keyring lacks (as enabled, never primary); changes nothing else.
+    Import(ha::ImportArgs),
+    /// Ask running plugins (`--peer`) whether they hold every version in use; exit 0 yes, 1 no, 2 unknown.
+    Check(ha::CheckArgs),
 }
 
 /// The keyring file option shared by every command.
@@ -62,7 +73,7 @@ pub(crate) struct ListArgs {
 pub(crate) enum ListFormat {
     /// Aligned columns for people.
     Table,
-    /// `{"versions":[{"id":..,"key_id":..,"state":..,"created":..}]}` for scripts.
+    /// `{"versions":[{"id":..,"key_id":..,"state":..,"created":..,"fingerprint":..}]}` for scripts.
     Json,
 }
 
@@ -104,24 +115,26 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
                 path.display()
             )
         }
-        KeyCommand::Promote(VersionArgs {
-            id: version,
-            keyring,
-        }) => {
-            let change = keyring::modify(&keyring.keyring, |ring| ring.promote(version))?;
-            format!(
-                "promoted: {} is now primary; {} stays enabled for decryption{}",
-                describe(&change.primary),
-                describe(&change.previous),
-                reload_hint()
-            )
-        }
+        KeyCommand::Promote(args) => return ha::promote(args),
+        KeyCommand::Export(args) => return ha::export(args),
+        KeyCommand::Import(args) => return ha::import(args),
+        KeyCommand::Check(args) => return ha::check(args),
         KeyCommand::List(ListArgs { keyring, format }) => {
             let loaded = keyring::load(&keyring.keyring)?;
             let versions = loaded.keyring.metadata();
             let mut out = std::io::stdout().lock();
             match format {
                 ListFormat::Json => {
+                    let versions: Vec<serde_json::Value> = versions
+                        .iter()
+                        .map(|v| {
+                            let mut value = serde_json::json!(v);
+                            if let Some(object) = value.as_object_mut() {
+                                object.insert("fingerprint".into(), fingerprint(&v.key_id).into());
+                            }
+                            value
+                        })
+                        .collect();
                     serde_json::to_writer_pretty(
                         &mut out,
                         &serde_json::json!({ "versions": versions }),
@@ -185,18 +198,26 @@ fn write_table(out: &mut impl Write, versions: &[VersionInfo]) -> std::io::Resul
         .max("KEY_ID".len());
     writeln!(
         out,
-        "{:<7}  {:<9}  {:<key_id_width$}  CREATED",
-        "VERSION", "STATE", "KEY_ID"
+        "{:<7}  {:<9}  {:<key_id_width$}  {:<20}  FINGERPRINT",
+        "VERSION", "STATE", "KEY_ID", "CREATED"
     )?;
     for version in versions {
         writeln!(
             out,
-            "{:<7}  {:<9}  {:<key_id_width$}  {}",
+            "{:<7}  {:<9}  {:<key_id_width$}  {:<20}  {}",
             version.id,
             version.state.as_str(),
             version.key_id,
-            version.created
+            version.created,
+            fingerprint(&version.key_id)
         )?;
     }
     Ok(())
+}
+
+/// The non-secret fingerprint of a version: the hex part of its key_id.
+fn fingerprint(key_id: &str) -> &str {
+    keyring::key_id::parse(key_id)
+        .map(|(_, hex)| hex)
+        .unwrap_or("-")
 }

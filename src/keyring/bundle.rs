@@ -1,0 +1,863 @@
+//! Key bundles: moving KEK versions between the keyrings of several plugin
+//! instances (one per control-plane node) without copying keyring files.
+//!
+//! A bundle is an [age](https://age-encryption.org/v1) file (binary, not armored)
+//! encrypted either to one or more X25519 recipients (`age1...`) or to a
+//! passphrase (scrypt). age authenticates the header and every payload chunk, so
+//! a bundle that was tampered with, truncated, or encrypted to someone else
+//! fails to open before any of it is used. The age payload is JSON:
+//!
+//! ```json
+//! {
+//!   "format": "kube-kms-bundle/v1",
+//!   "versions": [
+//!     { "id": 2, "key_id": "kk-v2-…", "state": "enabled",
+//!       "created": "2026-11-27T12:00:00Z", "material": "<base64 of 32 bytes>" }
+//!   ]
+//! }
+//! ```
+//!
+//! `state` is a hint: the exporter's state of the version. A `primary` or
+//! `enabled` version is imported as `enabled` (never primary: promotion is a
+//! separate, deliberate step on each node), a `disabled` one as `disabled`.
+//! Destroyed versions have no material and cannot be exported.
+//!
+//! Import into a keyring file that does not exist yet (a new node) creates it;
+//! there, and only there, the version that was primary at export becomes
+//! primary. Import into an existing keyring ([`merge`], [`import`]) only adds
+//! versions the keyring lacks. It never
+//! removes, demotes or re-enables a local version, never brings back the
+//! material of a version destroyed locally, is idempotent, and refuses the whole
+//! bundle, changing nothing, if any version's id or key_id is held locally with
+//! other material. The material is held only in [`Key256`] and zeroizing
+//! buffers; nothing here formats it.
+use std::borrow::Cow;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use age::secrecy::SecretString;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use zeroize::Zeroizing;
+
+use super::{key_id, store, KeyState, KeyVersion, Keyring, KeyringError, VersionInfo};
+use crate::secret::Key256;
+
+/// The value of the payload's `format` field.
+pub const FORMAT: &str = "kube-kms-bundle/v1";
+/// The largest bundle file accepted (a bundle of 1000 versions is ~250 KiB).
+pub const MAX_BUNDLE_LEN: u64 = 1 << 20;
+/// Longest base64 text accepted for a material field (32 bytes encode to 44).
+const MAX_MATERIAL_TEXT: usize = 64;
+/// Largest accepted scrypt work factor (log2 N) for passphrase bundles: 2^22 is
+/// 4 GiB·s-class work at most, so a hostile bundle cannot pin the CPU for hours.
+const MAX_SCRYPT_LOG_N: u8 = 22;
+
+/// Everything that can go wrong exporting, opening or importing a bundle.
+/// No message contains key material or passphrases.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// A file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The keyring could not be loaded or changed (or refused the import).
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    /// A version asked for cannot be exported.
+    #[error("cannot export version {id}: {reason}")]
+    NotExportable {
+        /// The version.
+        id: u32,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// The protection options are unusable (bad recipient, empty passphrase...).
+    #[error("{0}")]
+    Protection(String),
+    /// age could not encrypt the bundle.
+    #[error("cannot encrypt the bundle: {0}")]
+    Encrypt(String),
+    /// The bundle did not open: wrong identity or passphrase, tampered, truncated,
+    /// or not an age file.
+    #[error("cannot open bundle {path}: {reason}")]
+    Open {
+        /// The bundle file.
+        path: PathBuf,
+        /// What age reported, and what to do.
+        reason: String,
+    },
+    /// The bundle opened but its contents are not a valid kube-kms bundle.
+    #[error("bundle {path} is invalid: {problem}")]
+    Invalid {
+        /// The bundle file.
+        path: PathBuf,
+        /// What is wrong, without any key material.
+        problem: String,
+    },
+}
+
+/// How a bundle is protected when exported.
+pub enum Protection {
+    /// Encrypted to these age X25519 recipients (any of their identities opens it).
+    Recipients(Vec<age::x25519::Recipient>),
+    /// Encrypted to a passphrase (age scrypt).
+    Passphrase(SecretString),
+}
+
+/// How a bundle is opened when imported.
+pub enum Unlock {
+    /// age X25519 identities (the contents of an age identity file).
+    Identities(Vec<age::x25519::Identity>),
+    /// The passphrase the bundle was exported with.
+    Passphrase(SecretString),
+}
+
+impl Protection {
+    /// Parses `age1...` recipient strings (at least one).
+    pub fn recipients(texts: &[String]) -> Result<Self, BundleError> {
+        if texts.is_empty() {
+            return Err(BundleError::Protection(
+                "give at least one --recipient (age1...) or a --passphrase-file".into(),
+            ));
+        }
+        let mut recipients = Vec::with_capacity(texts.len());
+        for text in texts {
+            let recipient = text.trim().parse::<age::x25519::Recipient>().map_err(|_| {
+                BundleError::Protection(format!(
+                    "{text:?} is not an age X25519 recipient (it starts with age1; `age-keygen -y IDENTITY_FILE` prints it)"
+                ))
+            })?;
+            recipients.push(recipient);
+        }
+        Ok(Protection::Recipients(recipients))
+    }
+
+    /// Reads a passphrase from the first line of `path`.
+    pub fn passphrase_file(path: &Path) -> Result<Self, BundleError> {
+        Ok(Protection::Passphrase(read_passphrase(path)?))
+    }
+}
+
+impl Unlock {
+    /// Reads an age identity file (`AGE-SECRET-KEY-1...` lines, `#` comments).
+    pub fn identity_file(path: &Path) -> Result<Self, BundleError> {
+        let text = read_small_secret(path, "cannot read identity file")?;
+        let text = std::str::from_utf8(&text).map_err(|_| {
+            BundleError::Protection(format!(
+                "identity file {} is not UTF-8 text; it must hold AGE-SECRET-KEY-1... lines (age-keygen output)",
+                path.display()
+            ))
+        })?;
+        let mut identities = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // The line is secret: the error names its number only.
+            let identity = line.parse::<age::x25519::Identity>().map_err(|_| {
+                BundleError::Protection(format!(
+                    "identity file {} line {}: not an age X25519 identity (AGE-SECRET-KEY-1...)",
+                    path.display(),
+                    index + 1
+                ))
+            })?;
+            identities.push(identity);
+        }
+        if identities.is_empty() {
+            return Err(BundleError::Protection(format!(
+                "identity file {} holds no AGE-SECRET-KEY-1... line (create one with age-keygen)",
+                path.display()
+            )));
+        }
+        Ok(Unlock::Identities(identities))
+    }
+
+    /// Reads a passphrase from the first line of `path`.
+    pub fn passphrase_file(path: &Path) -> Result<Self, BundleError> {
+        Ok(Unlock::Passphrase(read_passphrase(path)?))
+    }
+}
+
+fn read_small_secret(path: &Path, action: &'static str) -> Result<Zeroizing<Vec<u8>>, BundleError> {
+    let io = |source| BundleError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut buffer = Zeroizing::new(Vec::with_capacity(4096));
+    file.take(64 * 1024).read_to_end(&mut buffer).map_err(io)?;
+    Ok(buffer)
+}
+
+fn read_passphrase(path: &Path) -> Result<SecretString, BundleError> {
+    let text = read_small_secret(path, "cannot read passphrase file")?;
+    let first_line = text.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let first_line = first_line.strip_suffix(b"\r").unwrap_or(first_line);
+    let passphrase = std::str::from_utf8(first_line).map_err(|_| {
+        BundleError::Protection(format!(
+            "passphrase file {} is not UTF-8 text",
+            path.display()
+        ))
+    })?;
+    if passphrase.chars().count() < 12 {
+        return Err(BundleError::Protection(format!(
+            "the passphrase in {} is shorter than 12 characters; use a long random one (e.g. `openssl rand -base64 32`)",
+            path.display()
+        )));
+    }
+    Ok(SecretString::from(passphrase.to_owned()))
+}
+
+/// What [`export`] put in the bundle.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// The age file's bytes (no key material in clear).
+    pub bundle: Vec<u8>,
+    /// The versions it holds, as they are in the exporting keyring.
+    pub versions: Vec<VersionInfo>,
+}
+
+#[derive(serde::Serialize)]
+struct BundleOut<'a> {
+    format: &'static str,
+    versions: Vec<VersionOut<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct VersionOut<'a> {
+    id: u32,
+    key_id: &'a str,
+    state: &'static str,
+    created: String,
+    material: &'a str,
+}
+
+/// Encrypts versions `ids` of `keyring` into an age bundle.
+pub fn export(
+    keyring: &Keyring,
+    ids: &[u32],
+    protection: &Protection,
+) -> Result<Exported, BundleError> {
+    if ids.is_empty() {
+        return Err(BundleError::Protection(
+            "name at least one VERSION to export (`kube-kms key list` shows them)".into(),
+        ));
+    }
+    let mut chosen: Vec<&KeyVersion> = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let version = keyring.version(id).ok_or(BundleError::NotExportable {
+            id,
+            reason: "the keyring has no such version; `kube-kms key list` shows them".into(),
+        })?;
+        if version.material().is_none() {
+            return Err(BundleError::NotExportable {
+                id,
+                reason: "it is destroyed; its material is gone".into(),
+            });
+        }
+        if !chosen.iter().any(|v| v.id == id) {
+            chosen.push(version);
+        }
+    }
+    let encoded: Vec<Zeroizing<String>> = chosen
+        .iter()
+        .map(|version| {
+            let mut text = Zeroizing::new(String::with_capacity(48));
+            if let Some(key) = version.material() {
+                BASE64.encode_string(key.expose_secret(), &mut text);
+            }
+            text
+        })
+        .collect();
+    let out = BundleOut {
+        format: FORMAT,
+        versions: chosen
+            .iter()
+            .zip(&encoded)
+            .map(|(version, material)| VersionOut {
+                id: version.id,
+                key_id: &version.key_id,
+                state: version.state.as_str(),
+                created: humantime::format_rfc3339(version.created).to_string(),
+                material: material.as_str(),
+            })
+            .collect(),
+    };
+    // Sized up front so the buffer never reallocates (which would leave an
+    // un-zeroized copy of the key text behind).
+    let mut payload = Zeroizing::new(Vec::with_capacity(256 + 256 * chosen.len()));
+    serde_json::to_writer(&mut *payload, &out)
+        .map_err(|error| BundleError::Encrypt(format!("cannot serialize: {error}")))?;
+    let encryptor = match protection {
+        Protection::Recipients(recipients) => age::Encryptor::with_recipients(
+            recipients.iter().map(|r| r as &dyn age::Recipient),
+        )
+        .map_err(|error| BundleError::Encrypt(error.to_string()))?,
+        Protection::Passphrase(passphrase) => {
+            age::Encryptor::with_user_passphrase(passphrase.clone())
+        }
+    };
+    let mut bundle = Vec::with_capacity(payload.len() + 512);
+    let mut writer = encryptor
+        .wrap_output(&mut bundle)
+        .map_err(|error| BundleError::Encrypt(error.to_string()))?;
+    writer
+        .write_all(&payload)
+        .and_then(|()| writer.finish().map(|_| ()))
+        .map_err(|error| BundleError::Encrypt(error.to_string()))?;
+    Ok(Exported {
+        bundle,
+        versions: chosen.iter().map(|v| v.info()).collect(),
+    })
+}
+
+/// Writes bundle bytes to a new file (mode 0600); never overwrites.
+pub fn write_new(path: &Path, bundle: &[u8]) -> Result<(), BundleError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |action| {
+        move |source| BundleError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("cannot create bundle file (it must not exist yet)"))?;
+    file.write_all(bundle)
+        .and_then(|()| file.sync_all())
+        .map_err(io("cannot write bundle file"))
+}
+
+/// The versions an opened bundle holds.
+#[derive(Debug)]
+pub struct Bundle {
+    versions: Vec<KeyVersion>,
+    /// The id of the version that was primary where the bundle was made, if exported.
+    primary_at_export: Option<u32>,
+}
+
+impl Bundle {
+    /// Metadata of the versions, with the state they will have once imported.
+    pub fn metadata(&self) -> Vec<VersionInfo> {
+        self.versions.iter().map(KeyVersion::info).collect()
+    }
+}
+
+/// Reads and opens the bundle file at `path`.
+pub fn open_file(path: &Path, unlock: &Unlock) -> Result<Bundle, BundleError> {
+    let io = |source| BundleError::Io {
+        action: "cannot read bundle",
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_BUNDLE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_BUNDLE_LEN {
+        return Err(BundleError::Invalid {
+            path: path.to_path_buf(),
+            problem: format!("it is larger than {MAX_BUNDLE_LEN} bytes: not a kube-kms bundle"),
+        });
+    }
+    open(&bytes, unlock).map_err(|error| error.at(path))
+}
+
+impl BundleError {
+    fn at(self, file: &Path) -> Self {
+        match self {
+            BundleError::Open { reason, .. } => BundleError::Open {
+                path: file.to_path_buf(),
+                reason,
+            },
+            BundleError::Invalid { problem, .. } => BundleError::Invalid {
+                path: file.to_path_buf(),
+                problem,
+            },
+            other => other,
+        }
+    }
+}
+
+fn memory() -> PathBuf {
+    PathBuf::from("<memory>")
+}
+
+fn invalid(problem: impl Into<String>) -> BundleError {
+    BundleError::Invalid {
+        path: memory(),
+        problem: problem.into(),
+    }
+}
+
+/// Decrypts and parses bundle bytes. Fails, using nothing, unless age
+/// authenticates the whole file.
+pub fn open(bytes: &[u8], unlock: &Unlock) -> Result<Bundle, BundleError> {
+    let failed = |reason: String| BundleError::Open {
+        path: memory(),
+        reason,
+    };
+    let decryptor = age::Decryptor::new_buffered(bytes).map_err(|error| {
+        failed(format!(
+            "{error} (it is not an intact age file: damaged, truncated or tampered with; export it again)"
+        ))
+    })?;
+    let passphrase_identity;
+    let identities: Vec<&dyn age::Identity> = match unlock {
+        Unlock::Identities(identities) => {
+            if decryptor.is_scrypt() {
+                return Err(failed(
+                    "it is protected by a passphrase; use --passphrase-file".into(),
+                ));
+            }
+            identities.iter().map(|i| i as &dyn age::Identity).collect()
+        }
+        Unlock::Passphrase(passphrase) => {
+            if !decryptor.is_scrypt() {
+                return Err(failed(
+                    "it is encrypted to age recipients, not a passphrase; use --identity".into(),
+                ));
+            }
+            let mut identity = age::scrypt::Identity::new(passphrase.clone());
+            identity.set_max_work_factor(MAX_SCRYPT_LOG_N);
+            passphrase_identity = identity;
+            vec![&passphrase_identity as &dyn age::Identity]
+        }
+    };
+    let reader = decryptor.decrypt(identities.into_iter()).map_err(|error| {
+        failed(match error {
+            age::DecryptError::NoMatchingKeys => {
+                "none of the given identities opens it (it was exported to other recipients)".into()
+            }
+            age::DecryptError::DecryptionFailed => {
+                "wrong passphrase, or the bundle was tampered with".into()
+            }
+            other => format!("{other} (the bundle may have been tampered with)"),
+        })
+    })?;
+    let mut payload = Zeroizing::new(Vec::with_capacity(bytes.len()));
+    reader
+        .take(MAX_BUNDLE_LEN)
+        .read_to_end(&mut payload)
+        .map_err(|error| {
+            failed(format!(
+                "{error}: the bundle failed authentication (tampered with or truncated); nothing was imported"
+            ))
+        })?;
+    parse(&payload)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleIn<'a> {
+    #[serde(borrow)]
+    format: Cow<'a, str>,
+    #[serde(borrow)]
+    versions: Vec<VersionIn<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionIn<'a> {
+    id: u32,
+    #[serde(borrow)]
+    key_id: Cow<'a, str>,
+    #[serde(borrow)]
+    state: Cow<'a, str>,
+    #[serde(borrow)]
+    created: Cow<'a, str>,
+    #[serde(borrow)]
+    material: MaterialText<'a>,
+}
+
+/// Base64 key material, borrowed from the (zeroizing) payload buffer.
+struct MaterialText<'a>(&'a str);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaterialText<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MaterialVisitor;
+        impl<'de> Visitor<'de> for MaterialVisitor {
+            type Value = MaterialText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a base64 string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(MaterialText(text))
+            }
+            fn visit_str<E: de::Error>(self, _text: &str) -> Result<Self::Value, E> {
+                Err(E::custom("material must be plain base64 without JSON escapes"))
+            }
+        }
+        deserializer.deserialize_str(MaterialVisitor)
+    }
+}
+
+fn parse(payload: &[u8]) -> Result<Bundle, BundleError> {
+    let parsed: BundleIn<'_> = serde_json::from_slice(payload).map_err(|error| {
+        // serde_json quotes offending values; report the position only.
+        invalid(format!(
+            "its contents are not kube-kms-bundle/v1 JSON (line {}, column {})",
+            error.line(),
+            error.column()
+        ))
+    })?;
+    if parsed.format != FORMAT {
+        return Err(invalid(format!(
+            "the \"format\" field must be \"{FORMAT}\"; export it again with this kube-kms version"
+        )));
+    }
+    if parsed.versions.is_empty() {
+        return Err(invalid("it holds no versions"));
+    }
+    let mut versions: Vec<KeyVersion> = Vec::with_capacity(parsed.versions.len());
+    let mut primary_at_export = None;
+    for version in parsed.versions {
+        let id = version.id;
+        let hint = KeyState::from_word(&version.state).ok_or_else(|| {
+            invalid(format!(
+                "version {id}: state must be primary, enabled or disabled"
+            ))
+        })?;
+        if hint == KeyState::Primary {
+            if primary_at_export.is_some() {
+                return Err(invalid("two versions are marked primary"));
+            }
+            primary_at_export = Some(id);
+        }
+        let state = match hint {
+            KeyState::Primary | KeyState::Enabled => KeyState::Enabled,
+            KeyState::Disabled => KeyState::Disabled,
+            KeyState::Destroyed => {
+                return Err(invalid(format!(
+                    "version {id} is marked destroyed; a bundle carries only versions with material"
+                )))
+            }
+        };
+        let created = Some(version.created.as_ref())
+            .filter(|text| text.is_ascii())
+            .and_then(|text| humantime::parse_rfc3339(text).ok())
+            .ok_or_else(|| invalid(format!("version {id}: created is not an RFC 3339 time")))?;
+        let material = decode_material(id, version.material.0)?;
+        let key_id = version.key_id.into_owned();
+        if key_id::parse(&key_id).map(|(n, _)| n) != Some(id)
+            || !bool::from(subtle::ConstantTimeEq::ct_eq(
+                key_id::for_version(id, &material).as_bytes(),
+                key_id.as_bytes(),
+            ))
+        {
+            return Err(invalid(format!(
+                "version {id}: key_id {key_id} does not match its id and material"
+            )));
+        }
+        if versions.iter().any(|v| v.id == id) {
+            return Err(invalid(format!("version {id} appears twice")));
+        }
+        versions.push(KeyVersion {
+            id,
+            key_id,
+            state,
+            created,
+            material: Some(material),
+        });
+    }
+    versions.sort_by_key(|v| v.id);
+    Ok(Bundle {
+        versions,
+        primary_at_export,
+    })
+}
+
+fn decode_material(id: u32, text: &str) -> Result<Key256, BundleError> {
+    let wrong = || {
+        invalid(format!(
+            "version {id}: material must be 32 bytes in standard padded base64"
+        ))
+    };
+    if text.len() > MAX_MATERIAL_TEXT {
+        return Err(wrong());
+    }
+    let mut decoded = Zeroizing::new([0u8; 48]);
+    let len = BASE64
+        .decode_slice(text.as_bytes(), decoded.as_mut_slice())
+        .map_err(|_| wrong())?;
+    decoded
+        .get(..len)
+        .and_then(Key256::from_slice)
+        .ok_or_else(wrong)
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// Versions added to the keyring (state `enabled`, or `disabled` if so exported).
+    pub added: Vec<VersionInfo>,
+    /// Versions the keyring already held with the same material (left as they are).
+    pub present: Vec<VersionInfo>,
+    /// Versions destroyed locally: their material is not brought back.
+    pub destroyed_locally: Vec<VersionInfo>,
+    /// True when the keyring file did not exist and was created from the bundle.
+    pub created_keyring: bool,
+}
+
+impl ImportOutcome {
+    /// True when the import would add nothing.
+    pub fn is_noop(&self) -> bool {
+        self.added.is_empty()
+    }
+}
+
+fn conflict(id: u32, reason: String) -> KeyringError {
+    KeyringError::Refused {
+        action: "import",
+        id,
+        reason,
+    }
+}
+
+/// Merges `bundle` into `keyring`: all or nothing (on a conflict the keyring is
+/// left exactly as it was).
+pub fn merge(keyring: &mut Keyring, bundle: &Bundle) -> Result<ImportOutcome, KeyringError> {
+    let outcome = plan(keyring, bundle)?;
+    for incoming in &bundle.versions {
+        if outcome.added.iter().any(|v| v.id == incoming.id) {
+            keyring.versions.push(KeyVersion {
+                id: incoming.id,
+                key_id: incoming.key_id.clone(),
+                state: incoming.state,
+                created: incoming.created,
+                material: incoming.material.clone(),
+            });
+        }
+    }
+    keyring.versions.sort_by_key(|v| v.id);
+    if let Err(error) = keyring.validate() {
+        keyring
+            .versions
+            .retain(|v| !outcome.added.iter().any(|a| a.id == v.id));
+        return Err(error);
+    }
+    Ok(outcome)
+}
+
+/// Decides, without changing anything, what merging `bundle` would do.
+pub fn plan(keyring: &Keyring, bundle: &Bundle) -> Result<ImportOutcome, KeyringError> {
+    let mut outcome = ImportOutcome::default();
+    for incoming in &bundle.versions {
+        let same_key_id = keyring
+            .versions
+            .iter()
+            .find(|v| v.key_id == incoming.key_id);
+        match (keyring.version(incoming.id), same_key_id) {
+            (None, None) => outcome.added.push(incoming.info()),
+            (Some(local), _) if local.key_id != incoming.key_id => {
+                return Err(conflict(
+                    incoming.id,
+                    format!(
+                        "this keyring already has a version {} with other material (key_id {} here, {} in the bundle): the keyrings were created separately. Nothing was imported; do not mix keyrings of different clusters",
+                        incoming.id, local.key_id, incoming.key_id
+                    ),
+                ));
+            }
+            (Some(local), _) => match (&local.material, &incoming.material) {
+                (None, _) => outcome.destroyed_locally.push(local.info()),
+                (Some(mine), Some(theirs)) => {
+                    if bool::from(subtle::ConstantTimeEq::ct_eq(
+                        &mine.expose_secret()[..],
+                        &theirs.expose_secret()[..],
+                    )) {
+                        outcome.present.push(local.info());
+                    } else {
+                        return Err(conflict(
+                            incoming.id,
+                            format!(
+                                "key_id {} is held here with other material; nothing was imported",
+                                local.key_id
+                            ),
+                        ));
+                    }
+                }
+                (Some(_), None) => {
+                    return Err(conflict(incoming.id, "the bundle has no material".into()))
+                }
+            },
+            (None, Some(local)) => {
+                return Err(conflict(
+                    incoming.id,
+                    format!(
+                        "key_id {} is already held here as version {}; nothing was imported",
+                        local.key_id, local.id
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Imports `bundle` into the keyring file at `path`, under the keyring's lock
+/// and with its atomic write. Writes nothing when nothing is to be added (so a
+/// repeated import leaves the file untouched) or when a version conflicts.
+///
+/// When no keyring exists at `path` (a new node), it is created from the
+/// bundle, and the version that was primary where the bundle was exported
+/// becomes primary: a new node must write with the key the others use.
+pub fn import(path: &Path, bundle: &Bundle) -> Result<ImportOutcome, BundleError> {
+    let loaded = match store::load(path) {
+        Ok(loaded) => loaded,
+        Err(KeyringError::NotFound { .. }) => return create_from(path, bundle),
+        Err(other) => return Err(other.into()),
+    };
+    let preview = plan(&loaded.keyring, bundle).map_err(|error| error.at(path))?;
+    if preview.is_noop() {
+        return Ok(preview);
+    }
+    Ok(store::modify(path, |keyring| merge(keyring, bundle))?)
+}
+
+fn create_from(path: &Path, bundle: &Bundle) -> Result<ImportOutcome, BundleError> {
+    let Some(primary) = bundle.primary_at_export else {
+        return Err(BundleError::Invalid {
+            path: path.to_path_buf(),
+            problem: format!(
+                "keyring {} does not exist, and the bundle holds no version that was primary at export, so it cannot start a keyring: export the current primary too (or create the keyring with `kube-kms key init` if this is a new cluster)",
+                path.display()
+            ),
+        });
+    };
+    let mut keyring = Keyring {
+        versions: bundle
+            .versions
+            .iter()
+            .map(|v| KeyVersion {
+                id: v.id,
+                key_id: v.key_id.clone(),
+                state: if v.id == primary {
+                    KeyState::Primary
+                } else {
+                    v.state
+                },
+                created: v.created,
+                material: v.material.clone(),
+            })
+            .collect(),
+    };
+    keyring.versions.sort_by_key(|v| v.id);
+    keyring.validate()?;
+    store::create(path, &keyring)?;
+    Ok(ImportOutcome {
+        added: keyring.metadata(),
+        created_keyring: true,
+        ..ImportOutcome::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn ring_with(n: usize) -> Keyring {
+        let now = SystemTime::now();
+        let mut ring = Keyring::initial(now).unwrap();
+        for _ in 1..n {
+            ring.add(now).unwrap();
+        }
+        ring
+    }
+
+    fn x25519_pair() -> (Protection, Unlock) {
+        let identity = age::x25519::Identity::generate();
+        (
+            Protection::Recipients(vec![identity.to_public()]),
+            Unlock::Identities(vec![identity]),
+        )
+    }
+
+    #[test]
+    fn export_open_merge_round_trip() {
+        let source = ring_with(2);
+        let (protection, unlock) = x25519_pair();
+        let exported = export(&source, &[1, 2], &protection).unwrap();
+        let bundle = open(&exported.bundle, &unlock).unwrap();
+        let states: Vec<_> = bundle.metadata().iter().map(|v| (v.id, v.state)).collect();
+        assert_eq!(states, [(1, KeyState::Enabled), (2, KeyState::Enabled)]);
+
+        // A node that holds version 1 only (as if it had received it earlier).
+        let only_v1 = open(&export(&source, &[1], &protection).unwrap().bundle, &unlock).unwrap();
+        assert_eq!(only_v1.primary_at_export, Some(1));
+        let mut target = Keyring {
+            versions: only_v1.versions,
+        };
+        target.versions[0].state = KeyState::Primary;
+        let outcome = merge(&mut target, &bundle).unwrap();
+        assert_eq!(outcome.added.len(), 1);
+        assert_eq!(outcome.present.len(), 1);
+        assert_eq!(target.version(1).unwrap().state(), KeyState::Primary);
+        assert_eq!(target.version(2).unwrap().state(), KeyState::Enabled);
+        assert!(merge(&mut target, &bundle).unwrap().is_noop());
+    }
+
+    #[test]
+    fn conflicting_version_changes_nothing() {
+        let source = ring_with(2);
+        let mut other = ring_with(1);
+        let (protection, unlock) = x25519_pair();
+        let bundle = open(&export(&source, &[1, 2], &protection).unwrap().bundle, &unlock).unwrap();
+        let before = crate::keyring::format::serialize(&other).unwrap();
+        let error = merge(&mut other, &bundle).unwrap_err();
+        assert!(error.to_string().contains("other material"), "{error}");
+        assert_eq!(crate::keyring::format::serialize(&other).unwrap(), before);
+    }
+
+    #[test]
+    fn wrong_identity_and_tampering_are_refused() {
+        let source = ring_with(1);
+        let (protection, _) = x25519_pair();
+        let (_, stranger) = x25519_pair();
+        let exported = export(&source, &[1], &protection).unwrap();
+        let error = open(&exported.bundle, &stranger).unwrap_err();
+        assert!(error.to_string().contains("none of the given identities"), "{error}");
+        let (protection, unlock) = x25519_pair();
+        let exported = export(&source, &[1], &protection).unwrap();
+        for index in [exported.bundle.len() - 1, exported.bundle.len() - 40, 60] {
+            let mut tampered = exported.bundle.clone();
+            tampered[index] ^= 0x01;
+            assert!(open(&tampered, &unlock).is_err(), "flip at {index} accepted");
+        }
+        let truncated = &exported.bundle[..exported.bundle.len() - 1];
+        assert!(open(truncated, &unlock).is_err());
+    }
+
+    #[test]
+    fn destroyed_versions_are_not_exported_nor_resurrected() {
+        let now = SystemTime::now();
+        let mut ring = Keyring::initial(now).unwrap();
+        ring.rotate(now).unwrap();
+        let (protection, unlock) = x25519_pair();
+        let bundle = open(&export(&ring, &[1, 2], &protection).unwrap().bundle, &unlock).unwrap();
+        ring.disable(1).unwrap();
+        ring.destroy(1).unwrap();
+        assert!(matches!(
+            export(&ring, &[1], &protection),
+            Err(BundleError::NotExportable { id: 1, .. })
+        ));
+        let outcome = merge(&mut ring, &bundle).unwrap();
+        assert_eq!(outcome.destroyed_locally.len(), 1);
+        assert!(ring.version(1).unwrap().material().is_none());
+    }
+}
