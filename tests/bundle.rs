@@ -84,7 +84,9 @@ fn assert_no_material(haystack: &[u8], materials: &[Vec<u8>], what: &str) {
         let b64 = base64::engine::general_purpose::STANDARD.encode(material);
         let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(material);
         assert!(
-            !haystack.windows(16).any(|w| material.windows(16).any(|m| m == w)),
+            !haystack
+                .windows(16)
+                .any(|w| material.windows(16).any(|m| m == w)),
             "{what} holds raw key bytes"
         );
         assert!(!text.contains(&hex[..32]), "{what} holds the key in hex");
@@ -107,7 +109,15 @@ fn export_import_round_trip_is_protected_and_idempotent() {
     let bundle = dir.path().join("v1v2.age");
     let export_out = ok(
         &source,
-        &["export", "1", "2", "--out", s(&bundle), "--recipient", &id.recipient],
+        &[
+            "export",
+            "1",
+            "2",
+            "--out",
+            s(&bundle),
+            "--recipient",
+            &id.recipient,
+        ],
     );
     let keys = materials(&source);
     assert_eq!(keys.len(), 2);
@@ -123,7 +133,14 @@ fn export_import_round_trip_is_protected_and_idempotent() {
     // Export never overwrites.
     let (_, error) = fails(
         &source,
-        &["export", "1", "--out", s(&bundle), "--recipient", &id.recipient],
+        &[
+            "export",
+            "1",
+            "--out",
+            s(&bundle),
+            "--recipient",
+            &id.recipient,
+        ],
     );
     assert!(error.contains("must not exist"), "{error}");
 
@@ -133,37 +150,68 @@ fn export_import_round_trip_is_protected_and_idempotent() {
     assert_no_material(first.as_bytes(), &keys, "import's output");
     let listed = ok(&target, &["list", "--format", "json"]);
     let source_list = ok(&source, &["list", "--format", "json"]);
-    assert_eq!(listed, source_list, "same ids, key_ids, states, fingerprints");
+    assert_eq!(
+        listed, source_list,
+        "same ids, key_ids, states, fingerprints"
+    );
     assert!(listed.contains("\"fingerprint\""), "{listed}");
     let table = ok(&target, &["list"]);
-    assert!(table.lines().next().unwrap().contains("FINGERPRINT"), "{table}");
+    assert!(
+        table.lines().next().unwrap().contains("FINGERPRINT"),
+        "{table}"
+    );
     assert_eq!(materials(&target), keys);
 
     // Importing again changes nothing, not even the file's inode or mtime.
     let before = std::fs::read(&target).unwrap();
     let meta = std::fs::metadata(&target).unwrap();
     let again = ok(&target, &["import", s(&bundle), "--identity", s(&id.file)]);
-    assert!(again.contains("already present") && again.contains("unchanged"), "{again}");
+    assert!(
+        again.contains("already present") && again.contains("unchanged"),
+        "{again}"
+    );
     assert_eq!(std::fs::read(&target).unwrap(), before);
     let after = std::fs::metadata(&target).unwrap();
     use std::os::unix::fs::MetadataExt as _;
-    assert_eq!((meta.ino(), meta.mtime_nsec()), (after.ino(), after.mtime_nsec()));
+    assert_eq!(
+        (meta.ino(), meta.mtime_nsec()),
+        (after.ino(), after.mtime_nsec())
+    );
 
     // Into an existing keyring: a new version is added as enabled, and a
     // locally promoted version is not demoted.
     ok(&source, &["add"]);
     ok(&target, &["promote", "2"]);
     let v3 = dir.path().join("v2v3.age");
-    ok(&source, &["export", "2", "3", "--out", s(&v3), "--recipient", &id.recipient]);
+    ok(
+        &source,
+        &[
+            "export",
+            "2",
+            "3",
+            "--out",
+            s(&v3),
+            "--recipient",
+            &id.recipient,
+        ],
+    );
     let merged = ok(&target, &["import", s(&v3), "--identity", s(&id.file)]);
-    assert!(merged.contains("imported version 3") && merged.contains("as enabled"), "{merged}");
+    assert!(
+        merged.contains("imported version 3") && merged.contains("as enabled"),
+        "{merged}"
+    );
     let states: serde_json::Value =
         serde_json::from_str(&ok(&target, &["list", "--format", "json"])).unwrap();
     let states: Vec<(u64, String)> = states["versions"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["id"].as_u64().unwrap(), v["state"].as_str().unwrap().to_owned()))
+        .map(|v| {
+            (
+                v["id"].as_u64().unwrap(),
+                v["state"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         states,
@@ -188,12 +236,23 @@ fn conflicting_wrong_and_tampered_bundles_change_nothing() {
     let bundle = dir.path().join("a.age");
     ok(
         &cluster_a,
-        &["export", "1", "2", "--out", s(&bundle), "--recipient", &id.recipient],
+        &[
+            "export",
+            "1",
+            "2",
+            "--out",
+            s(&bundle),
+            "--recipient",
+            &id.recipient,
+        ],
     );
     let before = std::fs::read(&cluster_b).unwrap();
 
     // Version 1 exists in b with other material: refused, nothing imported (not even v2).
-    let (code, error) = fails(&cluster_b, &["import", s(&bundle), "--identity", s(&id.file)]);
+    let (code, error) = fails(
+        &cluster_b,
+        &["import", s(&bundle), "--identity", s(&id.file)],
+    );
     assert_eq!(code, 2);
     assert!(
         error.contains("cannot import version 1") && error.contains("other material"),
@@ -221,7 +280,10 @@ fn conflicting_wrong_and_tampered_bundles_change_nothing() {
         std::fs::write(&tampered, &changed).unwrap();
         let (code, error) = fails(&fresh, &["import", s(&tampered), "--identity", s(&id.file)]);
         assert_eq!(code, 2, "{error}");
-        assert!(error.contains("cannot open bundle"), "flip at {index}: {error}");
+        assert!(
+            error.contains("cannot open bundle"),
+            "flip at {index}: {error}"
+        );
         assert!(!fresh.exists());
     }
     std::fs::write(&tampered, &bytes[..bytes.len() - 10]).unwrap();
@@ -246,22 +308,46 @@ fn passphrase_bundles() {
     let bundle = dir.path().join("p.age");
     let (_, error) = fails(
         &source,
-        &["export", "1", "--out", s(&bundle), "--passphrase-file", s(&short)],
+        &[
+            "export",
+            "1",
+            "--out",
+            s(&bundle),
+            "--passphrase-file",
+            s(&short),
+        ],
     );
     assert!(error.contains("shorter than 12"), "{error}");
     assert!(!error.contains("hunter2"));
     ok(
         &source,
-        &["export", "1", "--out", s(&bundle), "--passphrase-file", s(&passphrase)],
+        &[
+            "export",
+            "1",
+            "--out",
+            s(&bundle),
+            "--passphrase-file",
+            s(&passphrase),
+        ],
     );
-    assert_no_material(&std::fs::read(&bundle).unwrap(), &materials(&source), "the bundle");
-    let (_, error) = fails(&target, &["import", s(&bundle), "--passphrase-file", s(&wrong)]);
+    assert_no_material(
+        &std::fs::read(&bundle).unwrap(),
+        &materials(&source),
+        "the bundle",
+    );
+    let (_, error) = fails(
+        &target,
+        &["import", s(&bundle), "--passphrase-file", s(&wrong)],
+    );
     assert!(error.contains("wrong passphrase"), "{error}");
     assert!(!error.contains("horse"), "{error}");
     let id = identity(dir.path(), "id.agekey");
     let (_, error) = fails(&target, &["import", s(&bundle), "--identity", s(&id.file)]);
     assert!(error.contains("--passphrase-file"), "{error}");
-    ok(&target, &["import", s(&bundle), "--passphrase-file", s(&passphrase)]);
+    ok(
+        &target,
+        &["import", s(&bundle), "--passphrase-file", s(&passphrase)],
+    );
     assert_eq!(materials(&target), materials(&source));
 }
 
@@ -274,15 +360,24 @@ fn check_and_promote_name_an_unreachable_peer() {
     let dead = format!("unix://{}", dir.path().join("nobody.sock").display());
     let (code, report) = fails(&keyring, &["check", "--peer", &dead]);
     assert_eq!(code, 2, "{report}");
-    assert!(report.contains(&dead) && report.contains("UNREACHABLE"), "{report}");
+    assert!(
+        report.contains(&dead) && report.contains("UNREACHABLE"),
+        "{report}"
+    );
     let before = std::fs::read(&keyring).unwrap();
     let (code, error) = fails(
         &keyring,
         &["promote", "2", "--peer", &dead, "--require-peers"],
     );
     assert_eq!(code, 1, "{error}");
-    assert!(error.contains(&dead) && error.contains("refusing"), "{error}");
+    assert!(
+        error.contains(&dead) && error.contains("refusing"),
+        "{error}"
+    );
     assert_eq!(std::fs::read(&keyring).unwrap(), before);
     let warned = ok(&keyring, &["promote", "2", "--peer", &dead]);
-    assert!(warned.contains("warning") && warned.contains("promoted"), "{warned}");
+    assert!(
+        warned.contains("warning") && warned.contains("promoted"),
+        "{warned}"
+    );
 }

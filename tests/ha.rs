@@ -306,7 +306,12 @@ async fn wait_refused(node: &Node, probe: &Stored) {
     let deadline = Instant::now() + WAIT;
     loop {
         let result = client
-            .decrypt(&probe.ciphertext, &probe.key_id, &Default::default(), "probe")
+            .decrypt(
+                &probe.ciphertext,
+                &probe.key_id,
+                &Default::default(),
+                "probe",
+            )
             .await;
         match result {
             Err(error) if error.to_string().contains("disabled") => return,
@@ -348,7 +353,10 @@ async fn staged_rotation_across_three_nodes_never_fails_a_decrypt() {
     let v2 = n1.key_id(2);
     // Only node 1 holds v2: the check says so.
     let not_yet = wait_check(n1, &[n1, n2, n3], 1).await;
-    assert!(not_yet.contains("missing") && not_yet.contains(&v2), "{not_yet}");
+    assert!(
+        not_yet.contains("missing") && not_yet.contains(&v2),
+        "{not_yet}"
+    );
     // 2. Distribute.
     n1.send_to(n2, "2");
     n1.send_to(n3, "2");
@@ -357,7 +365,10 @@ async fn staged_rotation_across_three_nodes_never_fails_a_decrypt() {
     }
     // 3. Check: every node decrypts under v1 and v2.
     let agreed = wait_check(n1, &[n1, n2, n3], 0).await;
-    assert!(agreed.starts_with("peers:") && agreed.contains("OK"), "{agreed}");
+    assert!(
+        agreed.starts_with("peers:") && agreed.contains("OK"),
+        "{agreed}"
+    );
     wait_rounds(&traffic, 10).await;
 
     // 4. Promote on node 1 (refusing unless the peers hold v2), then the others.
@@ -399,7 +410,12 @@ async fn staged_rotation_across_three_nodes_never_fails_a_decrypt() {
     for (index, object) in &old {
         let client = &mut clients[object.writer];
         let plaintext = client
-            .decrypt(&object.ciphertext, &object.key_id, &Default::default(), "migrate")
+            .decrypt(
+                &object.ciphertext,
+                &object.key_id,
+                &Default::default(),
+                "migrate",
+            )
             .await
             .expect("migration read");
         let encrypted = client
@@ -415,7 +431,12 @@ async fn staged_rotation_across_three_nodes_never_fails_a_decrypt() {
         };
     }
     // Verify: nothing stored is under v1 (the `etcd-inspect` step in production).
-    assert!(traffic.stored.lock().unwrap().iter().all(|s| s.key_id == v2));
+    assert!(traffic
+        .stored
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s.key_id == v2));
     // Let reads that picked an object before its rewrite finish.
     wait_rounds(&traffic, 3).await;
 
@@ -478,16 +499,29 @@ async fn promoting_on_one_node_first_breaks_reads_elsewhere_and_check_catches_it
         .find(|l| l.trim_start().starts_with(&v2))
         .unwrap_or_else(|| panic!("no line for {v2}: {report}"));
     assert!(
-        v2_line.contains("[1] ok") && v2_line.contains("[2] missing") && v2_line.contains("[3] missing"),
+        v2_line.contains("[1] ok")
+            && v2_line.contains("[2] missing")
+            && v2_line.contains("[3] missing"),
         "{report}"
     );
     // promote --require-peers refuses and changes nothing.
     let before = std::fs::read(&n1.keyring).expect("read keyring");
     let (p2, p3) = (n2.address(), n3.address());
-    let refused = n1.key_output(&["promote", "2", "--peer", &p2, "--peer", &p3, "--require-peers"]);
+    let refused = n1.key_output(&[
+        "promote",
+        "2",
+        "--peer",
+        &p2,
+        "--peer",
+        &p3,
+        "--require-peers",
+    ]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("refusing") && stderr.contains(&p2), "{stderr}");
+    assert!(
+        stderr.contains("refusing") && stderr.contains(&p2),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read(&n1.keyring).expect("read keyring"), before);
     // Without --require-peers it warns, then promotes.
     let warned = n1.key_output(&["promote", "2", "--peer", &p2]);

@@ -299,10 +299,10 @@ pub fn export(
     serde_json::to_writer(&mut *payload, &out)
         .map_err(|error| BundleError::Encrypt(format!("cannot serialize: {error}")))?;
     let encryptor = match protection {
-        Protection::Recipients(recipients) => age::Encryptor::with_recipients(
-            recipients.iter().map(|r| r as &dyn age::Recipient),
-        )
-        .map_err(|error| BundleError::Encrypt(error.to_string()))?,
+        Protection::Recipients(recipients) => {
+            age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+                .map_err(|error| BundleError::Encrypt(error.to_string()))?
+        }
         Protection::Passphrase(passphrase) => {
             age::Encryptor::with_user_passphrase(passphrase.clone())
         }
@@ -500,7 +500,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for MaterialText<'a> {
                 Ok(MaterialText(text))
             }
             fn visit_str<E: de::Error>(self, _text: &str) -> Result<Self::Value, E> {
-                Err(E::custom("material must be plain base64 without JSON escapes"))
+                Err(E::custom(
+                    "material must be plain base64 without JSON escapes",
+                ))
             }
         }
         deserializer.deserialize_str(MaterialVisitor)
@@ -817,7 +819,11 @@ mod tests {
         let source = ring_with(2);
         let mut other = ring_with(1);
         let (protection, unlock) = x25519_pair();
-        let bundle = open(&export(&source, &[1, 2], &protection).unwrap().bundle, &unlock).unwrap();
+        let bundle = open(
+            &export(&source, &[1, 2], &protection).unwrap().bundle,
+            &unlock,
+        )
+        .unwrap();
         let before = crate::keyring::format::serialize(&other).unwrap();
         let error = merge(&mut other, &bundle).unwrap_err();
         assert!(error.to_string().contains("other material"), "{error}");
@@ -831,13 +837,19 @@ mod tests {
         let (_, stranger) = x25519_pair();
         let exported = export(&source, &[1], &protection).unwrap();
         let error = open(&exported.bundle, &stranger).unwrap_err();
-        assert!(error.to_string().contains("none of the given identities"), "{error}");
+        assert!(
+            error.to_string().contains("none of the given identities"),
+            "{error}"
+        );
         let (protection, unlock) = x25519_pair();
         let exported = export(&source, &[1], &protection).unwrap();
         for index in [exported.bundle.len() - 1, exported.bundle.len() - 40, 60] {
             let mut tampered = exported.bundle.clone();
             tampered[index] ^= 0x01;
-            assert!(open(&tampered, &unlock).is_err(), "flip at {index} accepted");
+            assert!(
+                open(&tampered, &unlock).is_err(),
+                "flip at {index} accepted"
+            );
         }
         let truncated = &exported.bundle[..exported.bundle.len() - 1];
         assert!(open(truncated, &unlock).is_err());
@@ -849,7 +861,11 @@ mod tests {
         let mut ring = Keyring::initial(now).unwrap();
         ring.rotate(now).unwrap();
         let (protection, unlock) = x25519_pair();
-        let bundle = open(&export(&ring, &[1, 2], &protection).unwrap().bundle, &unlock).unwrap();
+        let bundle = open(
+            &export(&ring, &[1, 2], &protection).unwrap().bundle,
+            &unlock,
+        )
+        .unwrap();
         ring.disable(1).unwrap();
         ring.destroy(1).unwrap();
         assert!(matches!(

@@ -227,7 +227,10 @@ pub async fn check_version(
         Ok((expected, wrapped)) => {
             decrypt_everywhere(&mut peers, &wrapped, key_id, &expected, timeout).await
         }
-        Err(reason) => peers.iter().map(|_| Holding::Error(reason.clone())).collect(),
+        Err(reason) => peers
+            .iter()
+            .map(|_| Holding::Error(reason.clone()))
+            .collect(),
     };
     addresses.iter().cloned().zip(holdings).collect()
 }
@@ -247,9 +250,7 @@ pub async fn check(keyring: &Keyring, addresses: &[String], timeout: Duration) -
         let (primary, healthz) = match &mut peer.client {
             Err(reason) => (Err(reason.clone()), String::new()),
             Ok(client) => match tokio::time::timeout(timeout, client.status()).await {
-                Ok(Ok(status)) if !status.key_id.is_empty() => {
-                    (Ok(status.key_id), status.healthz)
-                }
+                Ok(Ok(status)) if !status.key_id.is_empty() => (Ok(status.key_id), status.healthz),
                 Ok(Ok(status)) => (Err("Status reported no key_id".into()), status.healthz),
                 Ok(Err(error)) => (Err(describe_client_error(&error)), String::new()),
                 Err(_) => (
@@ -276,10 +277,12 @@ pub async fn check(keyring: &Keyring, addresses: &[String], timeout: Duration) -
         };
         let holdings = match local_canary(kek, version.key_id()) {
             Ok((expected, wrapped)) => {
-                decrypt_everywhere(&mut peers, &wrapped, version.key_id(), &expected, timeout)
-                    .await
+                decrypt_everywhere(&mut peers, &wrapped, version.key_id(), &expected, timeout).await
             }
-            Err(reason) => peers.iter().map(|_| Holding::Error(reason.clone())).collect(),
+            Err(reason) => peers
+                .iter()
+                .map(|_| Holding::Error(reason.clone()))
+                .collect(),
         };
         versions.push(VersionCheck {
             key_id: version.key_id().to_owned(),
@@ -300,7 +303,12 @@ pub async fn check(keyring: &Keyring, addresses: &[String], timeout: Duration) -
         }
         let encrypted = match (canary(), peers.get_mut(index).map(|p| &mut p.client)) {
             (Ok(expected), Some(Ok(client))) => {
-                match tokio::time::timeout(timeout, client.encrypt(expected.expose_secret(), "kube-kms-key-check")).await {
+                match tokio::time::timeout(
+                    timeout,
+                    client.encrypt(expected.expose_secret(), "kube-kms-key-check"),
+                )
+                .await
+                {
                     Ok(Ok(response)) => Ok((expected, response)),
                     Ok(Err(error)) => Err(describe_client_error(&error)),
                     Err(_) => Err(format!("Encrypt did not answer within {timeout:?}")),
@@ -339,7 +347,7 @@ pub async fn check(keyring: &Keyring, addresses: &[String], timeout: Duration) -
             peers: holdings,
         });
     }
-    versions.sort_by(|a, b| version_order(&a.key_id).cmp(&version_order(&b.key_id)));
+    versions.sort_by_key(|v| version_order(&v.key_id));
     CheckReport {
         peers: statuses,
         versions,

@@ -24,7 +24,12 @@ pub(crate) struct ExportArgs {
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// Encrypt to this age X25519 recipient (`age1...`, from `age-keygen`); repeatable.
-    #[arg(long, value_name = "AGE_RECIPIENT", conflicts_with = "passphrase_file", required_unless_present = "passphrase_file")]
+    #[arg(
+        long,
+        value_name = "AGE_RECIPIENT",
+        conflicts_with = "passphrase_file",
+        required_unless_present = "passphrase_file"
+    )]
     recipient: Vec<String>,
     /// Encrypt to the passphrase on the first line of this file (age scrypt; at least 12 characters).
     #[arg(long, value_name = "FILE")]
@@ -40,7 +45,12 @@ pub(crate) struct ImportArgs {
     #[command(flatten)]
     keyring: KeyringArg,
     /// An age identity file (`AGE-SECRET-KEY-1...` lines) whose recipient the bundle was exported to.
-    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_file", required_unless_present = "passphrase_file")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "passphrase_file",
+        required_unless_present = "passphrase_file"
+    )]
     identity: Option<PathBuf>,
     /// A file whose first line is the passphrase the bundle was exported with.
     #[arg(long, value_name = "FILE")]
@@ -88,11 +98,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn list_versions(versions: &[VersionInfo]) -> String {
-    versions
-        .iter()
-        .map(describe)
-        .collect::<Vec<_>>()
-        .join(", ")
+    versions.iter().map(describe).collect::<Vec<_>>().join(", ")
 }
 
 pub(crate) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -123,15 +129,15 @@ pub(crate) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let outcome = bundle::import(path, &opened)?;
     let mut out = std::io::stdout().lock();
     for version in &outcome.added {
+        writeln!(out, "imported {} as {}", describe(version), version.state)?;
+    }
+    for version in &outcome.present {
         writeln!(
             out,
-            "imported {} as {}",
+            "already present: {} ({}, unchanged)",
             describe(version),
             version.state
         )?;
-    }
-    for version in &outcome.present {
-        writeln!(out, "already present: {} ({}, unchanged)", describe(version), version.state)?;
     }
     for version in &outcome.destroyed_locally {
         writeln!(
@@ -187,7 +193,10 @@ pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             )?,
         }
     }
-    writeln!(out, "versions (local state; each peer [n] ok/missing/error):")?;
+    writeln!(
+        out,
+        "versions (local state; each peer [n] ok/missing/error):"
+    )?;
     for version in &report.versions {
         let local = version
             .local_state
@@ -244,13 +253,16 @@ pub(crate) fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     let path = &args.keyring.keyring;
     if !args.peers.is_empty() {
         let loaded = keyring::load(path)?;
-        let version = loaded
-            .keyring
-            .version(args.id)
-            .with_context(|| format!("there is no version {} in keyring {}", args.id, path.display()))?;
-        let kek = version.material().with_context(|| {
-            format!("cannot promote version {}: it is destroyed", args.id)
+        let version = loaded.keyring.version(args.id).with_context(|| {
+            format!(
+                "there is no version {} in keyring {}",
+                args.id,
+                path.display()
+            )
         })?;
+        let kek = version
+            .material()
+            .with_context(|| format!("cannot promote version {}: it is destroyed", args.id))?;
         let results = runtime()?.block_on(peer_check::check_version(
             kek,
             version.key_id(),
