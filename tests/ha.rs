@@ -284,11 +284,22 @@ async fn wait_rounds(traffic: &Traffic, more: u64) {
 }
 
 async fn wait_check(node: &Node, peers: &[&Node], code: i32) -> String {
+    wait_check_for(node, peers, code, |_| true).await
+}
+
+/// Runs `key check` until it exits `code` with a report `accept` likes (the
+/// plugins reload their keyrings asynchronously).
+async fn wait_check_for(
+    node: &Node,
+    peers: &[&Node],
+    code: i32,
+    accept: impl Fn(&str) -> bool,
+) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
         let output = node.check(peers);
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.code() == Some(code) {
+        if output.status.code() == Some(code) && accept(&stdout) {
             return stdout;
         }
         assert!(
@@ -491,8 +502,14 @@ async fn promoting_on_one_node_first_breaks_reads_elsewhere_and_check_catches_it
     n1.key(&["add"]);
     let v2 = n1.key_id(2);
 
-    // Beforehand: the check says nodes 2 and 3 lack v2 (exit 1), naming them.
-    let report = wait_check(n1, &[n1, n2, n3], 1).await;
+    // Beforehand: the check says nodes 2 and 3 lack v2 (exit 1), naming them
+    // (once node 1's own plugin has reloaded and holds it).
+    let report = wait_check_for(n1, &[n1, n2, n3], 1, |report| {
+        report
+            .lines()
+            .any(|l| l.trim_start().starts_with(&v2) && l.contains("[1] ok"))
+    })
+    .await;
     assert!(report.contains("NOT IN STEP"), "{report}");
     let v2_line = report
         .lines()
