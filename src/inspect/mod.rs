@@ -52,6 +52,7 @@ pub mod encryption_config;
 pub mod live;
 pub mod mvcc;
 pub mod pb;
+pub mod progress;
 pub mod report;
 pub mod scan;
 pub mod verify;

@@ -160,7 +160,6 @@ fn verify_json(summary: &VerifySummary) -> Value {
     })
 }
 
-
 /// Appends `text` as a JSON string.
 fn push_json_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');

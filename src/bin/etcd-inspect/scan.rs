@@ -8,6 +8,7 @@ use kube_kms::inspect::classify::Classifier;
 use kube_kms::inspect::encryption_config::{EncryptionConfig, KeyedProvider};
 use kube_kms::inspect::live::{self, LiveSource};
 use kube_kms::inspect::mvcc::{self, FileScanOptions};
+use kube_kms::inspect::progress::Progress;
 use kube_kms::inspect::report::{self, SourceInfo};
 use kube_kms::inspect::scan::{RequiredProvider, ResourceFilter, Scan, ScanOptions};
 use kube_kms::inspect::verify::plugin::PluginUnwrapper;
@@ -285,7 +286,14 @@ fn scan_live(args: &ScanArgs, scan: &mut Scan) -> anyhow::Result<SourceInfo> {
         .build()
         .context("starting the async runtime")?;
     let summary = runtime
-        .block_on(live::scan(&source, scan as &mut dyn ObservationSink))
+        .block_on(async {
+            if io::stderr().is_terminal() {
+                let mut progress = Progress::new(scan, io::stderr(), "etcd");
+                live::scan(&source, &mut progress).await
+            } else {
+                live::scan(&source, scan as &mut dyn ObservationSink).await
+            }
+        })
         .with_context(|| format!("scanning etcd at {}", args.endpoints.join(",")))?;
     let mut details = serde_json::Map::new();
     details.insert("history".into(), json!(summary.history));
@@ -314,8 +322,13 @@ fn scan_file(
     let options = FileScanOptions {
         verify_trailer: !args.skip_checksum,
     };
-    let summary = mvcc::scan_file(path, scan as &mut dyn ObservationSink, options)
-        .with_context(|| format!("scanning {}", path.display()))?;
+    let scanned = if io::stderr().is_terminal() {
+        let mut progress = Progress::new(scan, io::stderr(), "file");
+        mvcc::scan_file(path, &mut progress, options)
+    } else {
+        mvcc::scan_file(path, scan as &mut dyn ObservationSink, options)
+    };
+    let summary = scanned.with_context(|| format!("scanning {}", path.display()))?;
     let mut details = serde_json::Map::new();
     details.insert("file_size".into(), json!(summary.file_size));
     details.insert("page_size".into(), json!(summary.page_size));
