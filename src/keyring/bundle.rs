@@ -574,6 +574,7 @@ fn parse(payload: &[u8]) -> Result<Bundle, BundleError> {
             key_id,
             state,
             created,
+            disabled_at: None,
             material: Some(material),
         });
     }
@@ -642,6 +643,7 @@ pub fn merge(keyring: &mut Keyring, bundle: &Bundle) -> Result<ImportOutcome, Ke
                 key_id: incoming.key_id.clone(),
                 state: incoming.state,
                 created: incoming.created,
+                disabled_at: incoming.disabled_at,
                 material: incoming.material.clone(),
             });
         }
@@ -754,6 +756,7 @@ fn create_from(path: &Path, bundle: &Bundle) -> Result<ImportOutcome, BundleErro
                     v.state
                 },
                 created: v.created,
+                disabled_at: v.disabled_at,
                 material: v.material.clone(),
             })
             .collect(),

@@ -57,6 +57,8 @@ struct VersionIn<'a> {
     #[serde(borrow)]
     created: Cow<'a, str>,
     #[serde(default, borrow)]
+    disabled_at: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
     material: Option<MaterialText<'a>>,
 }
 
@@ -97,6 +99,8 @@ struct VersionOut<'a> {
     key_id: &'a str,
     state: &'static str,
     created: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disabled_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     material: Option<&'a str>,
 }
@@ -144,6 +148,14 @@ fn parse_version(version: VersionIn<'_>) -> Result<KeyVersion, KeyringError> {
             "version {id}: created must be an RFC 3339 UTC time such as 2026-01-31T12:00:00Z"
         ))
     })?;
+    let disabled_at = match &version.disabled_at {
+        None => None,
+        Some(text) => Some(parse_time(text).ok_or_else(|| {
+            invalid(format!(
+                "version {id}: disabled_at must be an RFC 3339 UTC time such as 2026-01-31T12:00:00Z"
+            ))
+        })?),
+    };
     let material = match version.material {
         None => None,
         Some(text) => Some(decode_material(id, text.0)?),
@@ -153,6 +165,7 @@ fn parse_version(version: VersionIn<'_>) -> Result<KeyVersion, KeyringError> {
         key_id: version.key_id.into_owned(),
         state,
         created,
+        disabled_at,
         material,
     })
 }
@@ -208,6 +221,9 @@ pub fn serialize(keyring: &Keyring) -> Result<Zeroizing<Vec<u8>>, KeyringError> 
                 key_id: &version.key_id,
                 state: version.state.as_str(),
                 created: humantime::format_rfc3339(version.created).to_string(),
+                disabled_at: version
+                    .disabled_at
+                    .map(|time| humantime::format_rfc3339(time).to_string()),
                 material: material.as_ref().map(|text| text.as_str()),
             })
             .collect(),

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use crate::secret::Key256;
 
 pub mod bundle;
+pub mod destroy_gate;
 pub mod format;
 pub mod key_id;
 pub mod ops;
@@ -84,6 +85,8 @@ pub struct KeyVersion {
     pub(crate) key_id: String,
     pub(crate) state: KeyState,
     pub(crate) created: SystemTime,
+    /// When it was last disabled (kept once destroyed; cleared by enable).
+    pub(crate) disabled_at: Option<SystemTime>,
     pub(crate) material: Option<Key256>,
 }
 
@@ -108,6 +111,12 @@ impl KeyVersion {
         self.created
     }
 
+    /// When the version was last disabled, if the keyring recorded it
+    /// (keyrings written before this field existed did not).
+    pub fn disabled_at(&self) -> Option<SystemTime> {
+        self.disabled_at
+    }
+
     /// The KEK, absent once destroyed.
     pub fn material(&self) -> Option<&Key256> {
         self.material.as_ref()
@@ -120,6 +129,9 @@ impl KeyVersion {
             key_id: self.key_id.clone(),
             state: self.state,
             created: humantime::format_rfc3339(self.created).to_string(),
+            disabled_at: self
+                .disabled_at
+                .map(|time| humantime::format_rfc3339(time).to_string()),
         }
     }
 }
@@ -135,6 +147,9 @@ pub struct VersionInfo {
     pub state: KeyState,
     /// Creation time, RFC 3339 UTC.
     pub created: String,
+    /// When it was last disabled, RFC 3339 UTC (absent if never, or not recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<String>,
 }
 
 /// A keyring: the versions, ordered by id. Built by [`format::parse`] or

@@ -48,6 +48,7 @@ fn new_version(id: u32, state: KeyState, now: SystemTime) -> Result<KeyVersion, 
         key_id: key_id::for_version(id, &kek),
         state,
         created: whole_seconds(now),
+        disabled_at: None,
         material: Some(kek),
     })
 }
@@ -149,8 +150,14 @@ impl Keyring {
         })
     }
 
-    /// Disables an enabled version: it stops unwrapping. The primary cannot be disabled.
+    /// Disables an enabled version: it stops unwrapping. The primary cannot be
+    /// disabled. Records the time (`disabled_at`) for the destroy gate.
     pub fn disable(&mut self, id: u32) -> Result<VersionInfo, KeyringError> {
+        self.disable_at(id, SystemTime::now())
+    }
+
+    /// [`Keyring::disable`], recording `now` as the disable time.
+    pub fn disable_at(&mut self, id: u32, now: SystemTime) -> Result<VersionInfo, KeyringError> {
         let index = self.index_of(id)?;
         match self.versions.get(index).map(|v| v.state) {
             Some(KeyState::Enabled) => {}
@@ -167,6 +174,9 @@ impl Keyring {
             }
         }
         self.set_state(index, KeyState::Disabled);
+        if let Some(version) = self.versions.get_mut(index) {
+            version.disabled_at = Some(whole_seconds(now));
+        }
         self.validate()?;
         self.info_at(index)
     }
@@ -188,6 +198,9 @@ impl Keyring {
             }
         }
         self.set_state(index, KeyState::Enabled);
+        if let Some(version) = self.versions.get_mut(index) {
+            version.disabled_at = None;
+        }
         self.validate()?;
         self.info_at(index)
     }

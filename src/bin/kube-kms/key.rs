@@ -31,8 +31,9 @@ pub(crate) enum KeyCommand {
     Disable(VersionArgs),
     /// Let a disabled version decrypt again.
     Enable(VersionArgs),
-    /// Erase a disabled version's material for good (its id and key_id stay reserved).
-    Destroy(VersionArgs),
+    /// Erase a disabled version's material for good (its id and key_id stay
+    /// reserved). Refuses unless scan reports prove its key_id unused.
+    Destroy(DestroyArgs),
     /// Write versions to an encrypted bundle (age: X25519 recipients or a passphrase) for other nodes.
     Export(ha::ExportArgs),
     /// Add the versions of a bundle this keyring lacks (as enabled, never primary); changes nothing else.
@@ -57,6 +58,22 @@ pub(crate) struct VersionArgs {
     id: u32,
     #[command(flatten)]
     keyring: KeyringArg,
+}
+
+/// Options of `key destroy`.
+#[derive(clap::Args)]
+pub(crate) struct DestroyArgs {
+    #[command(flatten)]
+    version: VersionArgs,
+    /// JSON Lines reports of `etcd-inspect scan --format json` (the live etcd
+    /// and every backup you keep), each taken after the version was disabled.
+    /// The destroy goes ahead only if every one shows zero values (latest or
+    /// history) under the version's key_id.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    scan_report: Vec<PathBuf>,
+    /// Destroy without proof that the key_id is unused (data under it is lost).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Options of `key list`.
@@ -170,10 +187,19 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
                 reload_hint()
             )
         }
-        KeyCommand::Destroy(VersionArgs {
-            id: version,
-            keyring,
+        KeyCommand::Destroy(DestroyArgs {
+            version:
+                VersionArgs {
+                    id: version,
+                    keyring,
+                },
+            scan_report,
+            force,
         }) => {
+            if let Some(refusal) = destroy_gate(&keyring.keyring, version, &scan_report, force)? {
+                eprintln!("{refusal}");
+                return Ok(ExitCode::from(1));
+            }
             let info = keyring::modify(&keyring.keyring, |ring| ring.destroy(version))?;
             format!(
                 "destroyed {}: its key material is erased for good; the id and key_id stay reserved and are never reused",
@@ -183,6 +209,99 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
     };
     println!("{message}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the scan reports; `Some(message)` to refuse. `--force` turns a
+/// refusal into a loud warning.
+fn destroy_gate(
+    path: &std::path::Path,
+    version: u32,
+    reports: &[PathBuf],
+    force: bool,
+) -> anyhow::Result<Option<String>> {
+    let loaded = keyring::load(path)?;
+    let Some(target) = loaded.keyring.version(version) else {
+        // The destroy itself reports the unknown version.
+        return Ok(None);
+    };
+    let key_id = target.key_id().to_owned();
+    let refusal = if reports.is_empty() {
+        Some(format!(
+            "refusing to destroy version {version} ({key_id}) without proof that nothing uses it.\n\
+             Disable it, then scan the live etcd and every backup you keep, and pass the reports:\n  \
+             etcd-inspect scan --endpoints URL --history --resources all --format json > live.jsonl\n  \
+             etcd-inspect scan --file BACKUP.db --resources all --format json > backup.jsonl\n  \
+             kube-kms key destroy {version} --keyring {} --scan-report live.jsonl backup.jsonl\n\
+             (--force destroys without proof; data under {key_id} is then lost for good)",
+            path.display()
+        ))
+    } else {
+        let disabled_at = target.disabled_at();
+        let mut usages = Vec::new();
+        for report in reports {
+            usages.push(keyring::destroy_gate::read_report(report, &key_id)?);
+        }
+        match disabled_at {
+            None => Some(format!(
+                "refusing to destroy version {version} ({key_id}): the keyring does not record when it was disabled (it was disabled by an older kube-kms, or is not disabled). Run `kube-kms key enable {version}` and `kube-kms key disable {version}`, scan again, and pass the new reports",
+            )),
+            Some(disabled_at) => {
+                let verdict = keyring::destroy_gate::evaluate(usages, disabled_at);
+                if verdict.allows() {
+                    None
+                } else {
+                    let mut text = format!(
+                        "refusing to destroy version {version} ({key_id}), disabled at {}:",
+                        humantime::format_rfc3339(disabled_at)
+                    );
+                    for (usage, blockers) in &verdict.reports {
+                        if blockers.is_empty() {
+                            continue;
+                        }
+                        text.push_str(&format!(
+                            "\n  {} ({}, scanned at {}): {} latest, {} history values under {key_id}",
+                            usage.path.display(),
+                            usage.source,
+                            usage.scanned_at.map_or_else(
+                                || "unknown".to_string(),
+                                |at| humantime::format_rfc3339(at).to_string()
+                            ),
+                            usage.latest,
+                            usage.history,
+                        ));
+                        for blocker in blockers {
+                            text.push_str(&format!("\n    - {}", blocker.describe()));
+                        }
+                        for key in &usage.keys {
+                            text.push_str(&format!("\n    {key}"));
+                        }
+                    }
+                    text.push_str("\nRewrite the objects still under it (docs/rotation.md), scan again, and pass the new reports.");
+                    Some(text)
+                }
+            }
+        }
+    };
+    for (usage_path, note) in reports.iter().filter_map(|report| {
+        keyring::destroy_gate::read_report(report, &key_id)
+            .ok()
+            .filter(|usage| usage.live_without_history)
+            .map(|_| {
+                (
+                    report,
+                    "a live scan without --history: older revisions were not examined",
+                )
+            })
+    }) {
+        eprintln!("kube-kms: note: {}: {note}", usage_path.display());
+    }
+    match refusal {
+        Some(text) if force => {
+            eprintln!("kube-kms: WARNING: --force: destroying version {version} ({key_id}) anyway. {text}");
+            Ok(None)
+        }
+        other => Ok(other),
+    }
 }
 
 fn reload_hint() -> &'static str {
