@@ -646,6 +646,20 @@ impl<R: ReadAt> Database<R> {
         read_exact_at(&self.source, buf, first * self.page_size, self.file_size)
     }
 
+    /// Reads `buf.len()` bytes of the image at `offset` (any offset inside the
+    /// image, e.g. the slack past the high-water mark of a member db).
+    pub fn read_image(&self, offset: u64, buf: &mut [u8]) -> Result<(), BboltError> {
+        let end = offset.saturating_add(buf.len() as u64);
+        if end > self.image_size {
+            return Err(BboltError::UnexpectedEof {
+                offset,
+                len: buf.len() as u64,
+                size: self.image_size,
+            });
+        }
+        read_exact_at(&self.source, buf, offset, self.file_size)
+    }
+
     /// Walks every bucket reachable from the current meta page and hands each
     /// key/value to `visitor`. Returns the reachable pages and read figures.
     /// Corrupt pages are reported to the visitor and skipped; `Err` only for

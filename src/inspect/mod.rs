@@ -54,5 +54,6 @@ pub mod mvcc;
 pub mod pb;
 pub mod progress;
 pub mod report;
+pub mod residue;
 pub mod scan;
 pub mod verify;

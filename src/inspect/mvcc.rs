@@ -190,6 +190,9 @@ pub struct FileSummary {
     pub revisions: u64,
     /// Size of the file.
     pub file_size: u64,
+    /// The pages reachable from the current meta page (for the deep scan of
+    /// the others, [`super::residue::scan`]).
+    pub reachable: bbolt::PageSet,
 }
 
 /// Scans the etcd backup at `path` into `sink`. See [`scan_source`].
@@ -279,6 +282,7 @@ pub fn scan_source<R: ReadAt + Sync>(
     summary.page_size = db.page_size();
     summary.pages = db.meta().high_water;
     summary.reachable_pages = walk.reachable.count();
+    summary.reachable = walk.reachable;
     summary.txid = db.meta().txid;
     summary.bytes_read = walk.bytes_read;
     summary.file_size = db.file_size();

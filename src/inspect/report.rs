@@ -12,6 +12,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use super::classify::Provider;
+use super::residue::ResidueReport;
 use super::scan::{Finding, ScanResult};
 use super::verify::{stale_report, VerifySummary};
 
@@ -42,9 +43,17 @@ pub struct SourceInfo {
 
 /// The exit code a result calls for.
 pub fn exit_code(result: &ScanResult) -> u8 {
+    exit_code_deep(result, None)
+}
+
+/// The exit code a result and a deep scan's remnants call for: plaintext
+/// remnants are findings unless `--ignore-residue`.
+pub fn exit_code_deep(result: &ScanResult, residue: Option<&ResidueReport>) -> u8 {
     if !result.read_errors().is_empty() {
         EXIT_ERROR
-    } else if result.values().any(|value| value.finding.is_some()) {
+    } else if result.values().any(|value| value.finding.is_some())
+        || residue.is_some_and(ResidueReport::has_findings)
+    {
         EXIT_FINDINGS
     } else {
         EXIT_CLEAN
@@ -53,6 +62,32 @@ pub fn exit_code(result: &ScanResult) -> u8 {
 
 /// The summary record's data.
 pub fn summary_json(result: &ScanResult, source: &SourceInfo) -> Value {
+    summary_json_deep(result, source, None)
+}
+
+/// What clears remnants in free pages.
+pub const RESIDUE_REMEDY: &str = "remnants in free pages stay in the etcd file until compaction, then `etcdctl defrag`, then a new backup (backups taken before keep them)";
+
+/// The summary's `residue` object.
+fn residue_summary(residue: &ResidueReport) -> Value {
+    json!({
+        "remnants": residue.remnants.len(),
+        "plaintext": residue.plaintext_count(),
+        "with_key": residue.remnants.iter().filter(|r| r.key.is_some()).count(),
+        "pages_examined": residue.pages_examined,
+        "slack_bytes": residue.slack_bytes,
+        "bytes_read": residue.bytes_read,
+        "ignored": residue.ignored,
+        "remedy": RESIDUE_REMEDY,
+    })
+}
+
+/// The summary record's data, with the deep scan's counts when it ran.
+pub fn summary_json_deep(
+    result: &ScanResult,
+    source: &SourceInfo,
+    residue: Option<&ResidueReport>,
+) -> Value {
     let resources: Map<String, Value> = result
         .resource_summaries()
         .into_iter()
@@ -103,6 +138,13 @@ pub fn summary_json(result: &ScanResult, source: &SourceInfo) -> Value {
             .collect();
         json!({"current_key_ids": report.current, "key_ids": by_key_id, "latest": latest})
     });
+    let mut findings = findings;
+    if let Some(residue) = residue {
+        let plaintext = residue.plaintext_count();
+        if plaintext > 0 && !residue.ignored {
+            findings.insert("residue".to_string(), json!(plaintext));
+        }
+    }
     json!({
         "scanned_at": source
             .scanned_at
@@ -122,7 +164,8 @@ pub fn summary_json(result: &ScanResult, source: &SourceInfo) -> Value {
         "stale": stale,
         "verify": result.verification().map(verify_json),
         "read_errors": result.read_errors(),
-        "exit_code": exit_code(result),
+        "residue": residue.map(residue_summary),
+        "exit_code": exit_code_deep(result, residue),
     })
 }
 
@@ -262,6 +305,18 @@ fn class_fragment(result: &ScanResult, class: &super::scan::ClassInfo) -> Vec<u8
 /// classification): serde_json's `Value` maps cost more than the whole file
 /// walk.
 pub fn write_json(out: &mut dyn Write, result: &ScanResult, source: &SourceInfo) -> io::Result<()> {
+    write_json_deep(out, result, source, None)
+}
+
+/// Writes JSON Lines with the deep scan's remnants: `value` records, one
+/// `{"type":"residue","data":{page, offset, key, kind, plaintext, ...}}` per
+/// remnant, then the `summary` record.
+pub fn write_json_deep(
+    out: &mut dyn Write,
+    result: &ScanResult,
+    source: &SourceInfo,
+    residue: Option<&ResidueReport>,
+) -> io::Result<()> {
     let mut fragments: Vec<Option<Vec<u8>>> = Vec::new();
     let mut line = Vec::with_capacity(1024);
     for value in result.values() {
@@ -297,9 +352,40 @@ pub fn write_json(out: &mut dyn Write, result: &ScanResult, source: &SourceInfo)
         line.extend_from_slice(b"}}\n");
         out.write_all(&line)?;
     }
+    for remnant in residue.map_or(&[][..], |residue| residue.remnants.as_slice()) {
+        line.clear();
+        line.extend_from_slice(
+            format!(
+                "{{\"type\":\"residue\",\"data\":{{\"page\":{},\"offset\":{},\"key\":",
+                remnant.page, remnant.offset
+            )
+            .as_bytes(),
+        );
+        let mut utf8 = true;
+        match &remnant.key {
+            Some(key) => utf8 = push_json_bytes(&mut line, key),
+            None => line.extend_from_slice(b"null"),
+        }
+        if !utf8 {
+            line.extend_from_slice(b",\"key_encoding\":\"base64\"");
+        }
+        line.extend_from_slice(b",\"resource\":");
+        push_optional_static(&mut line, remnant.resource.as_deref());
+        line.extend_from_slice(b",\"kind\":");
+        push_optional_static(&mut line, remnant.kind.as_deref());
+        line.extend_from_slice(b",\"provider\":");
+        push_optional_static(&mut line, remnant.provider.map(Provider::as_str));
+        line.extend_from_slice(
+            format!(",\"plaintext\":{},\"finding\":", remnant.plaintext).as_bytes(),
+        );
+        let finding = remnant.plaintext && residue.is_some_and(|residue| !residue.ignored);
+        push_optional_static(&mut line, finding.then_some("residue"));
+        line.extend_from_slice(b"}}\n");
+        out.write_all(&line)?;
+    }
     serde_json::to_writer(
         &mut *out,
-        &json!({"type": "summary", "data": summary_json(result, source)}),
+        &json!({"type": "summary", "data": summary_json_deep(result, source, residue)}),
     )?;
     out.write_all(b"\n")?;
     out.flush()
@@ -320,6 +406,60 @@ pub fn write_table(
     out: &mut dyn Write,
     result: &ScanResult,
     source: &SourceInfo,
+) -> io::Result<()> {
+    write_table_deep(out, result, source, None)
+}
+
+/// The deep scan's part of the table: every remnant (plaintext first), and
+/// what clears them.
+fn write_residue_table(out: &mut dyn Write, residue: &ResidueReport) -> io::Result<()> {
+    let plaintext = residue.plaintext_count();
+    writeln!(
+        out,
+        "\nDeep scan: {} unreachable pages and {} bytes of slack examined; {} remnants of values in scope, {plaintext} plaintext{}.",
+        residue.pages_examined,
+        residue.slack_bytes,
+        residue.remnants.len(),
+        if residue.ignored { " (--ignore-residue: not findings)" } else { "" }
+    )?;
+    let mut ordered: Vec<_> = residue.remnants.iter().collect();
+    ordered.sort_by_key(|remnant| (!remnant.plaintext, remnant.offset));
+    for remnant in ordered {
+        writeln!(
+            out,
+            "  residue  page {}  offset {}  {}  kind {}  {}",
+            remnant.page,
+            remnant.offset,
+            remnant
+                .key
+                .as_deref()
+                .map_or_else(|| "(key not recovered)".to_string(), display_bytes),
+            remnant.kind.as_deref().unwrap_or("-"),
+            if remnant.plaintext {
+                "plaintext".to_string()
+            } else {
+                format!(
+                    "encrypted ({})",
+                    remnant.provider.map_or("unknown", Provider::as_str)
+                )
+            }
+        )?;
+    }
+    if !residue.remnants.is_empty() {
+        writeln!(
+            out,
+            "\nRemnants: {RESIDUE_REMEDY}; --ignore-residue skips them."
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes the human-readable report with the deep scan's remnants.
+pub fn write_table_deep(
+    out: &mut dyn Write,
+    result: &ScanResult,
+    source: &SourceInfo,
+    residue: Option<&ResidueReport>,
 ) -> io::Result<()> {
     let mut rows: Vec<[String; 6]> = vec![[
         "RESOURCE".into(),
@@ -448,6 +588,9 @@ pub fn write_table(
     write_stale_table(out, result)?;
     if let Some(summary) = result.verification() {
         write_verify_table(out, summary)?;
+    }
+    if let Some(residue) = residue {
+        write_residue_table(out, residue)?;
     }
     if !result.read_errors().is_empty() {
         writeln!(out, "\nRead errors ({}):", result.read_errors().len())?;

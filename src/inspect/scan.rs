@@ -47,7 +47,8 @@ impl ResourceFilter {
         }
     }
 
-    fn includes(&self, resource: &str) -> bool {
+    /// True if `resource` (`secrets`, `widgets.example.com`) is in scope.
+    pub fn includes(&self, resource: &str) -> bool {
         match self {
             ResourceFilter::All => true,
             ResourceFilter::Only(names) => names.iter().any(|name| name == resource),

@@ -4,12 +4,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use kube_kms::inspect::bbolt::Database;
 use kube_kms::inspect::classify::Classifier;
 use kube_kms::inspect::encryption_config::{EncryptionConfig, KeyedProvider};
 use kube_kms::inspect::live::{self, LiveSource};
 use kube_kms::inspect::mvcc::{self, FileScanOptions};
 use kube_kms::inspect::progress::Progress;
 use kube_kms::inspect::report::{self, SourceInfo};
+use kube_kms::inspect::residue::{self, ResidueReport, ResidueScope};
 use kube_kms::inspect::scan::{RequiredProvider, ResourceFilter, Scan, ScanOptions};
 use kube_kms::inspect::verify::plugin::PluginUnwrapper;
 use kube_kms::inspect::verify::pool::VerifyPool;
@@ -86,6 +88,13 @@ pub(crate) struct ScanArgs {
     /// Do not verify a snapshot's SHA-256 trailer (saves one pass over the file).
     #[arg(long)]
     skip_checksum: bool,
+    /// File: also examine every page the current meta page does not reach
+    /// (free pages, slack) for remnants of values in scope.
+    #[arg(long)]
+    deep: bool,
+    /// With --deep: list remnants, but do not count them as findings.
+    #[arg(long, requires = "deep")]
+    ignore_residue: bool,
     /// Live: keys per range request.
     #[arg(long, default_value_t = kube_kms::inspect::live::DEFAULT_PAGE_SIZE)]
     page_size: i64,
@@ -177,6 +186,11 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
         allowed_key_ids,
         classifier: classifier.clone(),
     };
+    let residue_scope = ResidueScope {
+        prefix: options.prefix.clone(),
+        resources: options.resources.clone(),
+        classifier: options.classifier.clone(),
+    };
     let mut scan = Scan::new(options);
     if plugin.is_some() || encryption_config.is_some() {
         let verifier = Verifier::new(plugin, encryption_config);
@@ -186,14 +200,25 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
             VerifyPool::default_threads(),
         ));
     }
+    let mut residue = None;
     let mut source = match (&args.file, args.endpoints.is_empty()) {
-        (Some(path), true) => scan_file(path, &args, &mut scan)?,
+        (Some(path), true) => {
+            let (source, summary) = scan_file(path, &args, &mut scan)?;
+            if args.deep {
+                residue = Some(deep_scan(path, &summary, &residue_scope, &args)?);
+            }
+            source
+        }
+        (None, false) if args.deep => {
+            bail!("--deep reads the free pages of a backup file: use it with --file")
+        }
         (None, false) => scan_live(&args, &mut scan)?,
         _ => bail!("give exactly one source: --file PATH or --endpoints URLS"),
     };
     source.scanned_at = Some(scanned_at);
     let result = scan.finish();
-    let code = report::exit_code(&result);
+    let residue = residue.as_ref();
+    let code = report::exit_code_deep(&result, residue);
     let stdout = io::stdout();
     let is_terminal = stdout.is_terminal();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -203,8 +228,8 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
             .try_for_each(|name| writeln!(out, "{name}"))
     } else {
         match args.format {
-            Format::Json => report::write_json(&mut out, &result, &source),
-            Format::Table => report::write_table(&mut out, &result, &source),
+            Format::Json => report::write_json_deep(&mut out, &result, &source, residue),
+            Format::Table => report::write_table_deep(&mut out, &result, &source, residue),
         }
     }
     .and_then(|()| out.flush());
@@ -314,11 +339,35 @@ fn scan_live(args: &ScanArgs, scan: &mut Scan) -> anyhow::Result<SourceInfo> {
     })
 }
 
+/// The deep scan: the pages the keyspace walk did not reach.
+fn deep_scan(
+    path: &std::path::Path,
+    summary: &mvcc::FileSummary,
+    scope: &ResidueScope,
+    args: &ScanArgs,
+) -> anyhow::Result<ResidueReport> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening {} for the deep scan", path.display()))?;
+    let db = Database::open(file).with_context(|| format!("deep scan of {}", path.display()))?;
+    if db.meta().txid != summary.txid {
+        bail!(
+            "deep scan of {}: the file changed during the scan (txid {} then {}); scan a copy or a snapshot",
+            path.display(),
+            summary.txid,
+            db.meta().txid
+        );
+    }
+    let mut report = residue::scan(&db, &summary.reachable, scope)
+        .with_context(|| format!("deep scan of {}", path.display()))?;
+    report.ignored = args.ignore_residue;
+    Ok(report)
+}
+
 fn scan_file(
     path: &std::path::Path,
     args: &ScanArgs,
     scan: &mut Scan,
-) -> anyhow::Result<SourceInfo> {
+) -> anyhow::Result<(SourceInfo, mvcc::FileSummary)> {
     let options = FileScanOptions {
         verify_trailer: !args.skip_checksum,
     };
@@ -349,12 +398,13 @@ fn scan_file(
             None => "not checked",
         }),
     );
-    Ok(SourceInfo {
+    let source = SourceInfo {
         kind: "file",
         location: path.display().to_string(),
         revision: summary.revision,
         compact_revision: summary.compact_revision,
         details,
         scanned_at: None,
-    })
+    };
+    Ok((source, summary))
 }
