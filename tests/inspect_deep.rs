@@ -229,7 +229,11 @@ fn every_fixture_scans_deep_without_errors() {
             assert_eq!(report["remnants"].as_u64(), Some(residue.len() as u64));
             let pages = summary["details"]["pages"].as_u64().unwrap();
             let reachable = summary["details"]["reachable_pages"].as_u64().unwrap();
-            assert_eq!(report["pages_examined"].as_u64(), Some(pages - reachable), "{name}");
+            assert_eq!(
+                report["pages_examined"].as_u64(),
+                Some(pages - reachable),
+                "{name}"
+            );
             for remnant in &residue {
                 let kind = remnant["kind"].as_str();
                 if resources == "secrets" && remnant["plaintext"] == true {
