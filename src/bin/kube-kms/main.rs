@@ -32,6 +32,21 @@ enum Command {
     Man(cli_docs::ManArgs),
 }
 
+/// The error and its causes, each cause only if its text is not already in
+/// the message (most errors here quote their source already, and `{:#}` would
+/// print it twice).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -48,7 +63,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("kube-kms: error: {error:#}");
+            eprintln!("kube-kms: error: {}", describe(&error));
             std::process::ExitCode::from(2)
         }
     }
