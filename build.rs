@@ -1,4 +1,5 @@
 //! Compiles the KMS v2 service definition in `proto/`.
+#![forbid(unsafe_code)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()

@@ -16,6 +16,7 @@
 //! Client and servers share the machine, so throughput and latency move with
 //! any other load; the servers' CPU time per call (from
 //! `/proc/PID/task/*/schedstat`) does not, and is reported beside them.
+#![forbid(unsafe_code)]
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -3,6 +3,7 @@
 //! snapshot restore` must read as their `.json` says; paging, the pinned
 //! revision, compaction, history, TLS, user auth and failures are checked on
 //! etcds written by the tests.
+#![forbid(unsafe_code)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! through the real socket, readiness and the gRPC health service flipping
 //! when the keyring file becomes unusable and back, JSON logs, the deploy
 //! manifests' exact `serve` arguments, `--version`, completions and man pages.
+#![forbid(unsafe_code)]
 #[path = "common/plugin.rs"]
 mod plugin;
 

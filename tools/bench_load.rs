@@ -12,6 +12,7 @@
 //! Usage: `bench-load --endpoint URL --count N [--value-size BYTES]
 //! [--namespaces K] [--variant plaintext|kmsv2] [--keyring FILE]
 //! [--concurrency C]`.
+#![forbid(unsafe_code)]
 
 use std::error::Error;
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 //! `etcd-inspect`: audits etcd and etcd backups for plaintext Secrets.
 //! Glue only: the work is done in `kube_kms::inspect`.
+#![forbid(unsafe_code)]
 use clap::{Parser, Subcommand};
 
 #[path = "../cli_docs.rs"]

@@ -1,5 +1,6 @@
 //! `kube-kms`: the KMS v2 plugin server (`serve`) and its keyring tool (`key`).
 //! Glue only: the work is done in the `kube_kms` library.
+#![forbid(unsafe_code)]
 use clap::{Parser, Subcommand};
 
 #[path = "../cli_docs.rs"]
