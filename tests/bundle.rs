@@ -1,6 +1,7 @@
 //! `kube-kms key export|import|check|list` through the real binary: bundles
 //! hold no key bytes in clear, conflicting or tampered bundles change nothing,
 //! import is idempotent, and `key check` exits 2 naming an unreachable peer.
+#![forbid(unsafe_code)]
 #[path = "common/plugin.rs"]
 mod plugin;
 
