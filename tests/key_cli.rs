@@ -158,12 +158,12 @@ fn state_machine_invariants_and_error_texts() {
         error.contains("cannot disable version 2: it is the primary"),
         "{error}"
     );
-    let error = fails(&["destroy", "2"], &path);
+    let error = fails(&["destroy", "2", "--force"], &path);
     assert!(
         error.contains("cannot destroy version 2: it is the primary"),
         "{error}"
     );
-    let error = fails(&["destroy", "1"], &path);
+    let error = fails(&["destroy", "1", "--force"], &path);
     assert!(error.contains("disable it first"), "{error}");
     let error = fails(&["enable", "1"], &path);
     assert!(error.contains("already enabled"), "{error}");
@@ -178,7 +178,7 @@ fn state_machine_invariants_and_error_texts() {
     ok(&["enable", "1"], &path);
     assert_eq!(states(&path), [s(1, "enabled"), s(2, "primary")]);
     ok(&["disable", "1"], &path);
-    let out = ok(&["destroy", "1"], &path);
+    let out = ok(&["destroy", "1", "--force"], &path);
     assert!(out.contains("erased for good"), "{out}");
     assert_eq!(states(&path), [s(1, "destroyed"), s(2, "primary")]);
     let error = fails(&["enable", "1"], &path);
@@ -334,7 +334,7 @@ fn destroy_erases_the_material_from_the_file() {
         std::fs::read_to_string(&path).expect("read").contains(&old),
         "disable must keep the material"
     );
-    ok(&["destroy", "1"], &path);
+    ok(&["destroy", "1", "--force"], &path);
     let text = std::fs::read_to_string(&path).expect("read");
     assert!(!text.contains(&old), "destroyed material still in the file");
     assert!(text.contains(&key_id), "destroy must keep the key_id");
@@ -352,7 +352,7 @@ fn writes_are_atomic_and_leave_no_temp_files() {
         &["disable", "1"],
         &["enable", "1"],
         &["disable", "2"],
-        &["destroy", "2"],
+        &["destroy", "2", "--force"],
     ] {
         let before = std::fs::metadata(&path).expect("stat");
         ok(command, &path);

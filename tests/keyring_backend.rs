@@ -82,7 +82,7 @@ async fn ciphertext_survives_rotation_fails_when_disabled_works_when_enabled() {
     assert_eq!(opened.expose_secret(), &seed);
 
     key(&["disable", "1"], &path);
-    key(&["destroy", "1"], &path);
+    key(&["destroy", "1", "--force"], &path);
     backend.reload(false).expect("reload");
     assert_eq!(
         backend
