@@ -196,11 +196,27 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
             scan_report,
             force,
         }) => {
-            if let Some(refusal) = destroy_gate(&keyring.keyring, version, &scan_report, force)? {
-                eprintln!("{refusal}");
-                return Ok(ExitCode::from(1));
-            }
-            let info = keyring::modify(&keyring.keyring, |ring| ring.destroy(version))?;
+            let judged = match destroy_gate(&keyring.keyring, version, &scan_report, force)? {
+                GateVerdict::Refused(refusal) => {
+                    eprintln!("{refusal}");
+                    return Ok(ExitCode::from(1));
+                }
+                GateVerdict::Proceed { disabled_at } => disabled_at,
+            };
+            let info = keyring::modify(&keyring.keyring, |ring| {
+                // The reports were judged against one disable time; a version
+                // re-enabled and disabled again since then needs new scans.
+                if let Some(judged) = judged {
+                    if ring.version(version).and_then(|v| v.disabled_at()) != Some(judged) {
+                        return Err(keyring::KeyringError::Refused {
+                            action: "destroy",
+                            id: version,
+                            reason: "the keyring changed while the scan reports were checked; run the command again".to_string(),
+                        });
+                    }
+                }
+                ring.destroy(version)
+            })?;
             format!(
                 "destroyed {}: its key material is erased for good; the id and key_id stay reserved and are never reused",
                 describe(&info)
@@ -211,19 +227,35 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Checks the scan reports; `Some(message)` to refuse. `--force` turns a
+/// What the destroy gate decided.
+enum GateVerdict {
+    /// Refuse, with the message to print.
+    Refused(String),
+    /// Go on; `disabled_at` is the disable time the reports were judged
+    /// against (`None` when the state check is left to `destroy` itself).
+    Proceed {
+        disabled_at: Option<std::time::SystemTime>,
+    },
+}
+
+/// Checks the scan reports of a disabled version. `--force` turns a
 /// refusal into a loud warning.
 fn destroy_gate(
     path: &std::path::Path,
     version: u32,
     reports: &[PathBuf],
     force: bool,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<GateVerdict> {
     let loaded = keyring::load(path)?;
     let Some(target) = loaded.keyring.version(version) else {
         // The destroy itself reports the unknown version.
-        return Ok(None);
+        return Ok(GateVerdict::Proceed { disabled_at: None });
     };
+    if target.state() != keyring::KeyState::Disabled {
+        // A primary or enabled version cannot be destroyed whatever the
+        // reports say; `destroy` names the step that is missing.
+        return Ok(GateVerdict::Proceed { disabled_at: None });
+    }
     let key_id = target.key_id().to_owned();
     let refusal = if reports.is_empty() {
         Some(format!(
@@ -236,12 +268,18 @@ fn destroy_gate(
             path.display()
         ))
     } else {
-        let disabled_at = target.disabled_at();
         let mut usages = Vec::new();
         for report in reports {
-            usages.push(keyring::destroy_gate::read_report(report, &key_id)?);
+            let usage = keyring::destroy_gate::read_report(report, &key_id)?;
+            if usage.live_without_history {
+                eprintln!(
+                    "kube-kms: note: {}: a live scan without --history: older revisions were not examined",
+                    report.display()
+                );
+            }
+            usages.push(usage);
         }
-        match disabled_at {
+        match target.disabled_at() {
             None => Some(format!(
                 "refusing to destroy version {version} ({key_id}): the keyring does not record when it was disabled (it was disabled by an older kube-kms, or is not disabled). Run `kube-kms key enable {version}` and `kube-kms key disable {version}`, scan again, and pass the new reports",
             )),
@@ -282,25 +320,14 @@ fn destroy_gate(
             }
         }
     };
-    for (usage_path, note) in reports.iter().filter_map(|report| {
-        keyring::destroy_gate::read_report(report, &key_id)
-            .ok()
-            .filter(|usage| usage.live_without_history)
-            .map(|_| {
-                (
-                    report,
-                    "a live scan without --history: older revisions were not examined",
-                )
-            })
-    }) {
-        eprintln!("kube-kms: note: {}: {note}", usage_path.display());
-    }
+    let disabled_at = target.disabled_at();
     match refusal {
         Some(text) if force => {
             eprintln!("kube-kms: WARNING: --force: destroying version {version} ({key_id}) anyway. {text}");
-            Ok(None)
+            Ok(GateVerdict::Proceed { disabled_at })
         }
-        other => Ok(other),
+        Some(text) => Ok(GateVerdict::Refused(text)),
+        None => Ok(GateVerdict::Proceed { disabled_at }),
     }
 }
 
