@@ -86,17 +86,15 @@ pub fn read_report(path: &Path, key_id: &str) -> Result<ReportUse, ReportError> 
             })?;
         let data = &record["data"];
         match record["type"].as_str() {
-            Some("value") => {
-                if data["provider"] == "kms-v2" && data["key_id"] == key_id {
-                    if data["latest"] == true {
-                        counted_from_values.0 += 1;
-                    } else {
-                        counted_from_values.1 += 1;
-                    }
-                    if usage.keys.len() < LISTED_KEYS {
-                        if let Some(key) = data["key"].as_str() {
-                            usage.keys.push(key.to_owned());
-                        }
+            Some("value") if data["provider"] == "kms-v2" && data["key_id"] == key_id => {
+                if data["latest"] == true {
+                    counted_from_values.0 += 1;
+                } else {
+                    counted_from_values.1 += 1;
+                }
+                if usage.keys.len() < LISTED_KEYS {
+                    if let Some(key) = data["key"].as_str() {
+                        usage.keys.push(key.to_owned());
                     }
                 }
             }
