@@ -109,17 +109,26 @@ async fn a_group_readable_keyring_is_refused_at_start() {
 }
 
 #[test]
-fn metrics_addr_is_refused_until_supported() {
+fn a_metrics_address_in_use_fails_clearly_and_leaves_no_socket() {
     let dir = temp_dir();
+    let keyring = init_keyring(dir.path());
+    let socket = dir.path().join("kms.sock");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
     let output = Command::new(KUBE_KMS)
-        .args(["serve", "--metrics-addr", "127.0.0.1:9464", "--keyring"])
-        .arg(dir.path().join("none.json"))
+        .args(["serve", "--metrics-addr", &address, "--keyring"])
+        .arg(&keyring)
         .arg("--socket")
-        .arg(dir.path().join("kms.sock"))
+        .arg(&socket)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not yet supported"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on --metrics-addr {address}")),
+        "{stderr}"
+    );
+    assert!(!socket.exists(), "a failed start must not leave its socket");
 }
 
 /// Every spelling of `secret` a log line could carry.
