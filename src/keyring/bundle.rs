@@ -38,9 +38,9 @@ use std::path::{Path, PathBuf};
 use age::secrecy::SecretString;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use serde::de::{self, Deserialize, Deserializer, Visitor};
 use zeroize::Zeroizing;
 
+use super::format::{self, MaterialText};
 use super::{key_id, store, KeyState, KeyVersion, Keyring, KeyringError, VersionInfo};
 use crate::secret::Key256;
 
@@ -48,8 +48,6 @@ use crate::secret::Key256;
 pub const FORMAT: &str = "kube-kms-bundle/v1";
 /// The largest bundle file accepted (a bundle of 1000 versions is ~250 KiB).
 pub const MAX_BUNDLE_LEN: u64 = 1 << 20;
-/// Longest base64 text accepted for a material field (32 bytes encode to 44).
-const MAX_MATERIAL_TEXT: usize = 64;
 /// Largest accepted scrypt work factor (log2 N) for passphrase bundles: 2^22 is
 /// 4 GiB·s-class work at most, so a hostile bundle cannot pin the CPU for hours.
 const MAX_SCRYPT_LOG_N: u8 = 22;
@@ -485,30 +483,6 @@ struct VersionIn<'a> {
     material: MaterialText<'a>,
 }
 
-/// Base64 key material, borrowed from the (zeroizing) payload buffer.
-struct MaterialText<'a>(&'a str);
-
-impl<'de: 'a, 'a> Deserialize<'de> for MaterialText<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MaterialVisitor;
-        impl<'de> Visitor<'de> for MaterialVisitor {
-            type Value = MaterialText<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a base64 string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
-                Ok(MaterialText(text))
-            }
-            fn visit_str<E: de::Error>(self, _text: &str) -> Result<Self::Value, E> {
-                Err(E::custom(
-                    "material must be plain base64 without JSON escapes",
-                ))
-            }
-        }
-        deserializer.deserialize_str(MaterialVisitor)
-    }
-}
-
 fn parse(payload: &[u8]) -> Result<Bundle, BundleError> {
     let parsed: BundleIn<'_> = serde_json::from_slice(payload).map_err(|error| {
         // serde_json quotes offending values; report the position only.
@@ -550,9 +524,7 @@ fn parse(payload: &[u8]) -> Result<Bundle, BundleError> {
                 )))
             }
         };
-        let created = Some(version.created.as_ref())
-            .filter(|text| text.is_ascii())
-            .and_then(|text| humantime::parse_rfc3339(text).ok())
+        let created = format::parse_time(&version.created)
             .ok_or_else(|| invalid(format!("version {id}: created is not an RFC 3339 time")))?;
         let material = decode_material(id, version.material.0)?;
         let key_id = version.key_id.into_owned();
@@ -586,22 +558,11 @@ fn parse(payload: &[u8]) -> Result<Bundle, BundleError> {
 }
 
 fn decode_material(id: u32, text: &str) -> Result<Key256, BundleError> {
-    let wrong = || {
+    format::decode_key_material(text).ok_or_else(|| {
         invalid(format!(
             "version {id}: material must be 32 bytes in standard padded base64"
         ))
-    };
-    if text.len() > MAX_MATERIAL_TEXT {
-        return Err(wrong());
-    }
-    let mut decoded = Zeroizing::new([0u8; 48]);
-    let len = BASE64
-        .decode_slice(text.as_bytes(), decoded.as_mut_slice())
-        .map_err(|_| wrong())?;
-    decoded
-        .get(..len)
-        .and_then(Key256::from_slice)
-        .ok_or_else(wrong)
+    })
 }
 
 /// What an import did.

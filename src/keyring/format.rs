@@ -62,8 +62,9 @@ struct VersionIn<'a> {
     material: Option<MaterialText<'a>>,
 }
 
-/// Base64 key material, borrowed from the input buffer (never copied).
-struct MaterialText<'a>(&'a str);
+/// Base64 key material, borrowed from the input buffer (never copied); the
+/// keyring file and export bundles ([`super::bundle`]) both carry it.
+pub(super) struct MaterialText<'a>(pub(super) &'a str);
 
 impl<'de: 'a, 'a> Deserialize<'de> for MaterialText<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -170,30 +171,33 @@ fn parse_version(version: VersionIn<'_>) -> Result<KeyVersion, KeyringError> {
     })
 }
 
-fn parse_time(text: &str) -> Option<SystemTime> {
+/// An RFC 3339 time as the keyring and bundles write it.
+pub(super) fn parse_time(text: &str) -> Option<SystemTime> {
     if !text.is_ascii() {
         return None;
     }
     humantime::parse_rfc3339(text).ok()
 }
 
-fn decode_material(id: u32, text: &str) -> Result<Key256, KeyringError> {
-    let wrong = || {
-        invalid(format!(
-            "version {id}: material must be 32 bytes in standard padded base64 (44 characters); the key is damaged: restore the file from a backup"
-        ))
-    };
+/// 32 bytes of key material from standard padded base64, decoded into a
+/// zeroizing buffer; `None` for anything else.
+pub(super) fn decode_key_material(text: &str) -> Option<Key256> {
     if text.len() > MAX_MATERIAL_TEXT {
-        return Err(wrong());
+        return None;
     }
     let mut decoded = Zeroizing::new([0u8; 48]);
     let len = BASE64
         .decode_slice(text.as_bytes(), decoded.as_mut_slice())
-        .map_err(|_| wrong())?;
-    decoded
-        .get(..len)
-        .and_then(Key256::from_slice)
-        .ok_or_else(wrong)
+        .ok()?;
+    decoded.get(..len).and_then(Key256::from_slice)
+}
+
+fn decode_material(id: u32, text: &str) -> Result<Key256, KeyringError> {
+    decode_key_material(text).ok_or_else(|| {
+        invalid(format!(
+            "version {id}: material must be 32 bytes in standard padded base64 (44 characters); the key is damaged: restore the file from a backup"
+        ))
+    })
 }
 
 /// Writes a keyring as pretty JSON into a zeroizing buffer, after validating it.
