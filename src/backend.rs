@@ -18,6 +18,10 @@ use crate::secret::SecretBytes;
 
 pub mod file;
 
+/// The health string of a backend whose last self-test passed (what Status'
+/// healthz must say for kube-apiserver to call the plugin healthy).
+pub const HEALTHY: &str = "ok";
+
 /// What Status reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyStatus {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 use clap::{Parser, Subcommand};
 
+mod backend_args;
 #[path = "../cli_docs.rs"]
 mod cli_docs;
 mod demo;
