@@ -79,16 +79,25 @@ struct Pkcs11Section {
 
 /// Where the PKCS#11 keys are and how to log in.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // read once the pkcs11 backend is wired in
 pub(crate) struct Pkcs11Settings {
     pub(crate) module: PathBuf,
     pub(crate) token_label: String,
     pub(crate) pin_file: PathBuf,
 }
 
+impl Pkcs11Settings {
+    /// The library's configuration.
+    pub(crate) fn config(&self) -> kube_kms::backend::pkcs11::Pkcs11Config {
+        kube_kms::backend::pkcs11::Pkcs11Config {
+            module: self.module.clone(),
+            token_label: self.token_label.clone(),
+            pin_file: self.pin_file.clone(),
+        }
+    }
+}
+
 /// A fully resolved backend choice.
 #[derive(Debug)]
-#[allow(dead_code)] // the pkcs11 settings are read once that backend is wired in
 pub(crate) enum BackendChoice {
     /// The keyring file at this path.
     File(PathBuf),
@@ -124,6 +133,24 @@ fn read_config(path: &Path) -> anyhow::Result<BackendConfigFile> {
 }
 
 impl BackendArgs {
+    /// The pkcs11 options as given, to repeat them in a suggested command.
+    pub(crate) fn pkcs11_selector(&self) -> String {
+        let mut words = vec!["--backend pkcs11".to_owned()];
+        if let Some(path) = &self.backend_config {
+            words.push(format!("--backend-config {}", path.display()));
+        }
+        if let Some(module) = &self.pkcs11.pkcs11_module {
+            words.push(format!("--pkcs11-module {}", module.display()));
+        }
+        if let Some(label) = &self.pkcs11.token_label {
+            words.push(format!("--token-label {label}"));
+        }
+        if let Some(pin_file) = &self.pkcs11.pin_file {
+            words.push(format!("--pin-file {}", pin_file.display()));
+        }
+        words.join(" ")
+    }
+
     /// The backend kind asked for, flags first, then the config file, else `file`.
     pub(crate) fn resolve(&self) -> anyhow::Result<BackendChoice> {
         let file = match &self.backend_config {

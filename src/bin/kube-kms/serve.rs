@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kube_kms::backend::file::FileBackend;
+use kube_kms::backend::pkcs11::Pkcs11Backend;
 use kube_kms::backend::KeyBackend;
 use kube_kms::server::{Server, ServerOptions, SocketAddress, SocketListener};
 use tokio::signal::unix::{signal, SignalKind};
@@ -131,8 +132,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open the keyring {}", path.display()))?;
             serve_with(backend, &args).await
         }
-        BackendChoice::Pkcs11(_) => {
-            anyhow::bail!("--backend pkcs11 is not built yet")
+        BackendChoice::Pkcs11(settings) => {
+            let config = settings.config();
+            let backend = Pkcs11Backend::open(&config).with_context(|| {
+                format!(
+                    "cannot open the PKCS#11 token {:?} through {}",
+                    config.token_label,
+                    config.module.display()
+                )
+            })?;
+            serve_with(backend, &args).await
         }
         BackendChoice::AwsKms => anyhow::bail!("--backend aws-kms is not built yet"),
     }
