@@ -292,7 +292,9 @@ impl Pkcs11Backend {
     }
 
     fn mark_unhealthy(&self, reason: &str) {
-        tracing::warn!(reason = %reason, "token call failed: Status reports unhealthy until a self-test passes");
+        if !self.healthz.load().contains(reason) {
+            tracing::warn!(reason = %reason, "token call failed: Status reports unhealthy until a self-test passes");
+        }
         self.healthz.store(Arc::new(Arc::from(reason)));
     }
 

@@ -34,6 +34,9 @@ pub(crate) const IDLE_SESSIONS: usize = 16;
 /// What the pool holds between calls.
 #[derive(Default)]
 struct Pool {
+    /// The initialized module; dropped on a reset so the next call
+    /// initializes it again (modules list their tokens at C_Initialize).
+    context: Option<Pkcs11>,
     slot: Option<Slot>,
     idle: Vec<Session>,
     /// key_id → handle of its secret key object (valid while the pool is).
@@ -44,7 +47,6 @@ struct Pool {
 pub struct Token {
     module: PathBuf,
     label: String,
-    context: Pkcs11,
     pin: AuthPin,
     pool: Mutex<Pool>,
 }
@@ -150,23 +152,9 @@ impl Token {
     /// Loads `module`, initializes it, and checks that a token labelled
     /// `label` is present and accepts `pin` (one session is opened and kept).
     pub fn open(module: &Path, label: &str, pin: AuthPin) -> Result<Self, Pkcs11Error> {
-        let context = Pkcs11::new(module).map_err(|error| Pkcs11Error::Module {
-            path: module.to_path_buf(),
-            problem: error.to_string(),
-        })?;
-        match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(error) => {
-                return Err(Pkcs11Error::Module {
-                    path: module.to_path_buf(),
-                    problem: format!("C_Initialize failed: {error}"),
-                })
-            }
-        }
         let token = Self {
             module: module.to_path_buf(),
             label: label.to_owned(),
-            context,
             pin,
             pool: Mutex::new(Pool::default()),
         };
@@ -187,14 +175,30 @@ impl Token {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn find_slot(&self) -> Result<Slot, Pkcs11Error> {
-        let slots = self
-            .context
+    /// Loads and initializes the module.
+    fn initialize(&self) -> Result<Pkcs11, Pkcs11Error> {
+        let context = Pkcs11::new(&self.module).map_err(|error| Pkcs11Error::Module {
+            path: self.module.clone(),
+            problem: error.to_string(),
+        })?;
+        match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                Ok(context)
+            }
+            Err(error) => Err(Pkcs11Error::Module {
+                path: self.module.clone(),
+                problem: format!("C_Initialize failed: {}", short(&error)),
+            }),
+        }
+    }
+
+    fn find_slot(&self, context: &Pkcs11) -> Result<Slot, Pkcs11Error> {
+        let slots = context
             .get_slots_with_token()
             .map_err(|error| self.failure("listing the slots", error))?;
         let mut present = Vec::new();
         for slot in slots {
-            let Ok(info) = self.context.get_token_info(slot) else {
+            let Ok(info) = context.get_token_info(slot) else {
                 continue;
             };
             let label = info.label().trim_end().to_owned();
@@ -224,22 +228,30 @@ impl Token {
     }
 
     fn take_session(&self) -> Result<Session, Pkcs11Error> {
-        let slot = {
+        let (context, slot) = {
             let mut pool = self.lock();
             if let Some(session) = pool.idle.pop() {
                 return Ok(session);
             }
-            match pool.slot {
+            let context = match &pool.context {
+                Some(context) => context.clone(),
+                None => {
+                    let context = self.initialize()?;
+                    pool.context = Some(context.clone());
+                    context
+                }
+            };
+            let slot = match pool.slot {
                 Some(slot) => slot,
                 None => {
-                    let slot = self.find_slot()?;
+                    let slot = self.find_slot(&context)?;
                     pool.slot = Some(slot);
                     slot
                 }
-            }
+            };
+            (context, slot)
         };
-        let session = self
-            .context
+        let session = context
             .open_rw_session(slot)
             .map_err(|error| self.failure("opening a session", error))?;
         match session.login(UserType::User, Some(&self.pin)) {
@@ -255,8 +267,10 @@ impl Token {
         }
     }
 
-    /// Forgets every session, the slot and the cached handles, so the next
-    /// call starts afresh (closing the sessions also ends the login).
+    /// Forgets every session, the slot, the cached handles and the module
+    /// context, so the next call starts afresh: the module is initialized
+    /// again (finalized once the last session of the old context closes),
+    /// finds the token again and logs in again.
     pub(crate) fn reset(&self) {
         let stale = {
             let mut pool = self.lock();
