@@ -215,8 +215,13 @@ fn open(
             RvError::EncryptedDataLenRange,
             cryptoki::context::Function::Decrypt,
         ))?;
-    let mut iv = [0u8; IV_LEN];
-    iv.copy_from_slice(header.get(2..).unwrap_or_default());
+    let mut iv: [u8; IV_LEN] = header
+        .get(2..HEADER_LEN)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or(CryptokiError::Pkcs11(
+            RvError::EncryptedDataLenRange,
+            cryptoki::context::Function::Decrypt,
+        ))?;
     let aad = aad(key_id);
     let params = GcmParams::new(&mut iv, &aad, ((GCM_TAG_LEN * 8) as u64).into())?;
     let plaintext = session.decrypt(&Mechanism::AesGcm(params), key, sealed)?;
@@ -482,5 +487,18 @@ impl KeyBackend for Pkcs11Backend {
 
     fn version_counts(&self) -> VersionCounts {
         self.snapshot.load().counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aad_binds_the_key_id() {
+        assert_ne!(aad("kk-p11-v1-00"), aad("kk-p11-v2-00"));
+        assert!(aad("kk-p11-v1-00").starts_with(AAD_PREFIX));
+        assert_eq!(HEADER_LEN + 32 + GCM_TAG_LEN, 62);
+        assert_eq!(MAX_PLAINTEXT_LEN + HEADER_LEN + GCM_TAG_LEN, 1024);
     }
 }
