@@ -359,6 +359,36 @@ fn key_commands_keep_the_state_machine_rules() {
         ])
         .unwrap();
     assert!(found.is_empty(), "the destroyed key is still in the token");
+    drop(session);
+    drop(token);
+
+    // The same settings from --backend-config instead of flags.
+    let config = hsm.path().join("backend.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "backend: pkcs11\npkcs11:\n  module: {MODULE}\n  token_label: {}\n  pin_file: {}\n",
+            hsm.label,
+            hsm.pin_file.display()
+        ),
+    )
+    .unwrap();
+    let listed = Command::new(KUBE_KMS)
+        .args(["key", "list", "--backend-config"])
+        .arg(&config)
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(
+        table.contains(&versions[1].0) && table.contains("destroyed"),
+        "{table}"
+    );
 }
 
 /// The token opened in this process through cryptoki. SoftHSM2 reads
