@@ -6,19 +6,27 @@
 //! - the baseline: an empty tonic `v2.KeyManagementService` whose handlers
 //!   return at once, in its own process, on a unix socket, and
 //! - the real `kube-kms serve` binary (release profile) with a file keyring,
+//!   or with `BENCH_BACKEND=pkcs11` on a SoftHSM2 token made in a temp dir,
 //!
 //! alternating the two per data point. Then it reports the plugin's peak RSS
 //! (VmHWM) and the time from spawning `kube-kms serve` to the first answered
 //! Status. Environment: `BENCH_SECONDS` (per data point and round, default 1)
 //! and `BENCH_ROUNDS` (alternating rounds per data point, default 3),
-//! `BENCH_SERVE_ARGS` (extra `kube-kms serve` flags, for experiments).
+//! `BENCH_SERVE_ARGS` (extra `kube-kms serve` flags, for experiments),
+//! `BENCH_BACKEND` (`file`, the default, or `pkcs11`) and `BENCH_COLD_SECRETS`
+//! (default 20000): the cold-start phase wraps that many distinct seeds, then
+//! starts a fresh plugin and times Decrypt of all of them at concurrency 16,
+//! the worst case of a kube-apiserver starting on that many Secrets each
+//! under its own DEK seed (in practice apiserver decrypts once per distinct
+//! seed: one per apiserver instance and key_id).
 //!
 //! Client and servers share the machine, so throughput and latency move with
 //! any other load; the servers' CPU time per call (from
 //! `/proc/PID/task/*/schedstat`) does not, and is reported beside them.
 #![forbid(unsafe_code)]
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -249,6 +257,172 @@ fn micros(duration: Duration) -> String {
     format!("{:.0}", duration.as_secs_f64() * 1e6)
 }
 
+/// How `kube-kms serve` gets its keys.
+struct PluginSetup {
+    backend: String,
+    args: Vec<OsString>,
+    envs: Vec<(&'static str, PathBuf)>,
+}
+
+impl PluginSetup {
+    /// `kube-kms serve --socket SOCKET` with this backend.
+    fn command(&self, socket: &Path) -> Command {
+        let mut command = Command::new(KUBE_KMS);
+        command
+            .arg("serve")
+            .args(&self.args)
+            .arg("--socket")
+            .arg(socket)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)));
+        command
+    }
+}
+
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Makes the keys for `BENCH_BACKEND` in `dir`.
+fn setup_backend(dir: &Path) -> Result<PluginSetup> {
+    let backend = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "file".into());
+    let run = |command: &mut Command, what: &str| -> Result<()> {
+        let output = command.output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{what} failed: {}", String::from_utf8_lossy(&output.stderr)).into())
+        }
+    };
+    match backend.as_str() {
+        "file" => {
+            let keyring = dir.join("keyring.json");
+            run(
+                Command::new(KUBE_KMS)
+                    .args(["key", "init", "--keyring"])
+                    .arg(&keyring),
+                "kube-kms key init",
+            )?;
+            Ok(PluginSetup {
+                backend,
+                args: vec!["--keyring".into(), keyring.into()],
+                envs: Vec::new(),
+            })
+        }
+        "pkcs11" => {
+            let tokens = dir.join("tokens");
+            std::fs::create_dir(&tokens)?;
+            let conf = dir.join("softhsm2.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                    tokens.display()
+                ),
+            )?;
+            run(
+                Command::new("softhsm2-util")
+                    .args(["--init-token", "--free", "--label", "kk-bench"])
+                    .args(["--pin", "bench-pin", "--so-pin", "bench-so-pin"])
+                    .env("SOFTHSM2_CONF", &conf),
+                "softhsm2-util --init-token (install softhsm2: tools/install-deps)",
+            )?;
+            let pin_file = dir.join("pin");
+            std::fs::write(&pin_file, "bench-pin\n")?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
+            let args: Vec<OsString> = vec![
+                "--backend".into(),
+                "pkcs11".into(),
+                "--pkcs11-module".into(),
+                SOFTHSM_MODULE.into(),
+                "--token-label".into(),
+                "kk-bench".into(),
+                "--pin-file".into(),
+                pin_file.into(),
+            ];
+            run(
+                Command::new(KUBE_KMS)
+                    .args(["key", "rotate"])
+                    .args(&args)
+                    .env("SOFTHSM2_CONF", &conf),
+                "kube-kms key rotate --backend pkcs11",
+            )?;
+            Ok(PluginSetup {
+                backend,
+                args,
+                envs: vec![("SOFTHSM2_CONF", conf)],
+            })
+        }
+        other => Err(format!("BENCH_BACKEND={other}: use file or pkcs11").into()),
+    }
+}
+
+/// Wraps `count` distinct seeds, then times a fresh plugin's start and the
+/// Decrypt of all of them at concurrency 16.
+async fn cold_start(setup: &PluginSetup, dir: &Path, count: usize) -> Result<()> {
+    const CONCURRENCY: usize = 16;
+    let socket = dir.join("cold.sock");
+    let mut writer = ChildServer::spawn(&mut setup.command(&socket), socket.clone())?;
+    writer.ready(Instant::now()).await?;
+    let wrapping = Instant::now();
+    let mut wrapped = Vec::with_capacity(count);
+    let mut clients = Vec::new();
+    for _ in 0..CONCURRENCY {
+        clients.push(KmsClient::connect_path(&socket).await?);
+    }
+    let per_client = count.div_ceil(CONCURRENCY);
+    let mut tasks = Vec::new();
+    for (index, mut client) in clients.into_iter().enumerate() {
+        let todo = per_client.min(count.saturating_sub(index * per_client));
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(todo);
+            for n in 0..todo {
+                let seed = ((index * per_client + n) as u64).to_le_bytes().repeat(4);
+                out.push(client.encrypt(&seed, "cold").await?);
+            }
+            Ok::<_, kube_kms::client::ClientError>(out)
+        }));
+    }
+    for task in tasks {
+        wrapped.extend(task.await??);
+    }
+    let wrap_time = wrapping.elapsed();
+    writer.stop();
+
+    let spawned = Instant::now();
+    let mut reader = ChildServer::spawn(&mut setup.command(&socket), socket.clone())?;
+    let started = reader.ready(spawned).await?;
+    let decrypting = Instant::now();
+    let wrapped = std::sync::Arc::new(wrapped);
+    let mut tasks = Vec::new();
+    for index in 0..CONCURRENCY {
+        let mut client = KmsClient::connect_path(&socket).await?;
+        let wrapped = std::sync::Arc::clone(&wrapped);
+        tasks.push(tokio::spawn(async move {
+            let mut calls = 0usize;
+            for encrypted in wrapped.iter().skip(index).step_by(CONCURRENCY) {
+                client.decrypt_encrypted(encrypted, "cold").await?;
+                calls += 1;
+            }
+            Ok::<_, kube_kms::client::ClientError>(calls)
+        }));
+    }
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await??;
+    }
+    let decrypt_time = decrypting.elapsed();
+    reader.stop();
+    println!(
+        "cold start ({}): {count} seeds wrapped in {:.2} s ({:.0}/s); fresh plugin answered Status after {:.1} ms, then {calls} Decrypt calls (one per Secret, each under its own seed: the worst case) took {:.2} s ({:.0}/s) at concurrency {CONCURRENCY}",
+        setup.backend,
+        wrap_time.as_secs_f64(),
+        count as f64 / wrap_time.as_secs_f64(),
+        started.as_secs_f64() * 1e3,
+        decrypt_time.as_secs_f64(),
+        calls as f64 / decrypt_time.as_secs_f64(),
+    );
+    Ok(())
+}
+
 async fn bench() -> Result<()> {
     let seconds: f64 = std::env::var("BENCH_SECONDS")
         .ok()
@@ -261,14 +435,7 @@ async fn bench() -> Result<()> {
         .unwrap_or(3)
         .max(1);
     let dir = tempfile::Builder::new().prefix("kkb").tempdir_in("/tmp")?;
-    let keyring = dir.path().join("keyring.json");
-    let status = Command::new(KUBE_KMS)
-        .args(["key", "init", "--keyring"])
-        .arg(&keyring)
-        .status()?;
-    if !status.success() {
-        return Err("kube-kms key init failed".into());
-    }
+    let setup = setup_backend(dir.path())?;
 
     let baseline_socket = dir.path().join("empty.sock");
     let mut baseline = ChildServer::spawn(
@@ -280,22 +447,18 @@ async fn bench() -> Result<()> {
     let plugin_socket = dir.path().join("kms.sock");
     let spawned = Instant::now();
     let mut plugin = ChildServer::spawn(
-        Command::new(KUBE_KMS)
-            .args(["serve", "--keyring"])
-            .arg(&keyring)
-            .arg("--socket")
-            .arg(&plugin_socket)
-            .args(
-                std::env::var("BENCH_SERVE_ARGS")
-                    .unwrap_or_default()
-                    .split_whitespace(),
-            ),
+        setup.command(&plugin_socket).args(
+            std::env::var("BENCH_SERVE_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        ),
         plugin_socket,
     )?;
     let first_start = plugin.ready(spawned).await?;
 
     println!(
-        "kube-kms plugin benchmark: {seconds} s per point, median of {rounds} alternating rounds, one connection per client, {} CPUs",
+        "kube-kms plugin benchmark ({} backend): {seconds} s per point, median of {rounds} alternating rounds, one connection per client, {} CPUs",
+        setup.backend,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -360,14 +523,7 @@ async fn bench() -> Result<()> {
     for round in 0..5 {
         let socket = dir.path().join(format!("s{round}.sock"));
         let spawned = Instant::now();
-        let mut child = ChildServer::spawn(
-            Command::new(KUBE_KMS)
-                .args(["serve", "--keyring"])
-                .arg(&keyring)
-                .arg("--socket")
-                .arg(&socket),
-            socket,
-        )?;
+        let mut child = ChildServer::spawn(&mut setup.command(&socket), socket)?;
         starts.push(child.ready(spawned).await?);
         child.stop();
     }
@@ -378,6 +534,13 @@ async fn bench() -> Result<()> {
         starts[starts.len() - 1].as_secs_f64() * 1e3,
         starts.len()
     );
+    let cold_secrets: usize = std::env::var("BENCH_COLD_SECRETS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    if cold_secrets > 0 {
+        cold_start(&setup, dir.path(), cold_secrets).await?;
+    }
     Ok(())
 }
 

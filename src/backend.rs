@@ -17,6 +17,11 @@ use std::sync::Arc;
 use crate::secret::SecretBytes;
 
 pub mod file;
+pub mod pkcs11;
+
+/// The health string of a backend whose last self-test passed (what Status'
+/// healthz must say for kube-apiserver to call the plugin healthy).
+pub const HEALTHY: &str = "ok";
 
 /// What Status reports.
 #[derive(Clone, Debug, PartialEq, Eq)]

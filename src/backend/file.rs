@@ -17,8 +17,8 @@ use crate::keyring::{self, FileStamp, KeyState, Keyring, KeyringError};
 use crate::secret::{Key256, SecretBytes};
 use crate::wrap::{self, WrapError};
 
-/// The health string of a backend whose last self-test passed.
-pub const HEALTHY: &str = "ok";
+/// Re-exported from [`crate::backend`], where every backend finds it.
+pub use super::HEALTHY;
 
 /// A key known to the snapshot. Disabled and destroyed keys are remembered
 /// (without material) so Decrypt can say "disabled" instead of "unknown".

@@ -25,6 +25,90 @@ pub struct Promotion {
     pub previous: VersionInfo,
 }
 
+/// A state change of one version. [`Transition::check`] is the one place that
+/// says which state allows which change; the file keyring and the other
+/// backends (e.g. a PKCS#11 token) all apply it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// enabled → primary (the old primary becomes enabled).
+    Promote,
+    /// enabled → disabled.
+    Disable,
+    /// disabled → enabled.
+    Enable,
+    /// disabled → destroyed.
+    Destroy,
+}
+
+impl Transition {
+    /// The verb used in messages ("disable", ...).
+    pub fn action(self) -> &'static str {
+        match self {
+            Transition::Promote => "promote",
+            Transition::Disable => "disable",
+            Transition::Enable => "enable",
+            Transition::Destroy => "destroy",
+        }
+    }
+
+    /// The state version `id` ends in if it is now in `state`, or
+    /// [`KeyringError::Refused`] saying why not and what to do instead.
+    pub fn check(self, id: u32, state: KeyState) -> Result<KeyState, KeyringError> {
+        let action = self.action();
+        match (self, state) {
+            (Transition::Promote, KeyState::Enabled) => Ok(KeyState::Primary),
+            (Transition::Promote, KeyState::Primary) => {
+                Err(refused(action, id, "it is already the primary"))
+            }
+            (Transition::Promote, KeyState::Disabled) => Err(refused(
+                action,
+                id,
+                "it is disabled; enable it first (`kube-kms key enable`)",
+            )),
+            (Transition::Promote, KeyState::Destroyed) => Err(refused(
+                action,
+                id,
+                "it is destroyed; its material is gone. Use `kube-kms key rotate` for a new key",
+            )),
+            (Transition::Disable, KeyState::Enabled) => Ok(KeyState::Disabled),
+            (Transition::Disable, KeyState::Primary) => Err(refused(
+                action,
+                id,
+                "it is the primary; rotate (`kube-kms key rotate`) or promote another version first",
+            )),
+            (Transition::Disable, KeyState::Disabled) => {
+                Err(refused(action, id, "it is already disabled"))
+            }
+            (Transition::Disable, KeyState::Destroyed) => {
+                Err(refused(action, id, "it is destroyed"))
+            }
+            (Transition::Enable, KeyState::Disabled) => Ok(KeyState::Enabled),
+            (Transition::Enable, KeyState::Primary | KeyState::Enabled) => {
+                Err(refused(action, id, "it is already enabled"))
+            }
+            (Transition::Enable, KeyState::Destroyed) => Err(refused(
+                action,
+                id,
+                "it is destroyed; its material is gone for good",
+            )),
+            (Transition::Destroy, KeyState::Disabled) => Ok(KeyState::Destroyed),
+            (Transition::Destroy, KeyState::Primary) => Err(refused(
+                action,
+                id,
+                "it is the primary; rotate, then disable it, then destroy it",
+            )),
+            (Transition::Destroy, KeyState::Enabled) => Err(refused(
+                action,
+                id,
+                "it is enabled; disable it first (`kube-kms key disable`), check that nothing fails to decrypt, then destroy it",
+            )),
+            (Transition::Destroy, KeyState::Destroyed) => {
+                Err(refused(action, id, "it is already destroyed"))
+            }
+        }
+    }
+}
+
 fn refused(action: &'static str, id: u32, reason: impl Into<String>) -> KeyringError {
     KeyringError::Refused {
         action,
@@ -122,25 +206,7 @@ impl Keyring {
     pub fn promote(&mut self, id: u32) -> Result<Promotion, KeyringError> {
         let target = self.index_of(id)?;
         let old = self.primary_index()?;
-        let target_state = self.versions.get(target).map(|v| v.state);
-        match target_state {
-            Some(KeyState::Enabled) => {}
-            Some(KeyState::Primary) => {
-                return Err(refused("promote", id, "it is already the primary"))
-            }
-            Some(KeyState::Disabled) => {
-                return Err(refused(
-                    "promote",
-                    id,
-                    "it is disabled; enable it first (`kube-kms key enable`)",
-                ))
-            }
-            Some(KeyState::Destroyed) | None => return Err(refused(
-                "promote",
-                id,
-                "it is destroyed; its material is gone. Use `kube-kms key rotate` for a new key",
-            )),
-        }
+        self.check(Transition::Promote, target, id)?;
         self.set_state(old, KeyState::Enabled);
         self.set_state(target, KeyState::Primary);
         self.validate()?;
@@ -159,20 +225,7 @@ impl Keyring {
     /// [`Keyring::disable`], recording `now` as the disable time.
     pub fn disable_at(&mut self, id: u32, now: SystemTime) -> Result<VersionInfo, KeyringError> {
         let index = self.index_of(id)?;
-        match self.versions.get(index).map(|v| v.state) {
-            Some(KeyState::Enabled) => {}
-            Some(KeyState::Primary) => {
-                return Err(refused(
-                    "disable",
-                    id,
-                    "it is the primary; rotate (`kube-kms key rotate`) or promote another version first",
-                ))
-            }
-            Some(KeyState::Disabled) => return Err(refused("disable", id, "it is already disabled")),
-            Some(KeyState::Destroyed) | None => {
-                return Err(refused("disable", id, "it is destroyed"))
-            }
-        }
+        self.check(Transition::Disable, index, id)?;
         self.set_state(index, KeyState::Disabled);
         if let Some(version) = self.versions.get_mut(index) {
             version.disabled_at = Some(whole_seconds(now));
@@ -184,19 +237,7 @@ impl Keyring {
     /// Enables a disabled version again.
     pub fn enable(&mut self, id: u32) -> Result<VersionInfo, KeyringError> {
         let index = self.index_of(id)?;
-        match self.versions.get(index).map(|v| v.state) {
-            Some(KeyState::Disabled) => {}
-            Some(KeyState::Primary | KeyState::Enabled) => {
-                return Err(refused("enable", id, "it is already enabled"))
-            }
-            Some(KeyState::Destroyed) | None => {
-                return Err(refused(
-                    "enable",
-                    id,
-                    "it is destroyed; its material is gone for good",
-                ))
-            }
-        }
+        self.check(Transition::Enable, index, id)?;
         self.set_state(index, KeyState::Enabled);
         if let Some(version) = self.versions.get_mut(index) {
             version.disabled_at = None;
@@ -209,26 +250,7 @@ impl Keyring {
     /// gone from the file once written); id and key_id stay, so neither is reused.
     pub fn destroy(&mut self, id: u32) -> Result<VersionInfo, KeyringError> {
         let index = self.index_of(id)?;
-        match self.versions.get(index).map(|v| v.state) {
-            Some(KeyState::Disabled) => {}
-            Some(KeyState::Primary) => {
-                return Err(refused(
-                    "destroy",
-                    id,
-                    "it is the primary; rotate, then disable it, then destroy it",
-                ))
-            }
-            Some(KeyState::Enabled) => {
-                return Err(refused(
-                    "destroy",
-                    id,
-                    "it is enabled; disable it first (`kube-kms key disable`), check that nothing fails to decrypt, then destroy it",
-                ))
-            }
-            Some(KeyState::Destroyed) | None => {
-                return Err(refused("destroy", id, "it is already destroyed"))
-            }
-        }
+        self.check(Transition::Destroy, index, id)?;
         if let Some(version) = self.versions.get_mut(index) {
             version.state = KeyState::Destroyed;
             // Dropping the Key256 zeroizes it.
@@ -236,6 +258,20 @@ impl Keyring {
         }
         self.validate()?;
         self.info_at(index)
+    }
+
+    /// Applies the state machine's rule for `transition` to the version at `index`.
+    fn check(
+        &self,
+        transition: Transition,
+        index: usize,
+        id: u32,
+    ) -> Result<KeyState, KeyringError> {
+        let state = self
+            .versions
+            .get(index)
+            .map_or(KeyState::Destroyed, |v| v.state);
+        transition.check(id, state)
     }
 
     fn set_state(&mut self, index: usize, state: KeyState) {

@@ -31,7 +31,7 @@ struct State {
 
 impl State {
     fn verdict(&self) -> Result<(), String> {
-        if &*self.self_test != crate::backend::file::HEALTHY {
+        if &*self.self_test != crate::backend::HEALTHY {
             return Err(format!("self-test failing: {}", self.self_test));
         }
         if let Some(error) = &self.reload_error {
@@ -73,7 +73,7 @@ impl Health {
 
     /// Whether the last self-test passed.
     pub fn self_test_passed(&self) -> bool {
-        &*self.lock().self_test == crate::backend::file::HEALTHY
+        &*self.lock().self_test == crate::backend::HEALTHY
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

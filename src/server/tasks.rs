@@ -20,9 +20,9 @@ pub(crate) async fn self_test_once<B: KeyBackend>(
 ) -> Arc<str> {
     backend.self_test().await;
     let healthz = backend.status().healthz;
-    stats.record_self_test(&*healthz == crate::backend::file::HEALTHY);
+    stats.record_self_test(&*healthz == crate::backend::HEALTHY);
     if previous != Some(&*healthz) {
-        if &*healthz == "ok" {
+        if &*healthz == crate::backend::HEALTHY {
             tracing::info!(healthz = %healthz, "self-test passed");
         } else {
             tracing::error!(healthz = %healthz, "self-test failed: Status reports unhealthy");

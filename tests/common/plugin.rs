@@ -139,16 +139,27 @@ impl ServeProcess {
     /// Starts `kube-kms serve --keyring KEYRING --socket dir/kms.sock EXTRA`
     /// and waits until it answers Status.
     pub async fn start(dir: &Path, keyring: &Path, extra: &[&str]) -> Self {
+        let mut args = vec![std::ffi::OsString::from("--keyring"), keyring.into()];
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        Self::start_with(dir, &args, &[]).await
+    }
+
+    /// Starts `kube-kms serve --socket dir/kms.sock ARGS` with `envs` added
+    /// to its environment, and waits until it answers Status.
+    pub async fn start_with(
+        dir: &Path,
+        args: &[std::ffi::OsString],
+        envs: &[(&str, &Path)],
+    ) -> Self {
         let socket = dir.join("kms.sock");
         let stderr_path = dir.join("serve.log");
         let stderr = std::fs::File::create(&stderr_path).expect("create the log file");
         let child = Command::new(KUBE_KMS)
             .arg("serve")
-            .arg("--keyring")
-            .arg(keyring)
             .arg("--socket")
             .arg(&socket)
-            .args(extra)
+            .args(args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

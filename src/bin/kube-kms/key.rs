@@ -1,13 +1,20 @@
-//! `kube-kms key ...`: keyring management commands. Each one is a thin call
+//! `kube-kms key ...`: key management commands. Each one is a thin call
 //! into `kube_kms::keyring` (which keeps the invariants and writes atomically
 //! under a lock) plus a message saying what changed and what follows.
+//! `rotate`, `list`, `disable`, `enable` and `destroy` also work on a PKCS#11
+//! token (`--backend pkcs11`, through `kube_kms::backend::pkcs11::store`),
+//! under the same state-machine rules and the same destroy gate.
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::Context;
-use kube_kms::keyring::{self, Keyring, VersionInfo};
+use kube_kms::backend::pkcs11::{self, store, Token};
+use kube_kms::keyring::ops::Transition;
+use kube_kms::keyring::{self, KeyState, Keyring, VersionInfo};
+
+use crate::backend_args::{BackendArgs, BackendChoice};
 
 mod ha;
 
@@ -16,8 +23,9 @@ mod ha;
 pub(crate) enum KeyCommand {
     /// Create a new keyring with one primary key (version 1). Never overwrites.
     Init(KeyringArg),
-    /// Add a new version and make it primary; the old primary stays enabled for decryption.
-    Rotate(KeyringArg),
+    /// Add a new version and make it primary; the old primary stays enabled for
+    /// decryption. On an empty PKCS#11 token, creates version 1.
+    Rotate(BackendArgs),
     /// Add a new enabled (not primary) version, to distribute before promoting it.
     Add(KeyringArg),
     /// Make an enabled version primary; the old primary stays enabled. With
@@ -57,7 +65,7 @@ pub(crate) struct VersionArgs {
     #[arg(value_name = "VERSION")]
     id: u32,
     #[command(flatten)]
-    keyring: KeyringArg,
+    backend: BackendArgs,
 }
 
 /// Options of `key destroy`.
@@ -80,7 +88,7 @@ pub(crate) struct DestroyArgs {
 #[derive(clap::Args)]
 pub(crate) struct ListArgs {
     #[command(flatten)]
-    keyring: KeyringArg,
+    backend: BackendArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     format: ListFormat,
@@ -114,15 +122,35 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
                 describe(&primary)
             )
         }
-        KeyCommand::Rotate(KeyringArg { keyring: path }) => {
-            let change = keyring::modify(&path, |ring| ring.rotate(now))?;
-            format!(
-                "rotated: {} is now primary; {} stays enabled for decryption{}",
-                describe(&change.primary),
-                describe(&change.previous),
-                reload_hint()
-            )
-        }
+        KeyCommand::Rotate(backend) => match KeyStore::open(&backend)? {
+            KeyStore::File(path) => {
+                let change = keyring::modify(&path, |ring| ring.rotate(now))?;
+                format!(
+                    "rotated: {} is now primary; {} stays enabled for decryption{}",
+                    describe(&change.primary),
+                    describe(&change.previous),
+                    reload_hint()
+                )
+            }
+            KeyStore::Token(token) => {
+                let change = store::rotate(&token, now)?;
+                match change.previous {
+                    Some(previous) => format!(
+                        "rotated: {} (generated in token {:?}) is now primary; {} stays enabled for decryption{}",
+                        describe(&change.primary),
+                        token.label(),
+                        describe(&previous),
+                        token_hint()
+                    ),
+                    None => format!(
+                        "created {} in token {:?}: it is primary{}",
+                        describe(&change.primary),
+                        token.label(),
+                        token_hint()
+                    ),
+                }
+            }
+        },
         KeyCommand::Add(KeyringArg { keyring: path }) => {
             let added = keyring::modify(&path, |ring| ring.add(now))?;
             format!(
@@ -136,9 +164,15 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
         KeyCommand::Export(args) => return ha::export(args),
         KeyCommand::Import(args) => return ha::import(args),
         KeyCommand::Check(args) => return ha::check(args),
-        KeyCommand::List(ListArgs { keyring, format }) => {
-            let loaded = keyring::load(&keyring.keyring)?;
-            let versions = loaded.keyring.metadata();
+        KeyCommand::List(ListArgs { backend, format }) => {
+            let versions = match KeyStore::open(&backend)? {
+                KeyStore::File(path) => keyring::load(&path)?.keyring.metadata(),
+                KeyStore::Token(token) => store::read(&token)?
+                    .versions
+                    .iter()
+                    .map(store::TokenVersion::info)
+                    .collect(),
+            };
             let mut out = std::io::stdout().lock();
             match format {
                 ListFormat::Json => {
@@ -164,46 +198,77 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
         }
         KeyCommand::Disable(VersionArgs {
             id: version,
-            keyring,
+            backend,
         }) => {
-            let path = &keyring.keyring;
-            let info = keyring::modify(path, |ring| ring.disable(version))?;
+            let store = KeyStore::open(&backend)?;
+            let (info, hint) = match &store {
+                KeyStore::File(path) => (
+                    keyring::modify(path, |ring| ring.disable(version))?,
+                    reload_hint(),
+                ),
+                KeyStore::Token(token) => (
+                    store::transition(token, version, Transition::Disable, now, None)?,
+                    token_hint(),
+                ),
+            };
+            let selector = store.selector(&backend);
             format!(
-                "disabled {}: seeds wrapped by it no longer decrypt{}. Undo with `kube-kms key enable {version} --keyring {}`; erase it for good with `kube-kms key destroy {version} --keyring {}`",
+                "disabled {}: seeds wrapped by it no longer decrypt{hint}. Undo with `kube-kms key enable {version} {selector}`; erase it for good with `kube-kms key destroy {version} {selector}`",
                 describe(&info),
-                reload_hint(),
-                path.display(),
-                path.display()
             )
         }
         KeyCommand::Enable(VersionArgs {
             id: version,
-            keyring,
+            backend,
         }) => {
-            let info = keyring::modify(&keyring.keyring, |ring| ring.enable(version))?;
+            let (info, hint) = match KeyStore::open(&backend)? {
+                KeyStore::File(path) => (
+                    keyring::modify(&path, |ring| ring.enable(version))?,
+                    reload_hint(),
+                ),
+                KeyStore::Token(token) => (
+                    store::transition(&token, version, Transition::Enable, now, None)?,
+                    token_hint(),
+                ),
+            };
             format!(
-                "enabled {}: seeds wrapped by it decrypt again{}",
+                "enabled {}: seeds wrapped by it decrypt again{hint}",
                 describe(&info),
-                reload_hint()
             )
         }
         KeyCommand::Destroy(DestroyArgs {
             version:
                 VersionArgs {
                     id: version,
-                    keyring,
+                    backend,
                 },
             scan_report,
             force,
         }) => {
-            let judged = match destroy_gate(&keyring.keyring, version, &scan_report, force)? {
+            let store = KeyStore::open(&backend)?;
+            let target = store.gate_target(version)?;
+            let selector = store.selector(&backend);
+            let judged = match destroy_gate(target, &selector, version, &scan_report, force)? {
                 GateVerdict::Refused(refusal) => {
                     eprintln!("{refusal}");
                     return Ok(ExitCode::from(1));
                 }
                 GateVerdict::Proceed { disabled_at } => disabled_at,
             };
-            let info = keyring::modify(&keyring.keyring, |ring| {
+            let path = match store {
+                KeyStore::File(path) => path,
+                KeyStore::Token(token) => {
+                    let info =
+                        store::transition(&token, version, Transition::Destroy, now, judged)?;
+                    println!(
+                        "destroyed {}: its key object is deleted from token {:?}; the version number and key_id stay reserved and are never reused",
+                        describe(&info),
+                        token.label()
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            let info = keyring::modify(&path, |ring| {
                 // The reports were judged against one disable time; a version
                 // re-enabled and disabled again since then needs new scans.
                 if let Some(judged) = judged {
@@ -238,34 +303,98 @@ enum GateVerdict {
     },
 }
 
+/// Where `kube-kms key` finds the versions.
+enum KeyStore {
+    /// A keyring file.
+    File(PathBuf),
+    /// A PKCS#11 token, logged in.
+    Token(Token),
+}
+
+impl KeyStore {
+    fn open(backend: &BackendArgs) -> anyhow::Result<Self> {
+        match backend.resolve()? {
+            BackendChoice::File(path) => Ok(KeyStore::File(path)),
+            BackendChoice::Pkcs11(settings) => {
+                let config = settings.config();
+                let token = pkcs11::open_token(&config).with_context(|| {
+                    format!(
+                        "cannot open the PKCS#11 token {:?} through {}",
+                        config.token_label,
+                        config.module.display()
+                    )
+                })?;
+                Ok(KeyStore::Token(token))
+            }
+            BackendChoice::AwsKms => {
+                anyhow::bail!("`kube-kms key` on --backend aws-kms is not built yet")
+            }
+        }
+    }
+
+    /// The options that name this store again in a suggested command.
+    fn selector(&self, backend: &BackendArgs) -> String {
+        match self {
+            KeyStore::File(path) => format!("--keyring {}", path.display()),
+            KeyStore::Token(_) => backend.pkcs11_selector(),
+        }
+    }
+
+    /// What the destroy gate judges: version `id`, if it exists.
+    fn gate_target(&self, id: u32) -> anyhow::Result<Option<GateTarget>> {
+        Ok(match self {
+            KeyStore::File(path) => {
+                let loaded = keyring::load(path)?;
+                loaded.keyring.version(id).map(|v| GateTarget {
+                    key_id: v.key_id().to_owned(),
+                    state: v.state(),
+                    disabled_at: v.disabled_at(),
+                })
+            }
+            KeyStore::Token(token) => store::read(token)?.version(id).map(|v| GateTarget {
+                key_id: v.key_id.clone(),
+                state: v.state,
+                disabled_at: v.disabled_at,
+            }),
+        })
+    }
+}
+
+/// The version the destroy gate judges.
+struct GateTarget {
+    key_id: String,
+    state: KeyState,
+    disabled_at: Option<std::time::SystemTime>,
+}
+
 /// Checks the scan reports of a disabled version. `--force` turns a
-/// refusal into a loud warning.
+/// refusal into a loud warning. `selector` names the keyring or token in the
+/// commands the refusal suggests.
 fn destroy_gate(
-    path: &std::path::Path,
+    target: Option<GateTarget>,
+    selector: &str,
     version: u32,
     reports: &[PathBuf],
     force: bool,
 ) -> anyhow::Result<GateVerdict> {
-    let loaded = keyring::load(path)?;
-    let Some(target) = loaded.keyring.version(version) else {
+    let Some(target) = target else {
         // The destroy itself reports the unknown version.
         return Ok(GateVerdict::Proceed { disabled_at: None });
     };
-    if target.state() != keyring::KeyState::Disabled {
+    if target.state != KeyState::Disabled {
         // A primary or enabled version cannot be destroyed whatever the
         // reports say; `destroy` names the step that is missing.
         return Ok(GateVerdict::Proceed { disabled_at: None });
     }
-    let key_id = target.key_id().to_owned();
+    let key_id = target.key_id.clone();
     let refusal = if reports.is_empty() {
         Some(format!(
             "refusing to destroy version {version} ({key_id}) without proof that nothing uses it.\n\
              Disable it, then scan the live etcd and every backup you keep, and pass the reports:\n  \
              etcd-inspect scan --endpoints URL --history --resources all --format json > live.jsonl\n  \
              etcd-inspect scan --file BACKUP.db --resources all --format json > backup.jsonl\n  \
-             kube-kms key destroy {version} --keyring {} --scan-report live.jsonl backup.jsonl\n\
+             kube-kms key destroy {version} {selector} --scan-report live.jsonl backup.jsonl\n\
              (--force destroys without proof; data under {key_id} is then lost for good)",
-            path.display()
         ))
     } else {
         let mut usages = Vec::new();
@@ -279,7 +408,7 @@ fn destroy_gate(
             }
             usages.push(usage);
         }
-        match target.disabled_at() {
+        match target.disabled_at {
             None => Some(format!(
                 "refusing to destroy version {version} ({key_id}): the keyring does not record when it was disabled (it was disabled by an older kube-kms, or is not disabled). Run `kube-kms key enable {version}` and `kube-kms key disable {version}`, scan again, and pass the new reports",
             )),
@@ -320,7 +449,7 @@ fn destroy_gate(
             }
         }
     };
-    let disabled_at = target.disabled_at();
+    let disabled_at = target.disabled_at;
     match refusal {
         Some(text) if force => {
             eprintln!("kube-kms: WARNING: --force: destroying version {version} ({key_id}) anyway. {text}");
@@ -329,6 +458,10 @@ fn destroy_gate(
         Some(text) => Ok(GateVerdict::Refused(text)),
         None => Ok(GateVerdict::Proceed { disabled_at }),
     }
+}
+
+fn token_hint() -> &'static str {
+    " (running plugins on this token pick up the change within their reload poll interval)"
 }
 
 fn reload_hint() -> &'static str {
@@ -361,9 +494,14 @@ fn write_table(out: &mut impl Write, versions: &[VersionInfo]) -> std::io::Resul
     Ok(())
 }
 
-/// The non-secret fingerprint of a version: the hex part of its key_id.
+/// The non-secret fingerprint of a version: the hex part of its key_id (for
+/// a PKCS#11 version, the random tag drawn when its key was generated).
 fn fingerprint(key_id: &str) -> &str {
-    keyring::key_id::parse(key_id)
-        .map(|(_, hex)| hex)
-        .unwrap_or("-")
+    if let Some((_, hex)) = keyring::key_id::parse(key_id) {
+        return hex;
+    }
+    key_id
+        .strip_prefix(store::KEY_ID_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .map_or("-", |(_, hex)| hex)
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 use clap::{Parser, Subcommand};
 
+mod backend_args;
 #[path = "../cli_docs.rs"]
 mod cli_docs;
 mod demo;
@@ -24,7 +25,7 @@ enum Command {
     /// Run the plugin on a temp socket with a new keyring, play kube-apiserver
     /// (encrypt, decrypt, rotate) and clean up. No cluster needed.
     Demo(demo::DemoArgs),
-    /// Manage the keyring file.
+    /// Manage the key versions (a keyring file, or a PKCS#11 token with `--backend pkcs11`).
     #[command(subcommand)]
     Key(key::KeyCommand),
     /// Print a shell completion script (e.g. `kube-kms completions bash > /etc/bash_completion.d/kube-kms`).

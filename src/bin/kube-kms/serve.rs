@@ -1,16 +1,20 @@
-//! `kube-kms serve`: opens the keyring, binds the socket, installs the signal
+//! `kube-kms serve`: opens the backend chosen with `--backend` (see
+//! `backend_args`), binds the socket, installs the signal
 //! handlers (SIGTERM/SIGINT: graceful shutdown; SIGHUP: reload) and runs
 //! [`kube_kms::server::Server`], with the metrics/health HTTP listener when
 //! `--metrics-addr` is given. Also owns log setup for the binary.
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use kube_kms::backend::file::FileBackend;
+use kube_kms::backend::pkcs11::Pkcs11Backend;
+use kube_kms::backend::KeyBackend;
 use kube_kms::server::{Server, ServerOptions, SocketAddress, SocketListener};
 use tokio::signal::unix::{signal, SignalKind};
+
+use crate::backend_args::{BackendArgs, BackendChoice};
 
 /// Where kube-apiserver's EncryptionConfiguration points by convention.
 pub(crate) const DEFAULT_SOCKET: &str = "/var/run/kube-kms/kms.sock";
@@ -18,9 +22,8 @@ pub(crate) const DEFAULT_SOCKET: &str = "/var/run/kube-kms/kms.sock";
 /// Options of `kube-kms serve`.
 #[derive(clap::Args)]
 pub(crate) struct ServeArgs {
-    /// The keyring file (create one with `kube-kms key init`).
-    #[arg(long, value_name = "PATH")]
-    keyring: PathBuf,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// The unix socket to serve on (`unix:///path`, a path, or `@name` for an abstract socket).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     socket: String,
@@ -123,8 +126,31 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let backend = FileBackend::open(&args.keyring)
-        .with_context(|| format!("cannot open the keyring {}", args.keyring.display()))?;
+    match args.backend.resolve()? {
+        BackendChoice::File(path) => {
+            let backend = FileBackend::open(&path)
+                .with_context(|| format!("cannot open the keyring {}", path.display()))?;
+            serve_with(backend, &args).await
+        }
+        BackendChoice::Pkcs11(settings) => {
+            let config = settings.config();
+            let backend = Pkcs11Backend::open(&config).with_context(|| {
+                format!(
+                    "cannot open the PKCS#11 token {:?} through {}",
+                    config.token_label,
+                    config.module.display()
+                )
+            })?;
+            serve_with(backend, &args).await
+        }
+        BackendChoice::AwsKms => anyhow::bail!("--backend aws-kms is not built yet"),
+    }
+}
+
+/// Serves `backend` until SIGTERM/SIGINT. Generic rather than `dyn`: the
+/// [`KeyBackend`] trait returns `impl Future`, and each backend gets its own
+/// monomorphized server.
+async fn serve_with<B: KeyBackend>(backend: B, args: &ServeArgs) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -146,7 +172,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let reload = server.reload_handle();
     let hangups = tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the keyring");
+            tracing::info!("SIGHUP: reloading the keys");
             reload.request();
         }
     });

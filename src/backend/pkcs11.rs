@@ -1,0 +1,504 @@
+//! A PKCS#11 token (an HSM, or SoftHSM2 for a trial) as a [`KeyBackend`]:
+//! the KEKs are AES-256 keys generated inside the token that never leave it;
+//! the token itself wraps and unwraps the DEK seeds with CKM_AES_GCM.
+//!
+//! - [`store`] owns the token objects (keys and their state records), the
+//!   key_id scheme and the `kube-kms key` operations on a token.
+//! - `token` owns the module, the PIN and the pool of logged-in sessions.
+//!
+//! Wrapped seed (what Encrypt returns, 62 bytes for a 32-byte seed):
+//! `0x70 ('p') | 0x01 (format 1) | IV (12 random bytes from the OS) | GCM
+//! ciphertext | tag (16)`, the AAD being `kube-kms/pkcs11/v1`, a zero byte
+//! and the key_id, so a ciphertext presented under another key_id fails.
+//!
+//! Calls to the token block, so they run on tokio's blocking threads, at most
+//! [`MAX_IN_FLIGHT`] at once, each on a session borrowed from the pool.
+//! Status reads only memory: the primary's key_id from the last reload, and
+//! the verdict of the last self-test (or of the last call that found the
+//! token broken). Reload (polled by the server) re-reads the state records,
+//! so `kube-kms key rotate --backend pkcs11` on any node sharing the token
+//! takes effect within a poll interval.
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::session::Session;
+use tokio::sync::Semaphore;
+
+use super::{BackendError, KeyBackend, KeyStatus, ReloadOutcome, VersionCounts, Wrapped, HEALTHY};
+use crate::keyring::{KeyState, KeyringError};
+use crate::secret::SecretBytes;
+
+pub mod store;
+mod token;
+
+pub use token::{read_pin_file, Token};
+
+/// Token calls running at once (more wait for a turn).
+pub const MAX_IN_FLIGHT: usize = 16;
+/// First byte of a wrapped seed.
+pub const CIPHERTEXT_TAG: u8 = b'p';
+/// Second byte: the format version.
+pub const CIPHERTEXT_FORMAT: u8 = 1;
+const IV_LEN: usize = 12;
+const GCM_TAG_LEN: usize = 16;
+const HEADER_LEN: usize = 2 + IV_LEN;
+/// Largest plaintext wrapped (kube-apiserver sends 32 bytes; the ciphertext
+/// must stay under its 1 KiB limit).
+pub const MAX_PLAINTEXT_LEN: usize = 1024 - HEADER_LEN - GCM_TAG_LEN;
+const AAD_PREFIX: &[u8] = b"kube-kms/pkcs11/v1\0";
+
+/// Where the keys are and how to log in.
+#[derive(Debug, Clone)]
+pub struct Pkcs11Config {
+    /// The token's PKCS#11 module (a shared library).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// The file holding the user PIN.
+    pub pin_file: PathBuf,
+}
+
+/// What can go wrong with the token. Messages name the token and the PKCS#11
+/// function that failed; none carries the PIN or key material.
+#[derive(Debug, thiserror::Error)]
+pub enum Pkcs11Error {
+    /// The module could not be loaded or initialized.
+    #[error("cannot use the PKCS#11 module {path}: {problem}")]
+    Module {
+        /// The module path.
+        path: PathBuf,
+        /// What failed.
+        problem: String,
+    },
+    /// The PIN file is unusable.
+    #[error("PIN file {path} {problem}")]
+    PinFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No token with that label.
+    #[error("no token labelled {label:?} in {module} (tokens present: {present}); check --token-label, or create the token (SoftHSM2: `softhsm2-util --init-token --free --label {label}`)")]
+    NoToken {
+        /// The label looked for.
+        label: String,
+        /// The module.
+        module: PathBuf,
+        /// Labels of the tokens found.
+        present: String,
+    },
+    /// A PKCS#11 call failed.
+    #[error("token {label:?}: {operation} failed: {detail}")]
+    Token {
+        /// The token.
+        label: String,
+        /// What was being done.
+        operation: &'static str,
+        /// The PKCS#11 function and return value.
+        detail: String,
+    },
+    /// The token's kube-kms objects are inconsistent.
+    #[error("token {label:?}: {problem}")]
+    State {
+        /// The token.
+        label: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The token holds no primary version.
+    #[error("token {label:?} holds no primary key: create the first one with `kube-kms key rotate --backend pkcs11 ...`")]
+    NoPrimary {
+        /// The token.
+        label: String,
+    },
+    /// No version with that number.
+    #[error("token {label:?} has no version {id}; `kube-kms key list --backend pkcs11 ...` shows the versions")]
+    UnknownVersion {
+        /// The token.
+        label: String,
+        /// The version asked for.
+        id: u32,
+    },
+    /// The state machine refused the change.
+    #[error(transparent)]
+    Refused(#[from] KeyringError),
+    /// The operating system's random generator failed.
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(getrandom::Error),
+}
+
+/// Opens `config`'s token: loads the module, reads the PIN, logs in.
+pub fn open_token(config: &Pkcs11Config) -> Result<Token, Pkcs11Error> {
+    let pin = read_pin_file(&config.pin_file)?;
+    Token::open(&config.module, &config.token_label, pin)
+}
+
+fn aad(key_id: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(AAD_PREFIX.len() + key_id.len());
+    aad.extend_from_slice(AAD_PREFIX);
+    aad.extend_from_slice(key_id.as_bytes());
+    aad
+}
+
+/// Why a token call for a request failed.
+enum CallFailure {
+    /// The request's own fault (GCM tag mismatch, bad length).
+    Rejected,
+    /// The key object is missing from the token.
+    KeyMissing,
+    /// The token (or the session, or the login) failed: the plugin is unhealthy.
+    Token(String),
+}
+
+fn classify(token: &Token, error: token::CallError, decrypting: bool) -> CallFailure {
+    match error {
+        token::CallError::Session(error) => CallFailure::Token(error.to_string()),
+        token::CallError::Operation(CryptokiError::Pkcs11(
+            RvError::EncryptedDataInvalid
+            | RvError::EncryptedDataLenRange
+            | RvError::GeneralError
+            | RvError::FunctionFailed
+            | RvError::DataInvalid
+            | RvError::DataLenRange,
+            _,
+        )) if decrypting => CallFailure::Rejected,
+        token::CallError::Operation(error) => {
+            CallFailure::Token(token.failure("the GCM operation", error).to_string())
+        }
+    }
+}
+
+/// Encrypts `plaintext` under `key_id` in the token: `tag | format | IV | ct | tag`.
+fn seal(
+    token: &Token,
+    session: &Session,
+    key_id: &str,
+    plaintext: &[u8],
+) -> Result<Option<Vec<u8>>, CryptokiError> {
+    let Some(key) = token.key_handle(session, key_id)? else {
+        return Ok(None);
+    };
+    let mut iv = [0u8; IV_LEN];
+    getrandom::getrandom(&mut iv).map_err(|_| CryptokiError::InvalidValue)?;
+    let aad = aad(key_id);
+    let mut params_iv = iv;
+    let params = GcmParams::new(&mut params_iv, &aad, ((GCM_TAG_LEN * 8) as u64).into())?;
+    let sealed = session.encrypt(&Mechanism::AesGcm(params), key, plaintext)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
+    out.push(CIPHERTEXT_TAG);
+    out.push(CIPHERTEXT_FORMAT);
+    out.extend_from_slice(&iv);
+    out.extend_from_slice(&sealed);
+    Ok(Some(out))
+}
+
+/// Decrypts a checked ciphertext under `key_id` in the token.
+fn open(
+    token: &Token,
+    session: &Session,
+    key_id: &str,
+    ciphertext: &[u8],
+) -> Result<Option<SecretBytes>, CryptokiError> {
+    let Some(key) = token.key_handle(session, key_id)? else {
+        return Ok(None);
+    };
+    let (header, sealed) = ciphertext
+        .split_at_checked(HEADER_LEN)
+        .ok_or(CryptokiError::Pkcs11(
+            RvError::EncryptedDataLenRange,
+            cryptoki::context::Function::Decrypt,
+        ))?;
+    let mut iv: [u8; IV_LEN] = header
+        .get(2..HEADER_LEN)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or(CryptokiError::Pkcs11(
+            RvError::EncryptedDataLenRange,
+            cryptoki::context::Function::Decrypt,
+        ))?;
+    let aad = aad(key_id);
+    let params = GcmParams::new(&mut iv, &aad, ((GCM_TAG_LEN * 8) as u64).into())?;
+    let plaintext = session.decrypt(&Mechanism::AesGcm(params), key, sealed)?;
+    Ok(Some(SecretBytes::new(plaintext)))
+}
+
+/// The key versions as the last reload saw them.
+struct Snapshot {
+    primary_key_id: Arc<str>,
+    states: HashMap<Box<str>, KeyState>,
+    fingerprint: Vec<(u32, u64)>,
+    counts: VersionCounts,
+}
+
+impl Snapshot {
+    fn from_keys(token: &Token, keys: &store::TokenKeys) -> Result<Self, Pkcs11Error> {
+        let primary = keys.primary().ok_or_else(|| Pkcs11Error::NoPrimary {
+            label: token.label().to_owned(),
+        })?;
+        let mut counts = VersionCounts::default();
+        let mut states = HashMap::with_capacity(keys.versions.len());
+        for version in &keys.versions {
+            *match version.state {
+                KeyState::Primary => &mut counts.primary,
+                KeyState::Enabled => &mut counts.enabled,
+                KeyState::Disabled => &mut counts.disabled,
+                KeyState::Destroyed => &mut counts.destroyed,
+            } += 1;
+            states.insert(Box::from(version.key_id.as_str()), version.state);
+        }
+        Ok(Self {
+            primary_key_id: Arc::from(primary.key_id.as_str()),
+            states,
+            fingerprint: keys.fingerprint(),
+            counts,
+        })
+    }
+}
+
+/// A [`KeyBackend`] whose KEKs live in a PKCS#11 token.
+pub struct Pkcs11Backend {
+    token: Arc<Token>,
+    snapshot: ArcSwap<Snapshot>,
+    healthz: ArcSwap<Arc<str>>,
+    turns: Arc<Semaphore>,
+    reloading: Mutex<()>,
+}
+
+impl std::fmt::Debug for Pkcs11Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Backend")
+            .field("token", &self.token)
+            .field("primary_key_id", &self.snapshot.load().primary_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pkcs11Backend {
+    /// Opens the token of `config`, reads its key versions (a primary must
+    /// exist) and marks the backend healthy until the first self-test says
+    /// otherwise (the server runs one before serving).
+    pub fn open(config: &Pkcs11Config) -> Result<Self, Pkcs11Error> {
+        let token = open_token(config)?;
+        let keys = store::read(&token)?;
+        let snapshot = Snapshot::from_keys(&token, &keys)?;
+        Ok(Self {
+            token: Arc::new(token),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            healthz: ArcSwap::from_pointee(Arc::from(HEALTHY)),
+            turns: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            reloading: Mutex::new(()),
+        })
+    }
+
+    fn mark_unhealthy(&self, reason: &str) {
+        if !self.healthz.load().contains(reason) {
+            tracing::warn!(reason = %reason, "token call failed: Status reports unhealthy until a self-test passes");
+        }
+        self.healthz.store(Arc::new(Arc::from(reason)));
+    }
+
+    /// Runs `work` on a blocking thread with a token session, when a turn is free.
+    async fn on_token<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Token) -> T + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let _turn = self
+            .turns
+            .acquire()
+            .await
+            .map_err(|_| BackendError::Unavailable("the token pool is closed".into()))?;
+        let token = Arc::clone(&self.token);
+        tokio::task::spawn_blocking(move || work(&token))
+            .await
+            .map_err(|error| BackendError::Unavailable(format!("token call aborted: {error}")))
+    }
+
+    async fn wrap_now(&self, plaintext: &[u8]) -> Result<Wrapped, BackendError> {
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(BackendError::InvalidInput(format!(
+                "plaintext of {} bytes is larger than the {MAX_PLAINTEXT_LEN} bytes this backend wraps",
+                plaintext.len()
+            )));
+        }
+        let key_id = Arc::clone(&self.snapshot.load().primary_key_id);
+        let seed = SecretBytes::copy_from(plaintext);
+        let id = Arc::clone(&key_id);
+        let result = self
+            .on_token(move |token| {
+                token.call(|session| seal(token, session, &id, seed.expose_secret()))
+            })
+            .await?;
+        match result {
+            Ok(Some(ciphertext)) => Ok(Wrapped {
+                ciphertext,
+                key_id,
+                annotations: BTreeMap::new(),
+            }),
+            Ok(None) => {
+                let reason = format!(
+                    "token {:?}: the key object of primary {key_id} is missing",
+                    self.token.label()
+                );
+                self.mark_unhealthy(&reason);
+                Err(BackendError::Unavailable(reason))
+            }
+            Err(error) => {
+                let reason = match classify(&self.token, error, false) {
+                    CallFailure::Token(reason) => reason,
+                    CallFailure::Rejected | CallFailure::KeyMissing => {
+                        "the token refused to encrypt".to_owned()
+                    }
+                };
+                self.mark_unhealthy(&reason);
+                Err(BackendError::Unavailable(reason))
+            }
+        }
+    }
+
+    async fn unwrap_now(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+    ) -> Result<SecretBytes, BackendError> {
+        match self.snapshot.load().states.get(key_id) {
+            None => return Err(BackendError::UnknownKeyId),
+            Some(state) if !state.can_unwrap() => return Err(BackendError::KeyDisabled),
+            Some(_) => {}
+        }
+        if ciphertext.len() < HEADER_LEN + GCM_TAG_LEN
+            || ciphertext.len() > 1024
+            || ciphertext.first() != Some(&CIPHERTEXT_TAG)
+            || ciphertext.get(1) != Some(&CIPHERTEXT_FORMAT)
+        {
+            return Err(BackendError::DecryptFailed);
+        }
+        let id = key_id.to_owned();
+        let sealed = ciphertext.to_vec();
+        let result = self
+            .on_token(move |token| token.call(|session| open(token, session, &id, &sealed)))
+            .await?;
+        let failure = match result {
+            Ok(Some(seed)) => return Ok(seed),
+            Ok(None) => CallFailure::KeyMissing,
+            Err(error) => classify(&self.token, error, true),
+        };
+        match failure {
+            CallFailure::Rejected => Err(BackendError::DecryptFailed),
+            CallFailure::KeyMissing => Err(BackendError::Unavailable(format!(
+                "token {:?}: the key object of {key_id} is missing",
+                self.token.label()
+            ))),
+            CallFailure::Token(reason) => {
+                self.mark_unhealthy(&reason);
+                Err(BackendError::Unavailable(reason))
+            }
+        }
+    }
+
+    async fn self_test_now(&self) -> Result<(), String> {
+        let mut canary = [0u8; 32];
+        getrandom::getrandom(&mut canary)
+            .map_err(|error| format!("self-test: random generator failed: {error}"))?;
+        let canary = SecretBytes::copy_from(&canary);
+        let wrapped = self
+            .wrap_now(canary.expose_secret())
+            .await
+            .map_err(|error| format!("self-test: wrap failed: {error}"))?;
+        let opened = self
+            .unwrap_now(&wrapped.key_id, &wrapped.ciphertext)
+            .await
+            .map_err(|error| {
+                format!("self-test: unwrap under {} failed: {error}", wrapped.key_id)
+            })?;
+        if bool::from(subtle::ConstantTimeEq::ct_eq(
+            opened.expose_secret(),
+            canary.expose_secret(),
+        )) {
+            Ok(())
+        } else {
+            Err(format!(
+                "self-test: unwrap under {} returned other bytes",
+                wrapped.key_id
+            ))
+        }
+    }
+
+    fn reload_now(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
+        let _guard = self
+            .reloading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let keys = store::read(&self.token)
+            .map_err(|error| BackendError::Unavailable(error.to_string()))?;
+        if !force && keys.fingerprint() == self.snapshot.load().fingerprint {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let fresh = Snapshot::from_keys(&self.token, &keys)
+            .map_err(|error| BackendError::Unavailable(error.to_string()))?;
+        let primary_key_id = Arc::clone(&fresh.primary_key_id);
+        self.snapshot.store(Arc::new(fresh));
+        Ok(ReloadOutcome::Reloaded { primary_key_id })
+    }
+}
+
+impl KeyBackend for Pkcs11Backend {
+    fn status(&self) -> KeyStatus {
+        KeyStatus {
+            key_id: Arc::clone(&self.snapshot.load().primary_key_id),
+            healthz: Arc::clone(&self.healthz.load()),
+        }
+    }
+
+    fn wrap(&self, plaintext: &[u8]) -> impl Future<Output = Result<Wrapped, BackendError>> + Send {
+        self.wrap_now(plaintext)
+    }
+
+    fn unwrap(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+        _annotations: &BTreeMap<String, Vec<u8>>,
+    ) -> impl Future<Output = Result<SecretBytes, BackendError>> + Send {
+        self.unwrap_now(key_id, ciphertext)
+    }
+
+    async fn self_test(&self) {
+        let verdict = self.self_test_now().await;
+        let text: Arc<str> = match verdict {
+            Ok(()) => Arc::from(HEALTHY),
+            Err(reason) => {
+                // Start afresh next time: new sessions, a new login.
+                self.token.reset();
+                Arc::from(reason)
+            }
+        };
+        self.healthz.store(Arc::new(text));
+    }
+
+    fn reload(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
+        self.reload_now(force)
+    }
+
+    fn version_counts(&self) -> VersionCounts {
+        self.snapshot.load().counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aad_binds_the_key_id() {
+        assert_ne!(aad("kk-p11-v1-00"), aad("kk-p11-v2-00"));
+        assert!(aad("kk-p11-v1-00").starts_with(AAD_PREFIX));
+        assert_eq!(HEADER_LEN + 32 + GCM_TAG_LEN, 62);
+        assert_eq!(MAX_PLAINTEXT_LEN + HEADER_LEN + GCM_TAG_LEN, 1024);
+    }
+}

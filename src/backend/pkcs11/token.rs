@@ -1,0 +1,337 @@
+//! The connection to one PKCS#11 token: the loaded module, the user PIN, and
+//! a pool of logged-in read/write sessions that blocking calls borrow.
+//!
+//! PKCS#11 sessions are not `Sync`, so each call takes one session out of the
+//! pool, uses it on the calling (blocking) thread and puts it back. Login
+//! state belongs to the application, not the session: the first session of a
+//! fresh pool logs in, the others find the token already logged in. A call
+//! that fails with an error saying the session, the login or the token itself
+//! is gone empties the pool (and forgets the slot and the cached object
+//! handles), so the next call finds the token again, opens new sessions and
+//! logs in again: that is how the plugin recovers when the token comes back.
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use zeroize::Zeroizing;
+
+use super::Pkcs11Error;
+
+/// Largest PIN file read (a PIN is a few dozen bytes).
+const MAX_PIN_FILE: u64 = 4096;
+
+/// Idle sessions kept open; more are opened under load and closed when returned.
+pub(crate) const IDLE_SESSIONS: usize = 16;
+
+/// What the pool holds between calls.
+#[derive(Default)]
+struct Pool {
+    /// The initialized module; dropped on a reset so the next call
+    /// initializes it again (modules list their tokens at C_Initialize).
+    context: Option<Pkcs11>,
+    slot: Option<Slot>,
+    idle: Vec<Session>,
+    /// key_id → handle of its secret key object (valid while the pool is).
+    keys: HashMap<String, ObjectHandle>,
+}
+
+/// A token found by label in a PKCS#11 module, with its PIN.
+pub struct Token {
+    module: PathBuf,
+    label: String,
+    pin: AuthPin,
+    pool: Mutex<Pool>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("module", &self.module)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the user PIN from `path`: at most 4 KiB, not readable by group or
+/// others, trailing line break removed, not empty. The bytes stay in
+/// zeroizing memory.
+pub fn read_pin_file(path: &Path) -> Result<AuthPin, Pkcs11Error> {
+    let pin_error = |problem: String| Pkcs11Error::PinFile {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let file = std::fs::File::open(path).map_err(|error| pin_error(error.to_string()))?;
+    let metadata = file
+        .metadata()
+        .map_err(|error| pin_error(error.to_string()))?;
+    if !metadata.is_file() {
+        return Err(pin_error("not a regular file".into()));
+    }
+    if metadata.mode() & 0o077 != 0 {
+        return Err(pin_error(format!(
+            "has mode {:04o}, which lets group or others read the PIN: run `chmod 600 {}`",
+            metadata.mode() & 0o7777,
+            path.display()
+        )));
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_PIN_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| pin_error(error.to_string()))?;
+    if bytes.len() as u64 > MAX_PIN_FILE {
+        return Err(pin_error(format!(
+            "is larger than {MAX_PIN_FILE} bytes: not a PIN file"
+        )));
+    }
+    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(pin_error("is empty".into()));
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| pin_error("is not UTF-8 text".into()))?
+        .to_owned();
+    Ok(AuthPin::from(text))
+}
+
+/// Whether an error means the session, the login or the token is gone (so
+/// the pool must be rebuilt), rather than a problem with one request.
+/// CKR_GENERAL_ERROR is not among them: SoftHSM2 answers it for a GCM tag
+/// that does not verify, and a dead token shows itself by other codes.
+pub(crate) fn breaks_the_pool(error: &CryptokiError) -> bool {
+    match error {
+        CryptokiError::Pkcs11(rv, _) => matches!(
+            rv,
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::SessionCount
+                | RvError::DeviceRemoved
+                | RvError::DeviceError
+                | RvError::DeviceMemory
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::UserNotLoggedIn
+                | RvError::CryptokiNotInitialized
+                | RvError::ObjectHandleInvalid
+                | RvError::KeyHandleInvalid
+                | RvError::PinExpired
+                | RvError::PinIncorrect
+                | RvError::SlotIdInvalid
+        ),
+        _ => true,
+    }
+}
+
+/// A one-line description of a PKCS#11 error, e.g. `C_OpenSession returned TokenNotPresent`.
+pub(crate) fn short(error: &CryptokiError) -> String {
+    match error {
+        CryptokiError::Pkcs11(rv, function) => format!("C_{function:?} returned {rv:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// Why a call through [`Token::call`] failed.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// Getting a logged-in session failed (token absent, wrong PIN, ...).
+    Session(Pkcs11Error),
+    /// The operation itself failed.
+    Operation(CryptokiError),
+}
+
+impl Token {
+    /// Loads `module`, initializes it, and checks that a token labelled
+    /// `label` is present and accepts `pin` (one session is opened and kept).
+    pub fn open(module: &Path, label: &str, pin: AuthPin) -> Result<Self, Pkcs11Error> {
+        let token = Self {
+            module: module.to_path_buf(),
+            label: label.to_owned(),
+            pin,
+            pool: Mutex::new(Pool::default()),
+        };
+        let session = token.take_session()?;
+        token.give_back(session);
+        Ok(token)
+    }
+
+    /// The token's label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        // The pool is a cache: a panic elsewhere leaves nothing half-updated that matters.
+        self.pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Loads and initializes the module.
+    fn initialize(&self) -> Result<Pkcs11, Pkcs11Error> {
+        let context = Pkcs11::new(&self.module).map_err(|error| Pkcs11Error::Module {
+            path: self.module.clone(),
+            problem: error.to_string(),
+        })?;
+        match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                Ok(context)
+            }
+            Err(error) => Err(Pkcs11Error::Module {
+                path: self.module.clone(),
+                problem: format!("C_Initialize failed: {}", short(&error)),
+            }),
+        }
+    }
+
+    fn find_slot(&self, context: &Pkcs11) -> Result<Slot, Pkcs11Error> {
+        let slots = context
+            .get_slots_with_token()
+            .map_err(|error| self.failure("listing the slots", error))?;
+        let mut present = Vec::new();
+        for slot in slots {
+            let Ok(info) = context.get_token_info(slot) else {
+                continue;
+            };
+            let label = info.label().trim_end().to_owned();
+            if label == self.label {
+                return Ok(slot);
+            }
+            present.push(label);
+        }
+        Err(Pkcs11Error::NoToken {
+            label: self.label.clone(),
+            module: self.module.clone(),
+            present: if present.is_empty() {
+                "none".into()
+            } else {
+                present.join(", ")
+            },
+        })
+    }
+
+    /// A token failure with this token's label.
+    pub(crate) fn failure(&self, operation: &'static str, source: CryptokiError) -> Pkcs11Error {
+        Pkcs11Error::Token {
+            label: self.label.clone(),
+            operation,
+            detail: short(&source),
+        }
+    }
+
+    fn take_session(&self) -> Result<Session, Pkcs11Error> {
+        let (context, slot) = {
+            let mut pool = self.lock();
+            if let Some(session) = pool.idle.pop() {
+                return Ok(session);
+            }
+            let context = match &pool.context {
+                Some(context) => context.clone(),
+                None => {
+                    let context = self.initialize()?;
+                    pool.context = Some(context.clone());
+                    context
+                }
+            };
+            let slot = match pool.slot {
+                Some(slot) => slot,
+                None => {
+                    let slot = self.find_slot(&context)?;
+                    pool.slot = Some(slot);
+                    slot
+                }
+            };
+            (context, slot)
+        };
+        let session = context
+            .open_rw_session(slot)
+            .map_err(|error| self.failure("opening a session", error))?;
+        match session.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            Err(error) => Err(self.failure("logging in with the PIN", error)),
+        }
+    }
+
+    fn give_back(&self, session: Session) {
+        let mut pool = self.lock();
+        if pool.idle.len() < IDLE_SESSIONS {
+            pool.idle.push(session);
+        }
+    }
+
+    /// Forgets every session, the slot, the cached handles and the module
+    /// context, so the next call starts afresh: the module is initialized
+    /// again (finalized once the last session of the old context closes),
+    /// finds the token again and logs in again.
+    pub(crate) fn reset(&self) {
+        let stale = {
+            let mut pool = self.lock();
+            std::mem::take(&mut *pool)
+        };
+        drop(stale);
+    }
+
+    /// Runs `operation` on a pooled, logged-in session (blocking: call it
+    /// from a blocking thread). A failure that [`breaks_the_pool`] resets it.
+    pub(crate) fn call<T>(
+        &self,
+        operation: impl FnOnce(&Session) -> Result<T, CryptokiError>,
+    ) -> Result<T, CallError> {
+        let session = match self.take_session() {
+            Ok(session) => session,
+            Err(error) => {
+                self.reset();
+                return Err(CallError::Session(error));
+            }
+        };
+        match operation(&session) {
+            Ok(value) => {
+                self.give_back(session);
+                Ok(value)
+            }
+            Err(error) if breaks_the_pool(&error) => {
+                drop(session);
+                self.reset();
+                Err(CallError::Operation(error))
+            }
+            Err(error) => {
+                self.give_back(session);
+                Err(CallError::Operation(error))
+            }
+        }
+    }
+
+    /// The handle of the secret key whose CKA_ID is `key_id` (cached).
+    pub(crate) fn key_handle(
+        &self,
+        session: &Session,
+        key_id: &str,
+    ) -> Result<Option<ObjectHandle>, CryptokiError> {
+        if let Some(handle) = self.lock().keys.get(key_id) {
+            return Ok(Some(*handle));
+        }
+        let found = session.find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Token(true),
+            Attribute::Id(key_id.as_bytes().to_vec()),
+        ])?;
+        let Some(handle) = found.first().copied() else {
+            return Ok(None);
+        };
+        self.lock().keys.insert(key_id.to_owned(), handle);
+        Ok(Some(handle))
+    }
+
+    /// Forgets the cached handle of `key_id` (its object was destroyed).
+    pub(crate) fn forget_key(&self, key_id: &str) {
+        self.lock().keys.remove(key_id);
+    }
+}

@@ -1,0 +1,249 @@
+//! The backend selector shared by `kube-kms serve` and the `kube-kms key`
+//! commands that work on every backend: `--backend file|pkcs11|aws-kms`, each
+//! backend's options as flags, and an optional `--backend-config FILE` (YAML)
+//! holding the same options. A flag given on the command line wins over the
+//! file; the file wins over the defaults.
+//!
+//! The file, every field optional:
+//! ```yaml
+//! backend: pkcs11            # file (default), pkcs11, aws-kms
+//! keyring: /etc/kube-kms/keyring.json
+//! pkcs11:
+//!   module: /usr/lib/softhsm/libsofthsm2.so
+//!   token_label: kube-kms
+//!   pin_file: /etc/kube-kms/token.pin
+//! ```
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// Which root of trust holds the KEKs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum BackendKind {
+    /// A versioned keyring file (`kube-kms key init`).
+    File,
+    /// AES-256 keys generated inside a PKCS#11 token (an HSM, or SoftHSM2 for a trial).
+    Pkcs11,
+    /// Customer master keys in AWS KMS (or a KMS-compatible endpoint).
+    AwsKms,
+}
+
+/// Backend options, as flags (`#[command(flatten)]` them into a command).
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct BackendArgs {
+    /// Where the KEKs live [default: file].
+    #[arg(long, value_enum, env = "KUBE_KMS_BACKEND")]
+    backend: Option<BackendKind>,
+    /// A YAML file with the backend options (see docs/backends.md); flags override it.
+    #[arg(long, value_name = "FILE")]
+    backend_config: Option<PathBuf>,
+    /// The keyring file (`--backend file`; create one with `kube-kms key init`).
+    #[arg(long, value_name = "PATH", env = "KUBE_KMS_KEYRING")]
+    keyring: Option<PathBuf>,
+    #[command(flatten)]
+    pkcs11: Pkcs11Flags,
+}
+
+/// Options of `--backend pkcs11`.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct Pkcs11Flags {
+    /// The token's PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, value_name = "PATH")]
+    pkcs11_module: Option<PathBuf>,
+    /// The label of the token holding the keys.
+    #[arg(long, value_name = "LABEL")]
+    token_label: Option<String>,
+    /// A file holding the token's user PIN (mode 0600; trailing newline ignored).
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
+}
+
+/// The `--backend-config` file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendConfigFile {
+    backend: Option<BackendKind>,
+    keyring: Option<PathBuf>,
+    pkcs11: Option<Pkcs11Section>,
+}
+
+/// The `pkcs11:` section of the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pkcs11Section {
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    pin_file: Option<PathBuf>,
+}
+
+/// Where the PKCS#11 keys are and how to log in.
+#[derive(Debug, Clone)]
+pub(crate) struct Pkcs11Settings {
+    pub(crate) module: PathBuf,
+    pub(crate) token_label: String,
+    pub(crate) pin_file: PathBuf,
+}
+
+impl Pkcs11Settings {
+    /// The library's configuration.
+    pub(crate) fn config(&self) -> kube_kms::backend::pkcs11::Pkcs11Config {
+        kube_kms::backend::pkcs11::Pkcs11Config {
+            module: self.module.clone(),
+            token_label: self.token_label.clone(),
+            pin_file: self.pin_file.clone(),
+        }
+    }
+}
+
+/// A fully resolved backend choice.
+#[derive(Debug)]
+pub(crate) enum BackendChoice {
+    /// The keyring file at this path.
+    File(PathBuf),
+    /// A PKCS#11 token.
+    Pkcs11(Pkcs11Settings),
+    /// AWS KMS (wired by the aws-kms backend).
+    AwsKms,
+}
+
+/// Largest `--backend-config` file read.
+const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+fn read_config(path: &Path) -> anyhow::Result<BackendConfigFile> {
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("cannot read --backend-config {}", path.display()))?;
+    anyhow::ensure!(
+        metadata.len() <= MAX_CONFIG_BYTES,
+        "--backend-config {} is {} bytes, more than the {MAX_CONFIG_BYTES} a backend config may have",
+        path.display(),
+        metadata.len()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --backend-config {}", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(BackendConfigFile::default());
+    }
+    serde_yaml_ng::from_str(&text).with_context(|| {
+        format!(
+            "--backend-config {} is not a valid backend config",
+            path.display()
+        )
+    })
+}
+
+impl BackendArgs {
+    /// The pkcs11 options as given, to repeat them in a suggested command.
+    pub(crate) fn pkcs11_selector(&self) -> String {
+        let mut words = vec!["--backend pkcs11".to_owned()];
+        if let Some(path) = &self.backend_config {
+            words.push(format!("--backend-config {}", path.display()));
+        }
+        if let Some(module) = &self.pkcs11.pkcs11_module {
+            words.push(format!("--pkcs11-module {}", module.display()));
+        }
+        if let Some(label) = &self.pkcs11.token_label {
+            words.push(format!("--token-label {label}"));
+        }
+        if let Some(pin_file) = &self.pkcs11.pin_file {
+            words.push(format!("--pin-file {}", pin_file.display()));
+        }
+        words.join(" ")
+    }
+
+    /// The backend kind asked for, flags first, then the config file, else `file`.
+    pub(crate) fn resolve(&self) -> anyhow::Result<BackendChoice> {
+        let file = match &self.backend_config {
+            Some(path) => read_config(path)?,
+            None => BackendConfigFile::default(),
+        };
+        let kind = self.backend.or(file.backend).unwrap_or(BackendKind::File);
+        match kind {
+            BackendKind::File => {
+                let keyring = self.keyring.clone().or(file.keyring).context(
+                    "--backend file needs --keyring PATH (or `keyring:` in --backend-config)",
+                )?;
+                Ok(BackendChoice::File(keyring))
+            }
+            BackendKind::Pkcs11 => {
+                let section = file.pkcs11.unwrap_or_default();
+                let flags = &self.pkcs11;
+                let module = flags.pkcs11_module.clone().or(section.module).context(
+                    "--backend pkcs11 needs --pkcs11-module PATH (or `pkcs11: {module: ...}` in --backend-config)",
+                )?;
+                let token_label = flags.token_label.clone().or(section.token_label).context(
+                    "--backend pkcs11 needs --token-label LABEL (or `pkcs11: {token_label: ...}` in --backend-config)",
+                )?;
+                let pin_file = flags.pin_file.clone().or(section.pin_file).context(
+                    "--backend pkcs11 needs --pin-file FILE (or `pkcs11: {pin_file: ...}` in --backend-config)",
+                )?;
+                Ok(BackendChoice::Pkcs11(Pkcs11Settings {
+                    module,
+                    token_label,
+                    pin_file,
+                }))
+            }
+            BackendKind::AwsKms => Ok(BackendChoice::AwsKms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(backend: Option<BackendKind>, config: Option<&Path>) -> BackendArgs {
+        BackendArgs {
+            backend,
+            backend_config: config.map(Path::to_path_buf),
+            ..BackendArgs::default()
+        }
+    }
+
+    #[test]
+    fn file_is_the_default_and_needs_a_keyring() {
+        let error = args(None, None).resolve().unwrap_err();
+        assert!(error.to_string().contains("--keyring"), "{error}");
+        let mut with_keyring = args(None, None);
+        with_keyring.keyring = Some(PathBuf::from("/k.json"));
+        assert!(matches!(
+            with_keyring.resolve().unwrap(),
+            BackendChoice::File(path) if path == Path::new("/k.json")
+        ));
+    }
+
+    #[test]
+    fn config_file_fills_what_flags_leave_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("backend.yaml");
+        std::fs::write(
+            &config,
+            "backend: pkcs11\npkcs11:\n  module: /m.so\n  token_label: from-file\n  pin_file: /pin\n",
+        )
+        .unwrap();
+        let mut flags = args(None, Some(&config));
+        flags.pkcs11.token_label = Some("from-flag".into());
+        let BackendChoice::Pkcs11(settings) = flags.resolve().unwrap() else {
+            panic!("pkcs11 expected");
+        };
+        assert_eq!(settings.module, Path::new("/m.so"));
+        assert_eq!(settings.token_label, "from-flag");
+        assert_eq!(settings.pin_file, Path::new("/pin"));
+        // The flag wins over the file's backend, and file needs its keyring.
+        let error = args(Some(BackendKind::File), Some(&config))
+            .resolve()
+            .unwrap_err();
+        assert!(error.to_string().contains("--keyring"), "{error}");
+    }
+
+    #[test]
+    fn config_file_typos_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("backend.yaml");
+        std::fs::write(&config, "backend: pkcs11\npkcs11:\n  modul: /m.so\n").unwrap();
+        let error = args(None, Some(&config)).resolve().unwrap_err();
+        assert!(format!("{error:#}").contains("modul"), "{error:#}");
+        let missing = args(Some(BackendKind::Pkcs11), None).resolve().unwrap_err();
+        assert!(missing.to_string().contains("--pkcs11-module"), "{missing}");
+    }
+}

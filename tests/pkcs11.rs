@@ -1,0 +1,703 @@
+//! The PKCS#11 backend against a real SoftHSM2 token (Debian `softhsm2`,
+//! installed by tools/install-deps): each test creates its own token in a
+//! temp directory (SOFTHSM2_CONF, `softhsm2-util --init-token`), manages keys
+//! with the real `kube-kms key ... --backend pkcs11`, runs the real
+//! `kube-kms serve --backend pkcs11` on a unix socket and talks gRPC to it;
+//! and shows through PKCS#11 itself that the keys cannot leave the token.
+#![forbid(unsafe_code)]
+#[allow(dead_code)]
+#[path = "common/etcd.rs"]
+mod etcd;
+#[path = "common/plugin.rs"]
+mod plugin;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use kube_kms::client::KmsClient;
+use plugin::{seed, temp_dir, wait_for_key_id, ServeProcess, KUBE_KMS};
+use rustix::process::Signal;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "4711-kube-kms";
+const SO_PIN: &str = "so-0815";
+
+/// A SoftHSM2 token of its own, in a temp directory.
+struct SoftHsm {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    pin_file: PathBuf,
+    label: String,
+}
+
+impl SoftHsm {
+    fn new(label: &str) -> Self {
+        let dir = temp_dir();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        let output = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", label])
+            .args(["--pin", PIN, "--so-pin", SO_PIN])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .expect("softhsm2-util is missing: run tools/install-deps (Debian package softhsm2)");
+        assert!(
+            output.status.success(),
+            "softhsm2-util --init-token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Self {
+            dir,
+            conf,
+            pin_file,
+            label: label.to_owned(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `--backend pkcs11 --pkcs11-module ... --token-label ... --pin-file ...`
+    fn flags(&self) -> Vec<OsString> {
+        vec![
+            "--backend".into(),
+            "pkcs11".into(),
+            "--pkcs11-module".into(),
+            MODULE.into(),
+            "--token-label".into(),
+            self.label.clone().into(),
+            "--pin-file".into(),
+            self.pin_file.clone().into(),
+        ]
+    }
+
+    /// `kube-kms key ARGS --backend pkcs11 ...` (not checked).
+    fn key_output(&self, args: &[&str]) -> Output {
+        Command::new(KUBE_KMS)
+            .arg("key")
+            .args(args)
+            .args(self.flags())
+            .env("SOFTHSM2_CONF", &self.conf)
+            .output()
+            .expect("run kube-kms key")
+    }
+
+    /// `kube-kms key ARGS --backend pkcs11 ...`; stdout; panics when it fails.
+    fn key(&self, args: &[&str]) -> String {
+        let output = self.key_output(args);
+        assert!(
+            output.status.success(),
+            "kube-kms key {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Rotates in the token; returns the new primary key_id.
+    fn rotate(&self) -> String {
+        self.key(&["rotate"]);
+        self.key_ids()
+            .into_iter()
+            .find(|(_, state)| state == "primary")
+            .map(|(key_id, _)| key_id)
+            .expect("a primary after rotate")
+    }
+
+    /// (key_id, state) of every version, from `key list --format json`.
+    fn key_ids(&self) -> Vec<(String, String)> {
+        let listed: serde_json::Value =
+            serde_json::from_str(&self.key(&["list", "--format", "json"])).unwrap();
+        listed["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["key_id"].as_str().unwrap().to_owned(),
+                    v["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// `kube-kms serve --backend pkcs11` on `dir/kms.sock`, fast polls.
+    async fn serve(&self) -> ServeProcess {
+        let mut args = self.flags();
+        for arg in [
+            "--reload-poll-interval",
+            "100ms",
+            "--self-test-interval",
+            "300ms",
+            "--log-level",
+            "debug",
+        ] {
+            args.push(arg.into());
+        }
+        ServeProcess::start_with(self.path(), &args, &[("SOFTHSM2_CONF", &self.conf)]).await
+    }
+}
+
+/// Calls `decrypt` until it succeeds/fails as `want_ok` says, for up to 5 s.
+async fn wait_decrypt(
+    client: &mut KmsClient,
+    encrypted: &kube_kms::proto::v2::EncryptResponse,
+    want_ok: bool,
+) {
+    let started = Instant::now();
+    loop {
+        let result = client.decrypt_encrypted(encrypted, "wait").await;
+        if result.is_ok() == want_ok {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "decrypt still {} after 5 s",
+            if want_ok { "fails" } else { "succeeds" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn code(error: &kube_kms::client::ClientError) -> tonic::Code {
+    error.status().map_or(tonic::Code::Unknown, |s| s.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_rotation_disable_tamper_and_restart() {
+    let hsm = SoftHsm::new("kk-round-trip");
+    // No key yet: the plugin refuses to start and says what to do.
+    let refused = Command::new(KUBE_KMS)
+        .arg("serve")
+        .args(hsm.flags())
+        .args(["--socket".as_ref(), hsm.path().join("kms.sock").as_os_str()])
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("key rotate --backend pkcs11"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let first = hsm.rotate();
+    assert!(first.starts_with("kk-p11-v1-"), "{first}");
+    let mut serve = hsm.serve().await;
+    let mut client = serve.client().await;
+    let status = client.status().await.unwrap();
+    assert_eq!(status.healthz, "ok");
+    assert_eq!(status.version, "v2");
+    assert_eq!(status.key_id, first);
+
+    // Round trip; randomized; within kube-apiserver's 1 KiB.
+    let seed_one = seed();
+    let one = client.encrypt(&seed_one, "one").await.unwrap();
+    assert_eq!(one.key_id, first);
+    assert!(one.ciphertext.len() <= 1024 && one.ciphertext.len() == 62);
+    assert_eq!(
+        client
+            .decrypt_encrypted(&one, "one")
+            .await
+            .unwrap()
+            .expose_secret(),
+        seed_one.as_slice()
+    );
+    let again = client.encrypt(&seed_one, "again").await.unwrap();
+    assert_ne!(
+        again.ciphertext, one.ciphertext,
+        "encryption is not randomized"
+    );
+
+    // Tamper: every byte flipped is refused; so is another key_id.
+    for index in 0..one.ciphertext.len() {
+        let mut tampered = one.ciphertext.clone();
+        tampered[index] ^= 0x01;
+        let error = client
+            .decrypt(&tampered, &one.key_id, &HashMap::new(), "tamper")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code(&error),
+            tonic::Code::InvalidArgument,
+            "byte {index}: {error}"
+        );
+    }
+    let truncated = client
+        .decrypt(&one.ciphertext[..40], &one.key_id, &HashMap::new(), "short")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&truncated), tonic::Code::InvalidArgument);
+    let unknown = client
+        .decrypt(
+            &one.ciphertext,
+            "kk-p11-v9-0000000000000000",
+            &HashMap::new(),
+            "unknown",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&unknown), tonic::Code::NotFound);
+
+    // Rotation: Status follows, the old ciphertext still decrypts, and a
+    // ciphertext presented under the other key_id does not.
+    let second = hsm.rotate();
+    assert!(second.starts_with("kk-p11-v2-"), "{second}");
+    wait_for_key_id(&mut client, &second, Duration::from_secs(5)).await;
+    let seed_two = seed();
+    let two = client.encrypt(&seed_two, "two").await.unwrap();
+    assert_eq!(two.key_id, second);
+    assert_eq!(
+        client
+            .decrypt_encrypted(&one, "old")
+            .await
+            .unwrap()
+            .expose_secret(),
+        seed_one.as_slice()
+    );
+    let swapped = client
+        .decrypt(&one.ciphertext, &second, &HashMap::new(), "swapped")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&swapped), tonic::Code::InvalidArgument);
+
+    // Disable version 1: refused; enable: decrypts again.
+    hsm.key(&["disable", "1"]);
+    wait_decrypt(&mut client, &one, false).await;
+    let error = client
+        .decrypt_encrypted(&one, "disabled")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&error), tonic::Code::FailedPrecondition);
+    assert_eq!(client.status().await.unwrap().healthz, "ok");
+    hsm.key(&["enable", "1"]);
+    wait_decrypt(&mut client, &one, true).await;
+
+    // Restart: a new process decrypts what the old one wrapped.
+    serve.signal(Signal::TERM);
+    assert_eq!(
+        serve.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+    let log = serve.stderr();
+    assert!(!log.contains(PIN), "the PIN leaked into the log");
+    drop(serve);
+    let serve = hsm.serve().await;
+    let mut client = serve.client().await;
+    assert_eq!(client.status().await.unwrap().key_id, second);
+    for (encrypted, expected) in [(&one, &seed_one), (&two, &seed_two)] {
+        assert_eq!(
+            client
+                .decrypt_encrypted(encrypted, "restart")
+                .await
+                .unwrap()
+                .expose_secret(),
+            expected.as_slice()
+        );
+    }
+}
+
+#[test]
+fn key_commands_keep_the_state_machine_rules() {
+    let hsm = SoftHsm::new("kk-states");
+    hsm.rotate();
+    hsm.rotate();
+    let refused = |args: &[&str], says: &str| {
+        let output = hsm.key_output(args);
+        assert!(!output.status.success(), "{args:?} was allowed");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    };
+    refused(&["disable", "2"], "it is the primary");
+    refused(&["destroy", "1"], "disable it first");
+    refused(&["destroy", "2", "--force"], "it is the primary");
+    refused(&["enable", "1"], "already enabled");
+    refused(&["disable", "7"], "has no version 7");
+    hsm.key(&["disable", "1"]);
+    // The destroy gate: no proof, no destroy (exit 1, nothing changed).
+    let gated = hsm.key_output(&["destroy", "1"]);
+    assert_eq!(gated.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gated.stderr).contains("--scan-report"));
+    assert_eq!(hsm.key_ids()[0].1, "disabled");
+    hsm.key(&["destroy", "1", "--force"]);
+    let versions = hsm.key_ids();
+    assert_eq!(versions[0].1, "destroyed");
+    assert_eq!(versions[1].1, "primary");
+    refused(&["enable", "1"], "gone for good");
+    refused(&["destroy", "1", "--force"], "already destroyed");
+    // A destroyed number is never reused.
+    assert!(hsm.rotate().starts_with("kk-p11-v3-"));
+    // The key object of version 1 is gone from the token.
+    let token = open_in_process(&hsm);
+    let session = token.session();
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Id(versions[0].0.as_bytes().to_vec()),
+        ])
+        .unwrap();
+    assert!(found.is_empty(), "the destroyed key is still in the token");
+    drop(session);
+    drop(token);
+
+    // The same settings from --backend-config instead of flags.
+    let config = hsm.path().join("backend.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "backend: pkcs11\npkcs11:\n  module: {MODULE}\n  token_label: {}\n  pin_file: {}\n",
+            hsm.label,
+            hsm.pin_file.display()
+        ),
+    )
+    .unwrap();
+    let listed = Command::new(KUBE_KMS)
+        .args(["key", "list", "--backend-config"])
+        .arg(&config)
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(
+        table.contains(&versions[1].0) && table.contains("destroyed"),
+        "{table}"
+    );
+}
+
+/// The token opened in this process through cryptoki. SoftHSM2 reads
+/// SOFTHSM2_CONF once, at C_Initialize: one configuration per process at a
+/// time, so this holds a process-wide lock until dropped (after the context).
+struct InProcessToken {
+    context: Pkcs11,
+    slot: cryptoki::slot::Slot,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl InProcessToken {
+    fn session(&self) -> Session {
+        let session = self.context.open_rw_session(self.slot).unwrap();
+        match session.login(UserType::User, Some(&AuthPin::from(PIN.to_owned()))) {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(error) => panic!("login: {error}"),
+        }
+        session
+    }
+}
+
+static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn open_in_process(hsm: &SoftHsm) -> InProcessToken {
+    let one_at_a_time = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+    let context = Pkcs11::new(MODULE).unwrap();
+    context
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = context
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|slot| context.get_token_info(*slot).unwrap().label().trim_end() == hsm.label)
+        .expect("the token");
+    InProcessToken {
+        context,
+        slot,
+        _one_at_a_time: one_at_a_time,
+    }
+}
+
+#[test]
+fn keys_cannot_be_extracted_from_the_token() {
+    let hsm = SoftHsm::new("kk-extract");
+    let key_id = hsm.rotate();
+    let token = open_in_process(&hsm);
+    let session = token.session();
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(b"kube-kms-kek-v1".to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let kek = found[0];
+    let attributes = session
+        .get_attributes(
+            kek,
+            &[
+                AttributeType::Id,
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::NeverExtractable,
+                AttributeType::AlwaysSensitive,
+                AttributeType::Token,
+                AttributeType::Wrap,
+                AttributeType::Value,
+            ],
+        )
+        .unwrap();
+    let mut seen = Vec::new();
+    for attribute in &attributes {
+        match attribute {
+            Attribute::Id(id) => assert_eq!(id, key_id.as_bytes()),
+            Attribute::Sensitive(value) => assert!(*value, "CKA_SENSITIVE false"),
+            Attribute::Extractable(value) => assert!(!*value, "CKA_EXTRACTABLE true"),
+            Attribute::NeverExtractable(value) => assert!(*value, "CKA_NEVER_EXTRACTABLE false"),
+            Attribute::AlwaysSensitive(value) => assert!(*value, "CKA_ALWAYS_SENSITIVE false"),
+            Attribute::Token(value) => assert!(*value, "not a token object"),
+            Attribute::Wrap(value) => assert!(!*value, "the KEK may wrap other keys"),
+            Attribute::Value(_) => panic!("C_GetAttributeValue returned the key's CKA_VALUE"),
+            _ => {}
+        }
+        seen.push(attribute.attribute_type());
+    }
+    assert!(!seen.contains(&AttributeType::Value));
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    let value_info = session
+        .get_attribute_info(kek, &[AttributeType::Value])
+        .unwrap();
+    assert!(
+        matches!(value_info[0], cryptoki::object::AttributeInfo::Sensitive),
+        "CKA_VALUE is not reported sensitive: {value_info:?}"
+    );
+
+    // C_WrapKey under a wrapping key of our own: refused.
+    let wrapping = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(false),
+                Attribute::Wrap(true),
+                Attribute::Encrypt(true),
+            ],
+        )
+        .unwrap();
+    for mechanism in [Mechanism::AesKeyWrap, Mechanism::AesKeyWrapPad] {
+        let error = session.wrap_key(&mechanism, wrapping, kek).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CryptokiError::Pkcs11(RvError::KeyUnextractable | RvError::KeyNotWrappable, _)
+            ),
+            "C_WrapKey: {error}"
+        );
+    }
+    // Nor can the key be made extractable or non-sensitive afterwards.
+    assert!(session
+        .update_attributes(kek, &[Attribute::Extractable(true)])
+        .is_err());
+    assert!(session
+        .update_attributes(kek, &[Attribute::Sensitive(false)])
+        .is_err());
+    // The state records carry no key material: only the public key_id.
+    let records = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(b"kube-kms".to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(records.len(), 1);
+}
+
+/// A protobuf length-delimited field.
+fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    put_varint(out, (field << 3) | 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// A minimal v1 Secret as kube-apiserver stores it (`k8s\0` + Unknown).
+fn secret_object(namespace: &str, name: &str) -> Vec<u8> {
+    let mut meta = Vec::new();
+    put_bytes(&mut meta, 1, name.as_bytes());
+    put_bytes(&mut meta, 3, namespace.as_bytes());
+    put_bytes(&mut meta, 5, b"00000000-0000-4000-8000-000000000001");
+    let mut entry = Vec::new();
+    put_bytes(&mut entry, 1, b"password");
+    put_bytes(&mut entry, 2, b"hunter2-pkcs11");
+    let mut secret = Vec::new();
+    put_bytes(&mut secret, 1, &meta);
+    put_bytes(&mut secret, 2, &entry);
+    put_bytes(&mut secret, 3, b"Opaque");
+    let mut type_meta = Vec::new();
+    put_bytes(&mut type_meta, 1, b"v1");
+    put_bytes(&mut type_meta, 2, b"Secret");
+    let mut object = b"k8s\x00".to_vec();
+    put_bytes(&mut object, 1, &type_meta);
+    put_bytes(&mut object, 2, &secret);
+    object
+}
+
+/// `k8s:enc:kms:v2:kube-kms:` + EncryptedObject, the DEK seed wrapped by the plugin.
+fn kms_v2_value(
+    encrypted: &kube_kms::proto::v2::EncryptResponse,
+    seed: &[u8],
+    etcd_key: &str,
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let data = kube_kms::envelope::seal_kms_v2_seed(seed, plaintext, etcd_key.as_bytes()).unwrap();
+    let mut object = Vec::new();
+    put_bytes(&mut object, 1, &data);
+    put_bytes(&mut object, 2, encrypted.key_id.as_bytes());
+    put_bytes(&mut object, 3, &encrypted.ciphertext);
+    put_varint(&mut object, 5 << 3);
+    put_varint(&mut object, 1);
+    let mut value = b"k8s:enc:kms:v2:kube-kms:".to_vec();
+    value.extend_from_slice(&object);
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_inspect_verifies_values_through_the_pkcs11_plugin() {
+    let hsm = SoftHsm::new("kk-verify");
+    hsm.rotate();
+    let serve = hsm.serve().await;
+    let mut client = serve.client().await;
+    let seed_bytes = seed();
+    let encrypted = client.encrypt(&seed_bytes, "verify").await.unwrap();
+    let etcd = etcd::Etcd::start();
+    let good_key = "/registry/secrets/default/db-pass";
+    etcd.put(
+        good_key,
+        kms_v2_value(
+            &encrypted,
+            &seed_bytes,
+            good_key,
+            &secret_object("default", "db-pass"),
+        ),
+    )
+    .await;
+    let socket = format!("unix://{}", serve.socket.display());
+    let scan = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_etcd-inspect"));
+        command
+            .args(["scan", "--endpoints"])
+            .arg(&etcd.endpoint)
+            .args(["--require-provider", "kms-v2:kube-kms", "--verify-with"])
+            .arg(&socket)
+            .args(["--format", "json"])
+            .args(extra);
+        command.output().unwrap()
+    };
+    let clean = scan(&[]);
+    let stdout = String::from_utf8_lossy(&clean.stdout);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(stdout.contains(&encrypted.key_id), "{stdout}");
+
+    // A value whose data was sealed under another seed fails verification.
+    let bad_key = "/registry/secrets/default/forged";
+    etcd.put(
+        bad_key,
+        kms_v2_value(
+            &encrypted,
+            &seed(),
+            bad_key,
+            &secret_object("default", "forged"),
+        ),
+    )
+    .await;
+    let forged = scan(&[]);
+    let stdout = String::from_utf8_lossy(&forged.stdout);
+    assert_eq!(forged.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("forged"), "{stdout}");
+}
+
+/// Waits up to 10 s for Status' healthz to satisfy `want`; returns it.
+async fn wait_healthz(client: &mut KmsClient, want: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        let healthz = client.status().await.unwrap().healthz;
+        if want(&healthz) {
+            return healthz;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "healthz still {healthz:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_outage_marks_unhealthy_then_recovers() {
+    let hsm = SoftHsm::new("kk-outage");
+    let key_id = hsm.rotate();
+    let serve = hsm.serve().await;
+    let mut client = serve.client().await;
+    let seed_one = seed();
+    let one = client.encrypt(&seed_one, "before").await.unwrap();
+
+    // The token's storage disappears (as a token pulled out, or an HSM gone).
+    let tokens = hsm.path().join("tokens");
+    let away = hsm.path().join("away");
+    std::fs::rename(&tokens, &away).unwrap();
+    std::fs::create_dir(&tokens).unwrap();
+    let healthz = wait_healthz(&mut client, |h| h != "ok").await;
+    assert!(
+        healthz.contains("kk-outage"),
+        "the reason names the token: {healthz}"
+    );
+    assert!(!healthz.contains(PIN));
+    let error = client.encrypt(&seed(), "during").await.unwrap_err();
+    assert_eq!(code(&error), tonic::Code::Unavailable);
+    // Status still names the key (kube-apiserver keeps reading with cached seeds).
+    assert_eq!(client.status().await.unwrap().key_id, key_id);
+
+    // Back: new sessions, a new login, healthy again; old ciphertexts decrypt.
+    std::fs::remove_dir(&tokens).unwrap();
+    std::fs::rename(&away, &tokens).unwrap();
+    wait_healthz(&mut client, |h| h == "ok").await;
+    assert_eq!(
+        client
+            .decrypt_encrypted(&one, "after")
+            .await
+            .unwrap()
+            .expose_secret(),
+        seed_one.as_slice()
+    );
+    let log = serve.stderr();
+    assert!(log.contains("self-test failed"), "{log}");
+    assert!(!log.contains(PIN), "the PIN leaked into the log");
+}
