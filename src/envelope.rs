@@ -8,8 +8,6 @@
 //! which byte was wrong is nobody's business.
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm};
-use hkdf::Hkdf;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::secret::SecretBytes;
@@ -128,10 +126,8 @@ pub fn seal_kms_v2_seed(
 
 /// The per-write key of seed mode: HKDF-Expand(SHA-256, PRK = seed, info, 32).
 fn derive_write_key(seed: &[u8], info: &[u8]) -> Result<Zeroizing<[u8; 32]>, EnvelopeError> {
-    let hkdf = Hkdf::<Sha256>::from_prk(seed).map_err(|_| EnvelopeError::BadKeyLength)?;
     let mut key = Zeroizing::new([0u8; 32]);
-    hkdf.expand(info, key.as_mut_slice())
-        .map_err(|_| EnvelopeError::BadKeyLength)?;
+    crate::kdf::expand(seed, info, key.as_mut_slice()).map_err(|_| EnvelopeError::BadKeyLength)?;
     Ok(key)
 }
 

@@ -17,6 +17,7 @@ pub mod backend;
 pub mod client;
 pub mod envelope;
 pub mod inspect;
+pub mod kdf;
 pub mod keyring;
 pub mod proto;
 pub mod secret;

@@ -23,8 +23,6 @@
 //! Derived key bytes live only in zeroizing buffers.
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
-use hkdf::Hkdf;
-use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::secret::{Key256, SecretBytes};
@@ -152,9 +150,8 @@ struct WrapCipher {
 
 impl WrapCipher {
     fn derive(kek: &Key256, salt: &[u8]) -> Result<Self, WrapError> {
-        let hkdf = Hkdf::<Sha256>::new(Some(salt), kek.expose_secret());
         let mut okm = Zeroizing::new([0u8; AES_KEY_LEN + NONCE_LEN]);
-        hkdf.expand(DOMAIN, okm.as_mut_slice())
+        crate::kdf::extract_expand(salt, kek.expose_secret(), DOMAIN, okm.as_mut_slice())
             .map_err(|_| WrapError::Unwrap)?;
         let (key, nonce) = okm.split_at(AES_KEY_LEN);
         let aead = Aes256Gcm::new_from_slice(key).map_err(|_| WrapError::Unwrap)?;
