@@ -17,6 +17,7 @@
 use std::error::Error;
 use std::path::PathBuf;
 
+use kube_kms::inspect::classify::build;
 use kube_kms::secret::SecretBytes;
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -71,26 +72,6 @@ fn parse_args() -> Result<Args, BoxError> {
     Ok(args)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// A length-delimited protobuf field.
-fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    put_varint(out, field << 3 | 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-fn put_uint(out: &mut Vec<u8>, field: u64, value: u64) {
-    put_varint(out, field << 3);
-    put_varint(out, value);
-}
-
 /// Filler bytes that do not compress (xorshift).
 fn filler(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -104,47 +85,18 @@ fn filler(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// A v1 Secret (k8s.io/api/core/v1 generated.proto) as kube-apiserver
-/// stores it without encryption: `k8s\0` + runtime.Unknown.
+/// A v1 Secret as kube-apiserver stores it without encryption.
 fn plaintext_secret(index: usize, namespace: &str, name: &str, value_size: usize) -> Vec<u8> {
-    let mut meta = Vec::new();
-    put_bytes(&mut meta, 1, name.as_bytes()); // name
-    put_bytes(&mut meta, 2, b""); // generateName
-    put_bytes(&mut meta, 3, namespace.as_bytes()); // namespace
-    put_bytes(
-        &mut meta,
-        5,
-        format!("00000000-0000-4000-8000-{index:012}").as_bytes(),
-    ); // uid
-    put_bytes(&mut meta, 6, b""); // resourceVersion (never stored)
-    put_uint(&mut meta, 7, 0); // generation
-    let mut timestamp = Vec::new();
-    put_uint(&mut timestamp, 1, 1_700_000_000 + index as u64);
-    put_uint(&mut timestamp, 2, 0);
-    put_bytes(&mut meta, 8, &timestamp); // creationTimestamp
-
-    let mut secret = Vec::new();
-    put_bytes(&mut secret, 1, &meta);
-    for (key, value) in [
-        ("password", filler(index as u64, value_size)),
-        ("username", format!("user-{index}").into_bytes()),
-    ] {
-        let mut entry = Vec::new();
-        put_bytes(&mut entry, 1, key.as_bytes());
-        put_bytes(&mut entry, 2, &value);
-        put_bytes(&mut secret, 2, &entry); // data
-    }
-    put_bytes(&mut secret, 3, b"Opaque"); // type
-
-    let mut type_meta = Vec::new();
-    put_bytes(&mut type_meta, 1, b"v1");
-    put_bytes(&mut type_meta, 2, b"Secret");
-    let mut unknown = b"k8s\x00".to_vec();
-    put_bytes(&mut unknown, 1, &type_meta);
-    put_bytes(&mut unknown, 2, &secret);
-    put_bytes(&mut unknown, 3, b""); // contentEncoding
-    put_bytes(&mut unknown, 4, b""); // contentType
-    unknown
+    build::secret(
+        namespace,
+        name,
+        &format!("00000000-0000-4000-8000-{index:012}"),
+        1_700_000_000 + index as u64,
+        &[
+            ("password", &filler(index as u64, value_size)),
+            ("username", format!("user-{index}").as_bytes()),
+        ],
+    )
 }
 
 /// What a KMS v2 value needs besides the plaintext.
@@ -178,14 +130,14 @@ impl KmsV2 {
     fn seal(&self, etcd_key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, BoxError> {
         let encrypted =
             kube_kms::envelope::seal_kms_v2_seed(self.seed.expose_secret(), plaintext, etcd_key)?;
-        let mut object = Vec::new();
-        put_bytes(&mut object, 1, &encrypted); // encryptedData
-        put_bytes(&mut object, 2, self.key_id.as_bytes()); // keyID
-        put_bytes(&mut object, 3, &self.wrapped_seed); // encryptedDEKSource
-        put_uint(&mut object, 5, 1); // HKDF_SHA256_XNONCE_AES_GCM_SEED
-        let mut value = b"k8s:enc:kms:v2:kube-kms:".to_vec();
-        value.extend_from_slice(&object);
-        Ok(value)
+        Ok(build::kms_v2_with_dek_source(
+            "kube-kms",
+            &self.key_id,
+            &self.wrapped_seed,
+            Some(1), // HKDF_SHA256_XNONCE_AES_GCM_SEED
+            &[],
+            &encrypted,
+        ))
     }
 }
 

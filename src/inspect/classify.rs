@@ -527,6 +527,44 @@ pub mod build {
         out
     }
 
+    /// A v1 Secret as kube-apiserver's identity provider stores it: `k8s\0` +
+    /// runtime.Unknown{typeMeta {v1, Secret}, raw = the Secret message of
+    /// k8s.io/api/core/v1 `generated.proto` with this metadata and `data`,
+    /// type Opaque}. What [`crate::envelope::seal_kms_v2_seed`] seals when
+    /// playing the apiserver.
+    pub fn secret(
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        created_unix_seconds: u64,
+        data: &[(&str, &[u8])],
+    ) -> Vec<u8> {
+        let mut meta = Vec::new();
+        encode::bytes_field(&mut meta, 1, name.as_bytes());
+        encode::bytes_field(&mut meta, 2, b""); // generateName
+        encode::bytes_field(&mut meta, 3, namespace.as_bytes());
+        encode::bytes_field(&mut meta, 5, uid.as_bytes());
+        encode::bytes_field(&mut meta, 6, b""); // resourceVersion (never stored)
+        encode::varint_field(&mut meta, 7, 0); // generation
+        let mut timestamp = Vec::new();
+        encode::varint_field(&mut timestamp, 1, created_unix_seconds);
+        encode::varint_field(&mut timestamp, 2, 0);
+        encode::bytes_field(&mut meta, 8, &timestamp); // creationTimestamp
+        let mut secret = Vec::new();
+        encode::bytes_field(&mut secret, 1, &meta);
+        for (key, value) in data {
+            let mut entry = Vec::new();
+            encode::bytes_field(&mut entry, 1, key.as_bytes());
+            encode::bytes_field(&mut entry, 2, value);
+            encode::bytes_field(&mut secret, 2, &entry);
+        }
+        encode::bytes_field(&mut secret, 3, b"Opaque"); // type
+        let mut unknown = plaintext_protobuf("v1", "Secret", &secret);
+        encode::bytes_field(&mut unknown, 3, b""); // contentEncoding
+        encode::bytes_field(&mut unknown, 4, b""); // contentType
+        unknown
+    }
+
     /// A kms v2 value. `dek_source_type` `None` omits field 5.
     pub fn kms_v2(
         provider: &str,

@@ -125,10 +125,14 @@ pub trait DekUnwrapper: Send + Sync {
 
 /// A table of DEK sources and the seeds they wrap, standing in for a plugin
 /// in tests (the fixtures' `kms_v2_dek_sources` and `*.seeds.jsonl`). An
-/// entry matches a request with the same key_id, DEK source and annotations.
+/// entry matches a request with the same key_id, DEK source and annotations;
+/// one added with [`SeedTable::insert_any_annotations`] matches whatever
+/// annotations the request carries (for a plugin that does not bind them to
+/// its ciphertext, as the generated fixtures' plugin does not).
 #[derive(Debug, Default)]
 pub struct SeedTable {
     entries: HashMap<Vec<u8>, SecretBytes>,
+    any_annotations: HashMap<Vec<u8>, SecretBytes>,
 }
 
 impl SeedTable {
@@ -158,21 +162,42 @@ impl SeedTable {
         self.entries.insert(cache_key(&request), seed);
     }
 
+    /// Adds the seed (or DEK) that `encrypted_dek_source` wraps under
+    /// `key_id`, whatever the annotations of the request.
+    pub fn insert_any_annotations(
+        &mut self,
+        key_id: &str,
+        encrypted_dek_source: &[u8],
+        seed: SecretBytes,
+    ) {
+        let request = UnwrapRequest {
+            key_id,
+            encrypted_dek_source,
+            annotations: &[],
+        };
+        self.any_annotations.insert(cache_key(&request), seed);
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.any_annotations.len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
 impl DekUnwrapper for SeedTable {
     fn unwrap_dek(&self, request: &UnwrapRequest<'_>) -> Result<SecretBytes, UnwrapError> {
+        let without_annotations = UnwrapRequest {
+            annotations: &[],
+            ..*request
+        };
         self.entries
             .get(&cache_key(request))
+            .or_else(|| self.any_annotations.get(&cache_key(&without_annotations)))
             .cloned()
             .ok_or_else(|| UnwrapError::Refused("not in the seed table".into()))
     }

@@ -3,11 +3,20 @@
 //! hard-coded). Two `.json` shapes exist: the generated fixtures (objects keyed
 //! by etcd key, with `latest` and `history` states) and `apiserver/` ones
 //! (objects as a list, plus `other_keys`); both become an [`Expected`].
+//! For verification tests: every stored value of a file ([`stored_values`]),
+//! the seeds a fixture's KMS v2 plugin wrapped as a [`SeedTable`]
+//! ([`seed_table`]) and its aescbc/aesgcm/secretbox keys as an
+//! EncryptionConfiguration ([`encryption_config_yaml`]).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use base64::Engine as _;
+use kube_kms::inspect::mvcc::{self, FileScanOptions};
+use kube_kms::inspect::verify::SeedTable;
+use kube_kms::inspect::{ObservationSink, Observed, Revision};
+use kube_kms::secret::SecretBytes;
 use serde_json::Value;
 
 /// `../shared/fixtures`.
@@ -242,4 +251,156 @@ pub fn scratch_copy(fixture: &Fixture, bytes: &[u8]) -> (tempfile::TempDir, Path
     let path = dir.path().join(name);
     std::fs::write(&path, bytes).expect("write scratch copy");
     (dir, path)
+}
+
+/// One revision of one key, as stored in a backup file.
+#[derive(Debug, Clone)]
+pub struct StoredValue {
+    /// The etcd key.
+    pub key: Vec<u8>,
+    /// When it was written.
+    pub revision: Revision,
+    /// The stored bytes.
+    pub value: Vec<u8>,
+}
+
+/// Collects every put a file scan observes.
+#[derive(Default)]
+struct Collector {
+    values: Vec<StoredValue>,
+    errors: Vec<String>,
+}
+
+impl ObservationSink for Collector {
+    fn observe(&mut self, observed: Observed<'_>) {
+        if let Observed::Put {
+            key,
+            revision,
+            value,
+        } = observed
+        {
+            self.values.push(StoredValue {
+                key: key.to_vec(),
+                revision,
+                value: value.to_vec(),
+            });
+        }
+    }
+
+    fn read_error(&mut self, message: String) {
+        self.errors.push(message);
+    }
+}
+
+/// Every value (all revisions, every key) the fixture's file holds, read
+/// with the library's file reader; panics on a read error.
+pub fn stored_values(fixture: &Fixture) -> Vec<StoredValue> {
+    let mut collector = Collector::default();
+    mvcc::scan_file(&fixture.db, &mut collector, FileScanOptions::default())
+        .unwrap_or_else(|error| panic!("{}: {error}", fixture.db.display()));
+    assert!(
+        collector.errors.is_empty(),
+        "{}: {:?}",
+        fixture.db.display(),
+        collector.errors
+    );
+    collector.values
+}
+
+fn base64_field(value: &Value, name: &str) -> Vec<u8> {
+    let text = value
+        .get(name)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("fixture entry without {name}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap_or_else(|_| panic!("fixture field {name} is not base64"))
+}
+
+/// The seeds (or DEKs) the fixture's KMS v2 plugin wrapped, standing in for
+/// it: `kms_v2_dek_sources` of a generated fixture (any annotations), or the
+/// `seeds` file an apiserver fixture names (with the annotations kube-apiserver
+/// stored, which must match). Empty when the fixture has no KMS v2 values.
+pub fn seed_table(fixture: &Fixture) -> SeedTable {
+    let text = std::fs::read_to_string(&fixture.json).expect("fixture json readable");
+    let json: Value = serde_json::from_str(&text).expect("fixture json parses");
+    let mut table = SeedTable::new();
+    for entry in json
+        .get("kms_v2_dek_sources")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        // The generated fixtures' plugin does not bind the annotations it
+        // adds to its ciphertext, and their `.json` does not list them.
+        table.insert_any_annotations(
+            &str_field(entry, "keyID").expect("kms_v2_dek_sources entry without keyID"),
+            &base64_field(entry, "encryptedDEKSource"),
+            SecretBytes::new(base64_field(entry, "plaintext")),
+        );
+    }
+    if let Some(seeds) = json.get("seeds").and_then(Value::as_str) {
+        let dir = fixture.json.parent().expect("fixture json has a directory");
+        let lines = std::fs::read_to_string(dir.join(seeds)).expect("seeds file readable");
+        for line in lines.lines().filter(|line| !line.trim().is_empty()) {
+            let entry: Value = serde_json::from_str(line).expect("seeds line parses");
+            let annotations: BTreeMap<String, Vec<u8>> = entry
+                .get("annotations")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(value.as_str().unwrap_or_default())
+                        .expect("annotation value is base64");
+                    (name.clone(), bytes)
+                })
+                .collect();
+            table.insert(
+                &str_field(&entry, "key_id").expect("seeds line without key_id"),
+                &base64_field(&entry, "encryptedDEKSource_b64"),
+                &annotations,
+                SecretBytes::new(base64_field(&entry, "seed_b64")),
+            );
+        }
+    }
+    table
+}
+
+/// An EncryptionConfiguration (YAML) with the fixture's `provider_keys`
+/// (`aescbc/key1` → base64 secret) for secrets and configmaps, or `None`
+/// when it has none. `tamper` may change each key's bytes (for wrong-key
+/// tests).
+pub fn encryption_config_yaml(fixture: &Fixture, tamper: fn(&mut Vec<u8>)) -> Option<String> {
+    let text = std::fs::read_to_string(&fixture.json).expect("fixture json readable");
+    let json: Value = serde_json::from_str(&text).expect("fixture json parses");
+    let keys = json.get("provider_keys").and_then(Value::as_object)?;
+    if keys.is_empty() {
+        return None;
+    }
+    let mut by_provider: BTreeMap<&str, Vec<(&str, String)>> = BTreeMap::new();
+    for (label, secret) in keys {
+        let (provider, name) = label
+            .split_once('/')
+            .expect("provider_keys labels are provider/name");
+        let mut bytes = base64::engine::general_purpose::STANDARD
+            .decode(secret.as_str().unwrap_or_default())
+            .expect("provider key is base64");
+        tamper(&mut bytes);
+        by_provider.entry(provider).or_default().push((
+            name,
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+        ));
+    }
+    let mut yaml = String::from(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets, configmaps]\n  providers:\n",
+    );
+    for (provider, keys) in by_provider {
+        yaml.push_str(&format!("  - {provider}:\n      keys:\n"));
+        for (name, secret) in keys {
+            yaml.push_str(&format!("      - name: {name}\n        secret: {secret}\n"));
+        }
+    }
+    yaml.push_str("  - identity: {}\n");
+    Some(yaml)
 }

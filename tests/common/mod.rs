@@ -2,4 +2,6 @@
 // Each test binary uses a different part of it.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod etcd;
+pub mod inspect;

@@ -38,6 +38,25 @@ struct Batch {
     items: Vec<Item>,
 }
 
+impl Batch {
+    /// An empty batch, reusing a returned one's buffers when there is one:
+    /// a fresh 256 KiB buffer is a new mapping whose pages fault in and
+    /// unmap again per batch, a cost the scan thread (the critical path)
+    /// would pay on every batch.
+    fn reuse(spare: &Mutex<Vec<Batch>>) -> Batch {
+        match spare.lock().ok().and_then(|mut spare| spare.pop()) {
+            Some(batch) => batch,
+            None => Batch {
+                bytes: Vec::with_capacity(BATCH_BYTES + BATCH_SLACK),
+                items: Vec::with_capacity(BATCH_ITEMS),
+            },
+        }
+    }
+}
+
+/// Room past [`BATCH_BYTES`] so a batch's last value rarely reallocates it.
+const BATCH_SLACK: usize = 64 * 1024;
+
 /// What a worker found.
 #[derive(Default)]
 struct WorkerOutcome {
@@ -51,6 +70,8 @@ pub struct VerifyPool {
     sender: Option<SyncSender<Batch>>,
     workers: Vec<JoinHandle<WorkerOutcome>>,
     batch: Batch,
+    /// Batches the workers are done with (ciphertext only, cleared).
+    spare: Arc<Mutex<Vec<Batch>>>,
     not_verified: BTreeMap<Provider, u64>,
 }
 
@@ -80,19 +101,23 @@ impl VerifyPool {
         let (sender, receiver) = sync_channel::<Batch>(threads * 2);
         let receiver = Arc::new(Mutex::new(receiver));
         let classifier = Arc::new(classifier);
+        let spare = Arc::new(Mutex::new(Vec::new()));
         let workers = (0..threads)
             .map(|_| {
                 let receiver = Arc::clone(&receiver);
                 let verifier = Arc::clone(&verifier);
                 let classifier = Arc::clone(&classifier);
-                std::thread::spawn(move || work(&receiver, &verifier, &classifier))
+                let spare = Arc::clone(&spare);
+                std::thread::spawn(move || work(&receiver, &verifier, &classifier, &spare))
             })
             .collect();
+        let batch = Batch::reuse(&spare);
         Self {
             verifier,
             sender: Some(sender),
             workers,
-            batch: Batch::default(),
+            batch,
+            spare,
             not_verified: BTreeMap::new(),
         }
     }
@@ -147,7 +172,7 @@ impl VerifyPool {
         if self.batch.items.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        let batch = std::mem::replace(&mut self.batch, Batch::reuse(&self.spare));
         if let Some(sender) = &self.sender {
             // Fails only when every worker is gone (a worker panicked); the
             // values are then reported as not verified by `finish`.
@@ -203,10 +228,11 @@ fn work(
     receiver: &Mutex<Receiver<Batch>>,
     verifier: &Verifier,
     classifier: &Classifier,
+    spare: &Mutex<Vec<Batch>>,
 ) -> WorkerOutcome {
     let mut outcome = WorkerOutcome::default();
     loop {
-        let batch = match receiver.lock() {
+        let mut batch = match receiver.lock() {
             Ok(receiver) => match receiver.recv() {
                 Ok(batch) => batch,
                 Err(_) => return outcome,
@@ -224,5 +250,16 @@ fn work(
                 Verdict::NotVerified => {}
             }
         }
+        batch.bytes.clear();
+        batch.items.clear();
+        // At most one spare per batch in flight; the rest are freed.
+        if let Ok(mut spare) = spare.lock() {
+            if spare.len() < SPARE_BATCHES {
+                spare.push(batch);
+            }
+        }
     }
 }
+
+/// Returned batches kept for reuse.
+const SPARE_BATCHES: usize = 16;
