@@ -7,13 +7,15 @@
 //!   return at once, in its own process, on a unix socket, and
 //! - the real `kube-kms serve` binary (release profile) with a file keyring,
 //!   or with `BENCH_BACKEND=pkcs11` on a SoftHSM2 token made in a temp dir,
+//!   or with `BENCH_BACKEND=aws-kms` against a moto server (KMS-compatible,
+//!   from tools/install-deps' venv) it starts on 127.0.0.1,
 //!
 //! alternating the two per data point. Then it reports the plugin's peak RSS
 //! (VmHWM) and the time from spawning `kube-kms serve` to the first answered
 //! Status. Environment: `BENCH_SECONDS` (per data point and round, default 1)
 //! and `BENCH_ROUNDS` (alternating rounds per data point, default 3),
 //! `BENCH_SERVE_ARGS` (extra `kube-kms serve` flags, for experiments),
-//! `BENCH_BACKEND` (`file`, the default, or `pkcs11`) and `BENCH_COLD_SECRETS`
+//! `BENCH_BACKEND` (`file`, the default, `pkcs11` or `aws-kms`) and `BENCH_COLD_SECRETS`
 //! (default 20000): the cold-start phase wraps that many distinct seeds, then
 //! starts a fresh plugin and times Decrypt of all of them at concurrency 16,
 //! the worst case of a kube-apiserver starting on that many Secrets each
@@ -262,6 +264,8 @@ struct PluginSetup {
     backend: String,
     args: Vec<OsString>,
     envs: Vec<(&'static str, PathBuf)>,
+    /// A server the backend needs (moto for aws-kms), killed when dropped.
+    _helper: Option<ChildServer>,
 }
 
 impl PluginSetup {
@@ -279,6 +283,35 @@ impl PluginSetup {
 }
 
 const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Starts tools/install-deps' moto server on a free loopback port.
+fn start_moto(dir: &Path) -> Result<(String, ChildServer)> {
+    let server = std::env::var_os("KUBE_KMS_MOTO_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            Some(cache.join("kube-kms/moto-venv/bin/moto_server"))
+        })
+        .filter(|path| path.exists())
+        .ok_or("moto_server not found: run tools/install-deps")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let moto = ChildServer::spawn(
+        Command::new(server).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+        dir.join("unused"),
+    )?;
+    let since = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if since.elapsed() > Duration::from_secs(60) {
+            return Err("moto_server did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((format!("http://127.0.0.1:{port}"), moto))
+}
 
 /// Makes the keys for `BENCH_BACKEND` in `dir`.
 fn setup_backend(dir: &Path) -> Result<PluginSetup> {
@@ -304,6 +337,7 @@ fn setup_backend(dir: &Path) -> Result<PluginSetup> {
                 backend,
                 args: vec!["--keyring".into(), keyring.into()],
                 envs: Vec::new(),
+                _helper: None,
             })
         }
         "pkcs11" => {
@@ -349,9 +383,42 @@ fn setup_backend(dir: &Path) -> Result<PluginSetup> {
                 backend,
                 args,
                 envs: vec![("SOFTHSM2_CONF", conf)],
+                _helper: None,
             })
         }
-        other => Err(format!("BENCH_BACKEND={other}: use file or pkcs11").into()),
+        "aws-kms" => {
+            let (endpoint, moto) = start_moto(dir)?;
+            let args: Vec<OsString> = vec![
+                "--backend".into(),
+                "aws-kms".into(),
+                "--aws-region".into(),
+                "us-east-1".into(),
+                "--aws-alias-prefix".into(),
+                "alias/kube-kms/bench".into(),
+                "--aws-endpoint-url".into(),
+                endpoint.into(),
+            ];
+            // moto's fake credentials, from the environment as in production.
+            let envs: Vec<(&'static str, PathBuf)> = vec![
+                ("AWS_ACCESS_KEY_ID", "testing".into()),
+                ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+                ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ];
+            run(
+                Command::new(KUBE_KMS)
+                    .args(["key", "rotate"])
+                    .args(&args)
+                    .envs(envs.iter().map(|(k, v)| (k, v))),
+                "kube-kms key rotate --backend aws-kms",
+            )?;
+            Ok(PluginSetup {
+                backend,
+                args,
+                envs,
+                _helper: Some(moto),
+            })
+        }
+        other => Err(format!("BENCH_BACKEND={other}: use file, pkcs11 or aws-kms").into()),
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::secret::SecretBytes;
 
+pub mod aws_kms;
 pub mod file;
 pub mod pkcs11;
 

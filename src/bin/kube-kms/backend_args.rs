@@ -43,6 +43,8 @@ pub(crate) struct BackendArgs {
     keyring: Option<PathBuf>,
     #[command(flatten)]
     pkcs11: Pkcs11Flags,
+    #[command(flatten)]
+    pub(crate) aws: crate::backend_aws::AwsKmsArgs,
 }
 
 /// Options of `--backend pkcs11`.
@@ -103,8 +105,8 @@ pub(crate) enum BackendChoice {
     File(PathBuf),
     /// A PKCS#11 token.
     Pkcs11(Pkcs11Settings),
-    /// AWS KMS (wired by the aws-kms backend).
-    AwsKms,
+    /// AWS KMS, with its options.
+    AwsKms(crate::backend_aws::AwsKmsArgs),
 }
 
 /// Largest `--backend-config` file read.
@@ -183,7 +185,7 @@ impl BackendArgs {
                     pin_file,
                 }))
             }
-            BackendKind::AwsKms => Ok(BackendChoice::AwsKms),
+            BackendKind::AwsKms => Ok(BackendChoice::AwsKms(self.aws.clone())),
         }
     }
 }

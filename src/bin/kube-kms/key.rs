@@ -16,6 +16,7 @@ use kube_kms::keyring::{self, KeyState, Keyring, VersionInfo};
 
 use crate::backend_args::{BackendArgs, BackendChoice};
 
+mod aws;
 mod ha;
 
 /// Keyring commands.
@@ -82,6 +83,10 @@ pub(crate) struct DestroyArgs {
     /// Destroy without proof that the key_id is unused (data under it is lost).
     #[arg(long)]
     force: bool,
+    /// --backend aws-kms: days KMS waits before deleting the key (7 to 30);
+    /// until then `aws kms cancel-key-deletion` can still undo the destroy.
+    #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(i32).range(7..=30))]
+    aws_pending_window_days: i32,
 }
 
 /// Options of `key list`.
@@ -107,6 +112,10 @@ fn describe(version: &VersionInfo) -> String {
 }
 
 pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
+    let command = match aws::dispatch(command)? {
+        aws::Dispatch::Done(code) => return Ok(code),
+        aws::Dispatch::Other(command) => command,
+    };
     let now = SystemTime::now();
     let message = match command {
         KeyCommand::Init(KeyringArg { keyring: path }) => {
@@ -244,6 +253,7 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
                 },
             scan_report,
             force,
+            ..
         }) => {
             let store = KeyStore::open(&backend)?;
             let target = store.gate_target(version)?;
@@ -326,8 +336,8 @@ impl KeyStore {
                 })?;
                 Ok(KeyStore::Token(token))
             }
-            BackendChoice::AwsKms => {
-                anyhow::bail!("`kube-kms key` on --backend aws-kms is not built yet")
+            BackendChoice::AwsKms(_) => {
+                anyhow::bail!("this command does not support --backend aws-kms")
             }
         }
     }

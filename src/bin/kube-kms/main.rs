@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod backend_args;
+mod backend_aws;
 #[path = "../cli_docs.rs"]
 mod cli_docs;
 mod demo;

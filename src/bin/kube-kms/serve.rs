@@ -143,7 +143,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })?;
             serve_with(backend, &args).await
         }
-        BackendChoice::AwsKms => anyhow::bail!("--backend aws-kms is not built yet"),
+        BackendChoice::AwsKms(aws) => serve_with(aws.open().await?, &args).await,
     }
 }
 
