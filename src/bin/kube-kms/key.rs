@@ -114,7 +114,7 @@ fn describe(version: &VersionInfo) -> String {
 pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
     let command = match aws::dispatch(command)? {
         aws::Dispatch::Done(code) => return Ok(code),
-        aws::Dispatch::Other(command) => command,
+        aws::Dispatch::Other(command) => *command,
     };
     let now = SystemTime::now();
     let message = match command {

@@ -22,7 +22,7 @@ pub(super) enum Dispatch {
     /// The command ran against AWS KMS; its exit code.
     Done(ExitCode),
     /// Not an AWS KMS command.
-    Other(KeyCommand),
+    Other(Box<KeyCommand>),
 }
 
 /// Runs `command` if its backend options select `--backend aws-kms`.
@@ -32,11 +32,11 @@ pub(super) fn dispatch(command: KeyCommand) -> anyhow::Result<Dispatch> {
         KeyCommand::List(ListArgs { backend, .. }) => backend,
         KeyCommand::Disable(version) | KeyCommand::Enable(version) => &version.backend,
         KeyCommand::Destroy(destroy) => &destroy.version.backend,
-        _ => return Ok(Dispatch::Other(command)),
+        _ => return Ok(Dispatch::Other(Box::new(command))),
     };
     // Resolving also reads --backend-config; errors surface here once.
     let Ok(BackendChoice::AwsKms(aws)) = backend.resolve() else {
-        return Ok(Dispatch::Other(command));
+        return Ok(Dispatch::Other(Box::new(command)));
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
