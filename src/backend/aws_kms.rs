@@ -46,8 +46,7 @@ pub mod ring;
 
 pub use ring::{AwsRing, AwsVersion, RingError, DEFAULT_ALIAS_PREFIX};
 
-/// The health string of a backend whose last self-test passed.
-pub const HEALTHY: &str = "ok";
+pub use super::HEALTHY;
 
 /// How to reach KMS and which ring to serve.
 #[derive(Clone, Debug)]

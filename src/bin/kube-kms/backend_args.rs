@@ -12,6 +12,12 @@
 //!   module: /usr/lib/softhsm/libsofthsm2.so
 //!   token_label: kube-kms
 //!   pin_file: /etc/kube-kms/token.pin
+//! aws_kms:                   # no credentials here: the AWS SDK's chain
+//!   alias_prefix: alias/kube-kms
+//!   region: eu-west-1
+//!   endpoint_url: https://kms.eu-west-1.amazonaws.com
+//!   call_timeout: 2s
+//!   refresh_interval: 30s
 //! ```
 use std::path::{Path, PathBuf};
 
@@ -44,7 +50,7 @@ pub(crate) struct BackendArgs {
     #[command(flatten)]
     pkcs11: Pkcs11Flags,
     #[command(flatten)]
-    pub(crate) aws: crate::backend_aws::AwsKmsArgs,
+    aws: crate::backend_aws::AwsKmsFlags,
 }
 
 /// Options of `--backend pkcs11`.
@@ -68,6 +74,7 @@ struct BackendConfigFile {
     backend: Option<BackendKind>,
     keyring: Option<PathBuf>,
     pkcs11: Option<Pkcs11Section>,
+    aws_kms: Option<crate::backend_aws::AwsKmsSection>,
 }
 
 /// The `pkcs11:` section of the config file.
@@ -185,7 +192,9 @@ impl BackendArgs {
                     pin_file,
                 }))
             }
-            BackendKind::AwsKms => Ok(BackendChoice::AwsKms(self.aws.clone())),
+            BackendKind::AwsKms => Ok(BackendChoice::AwsKms(
+                self.aws.resolve(file.aws_kms.unwrap_or_default()),
+            )),
         }
     }
 }
@@ -247,5 +256,34 @@ mod tests {
         assert!(format!("{error:#}").contains("modul"), "{error:#}");
         let missing = args(Some(BackendKind::Pkcs11), None).resolve().unwrap_err();
         assert!(missing.to_string().contains("--pkcs11-module"), "{missing}");
+    }
+
+    #[test]
+    fn aws_kms_options_come_from_flags_then_the_file_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("backend.yaml");
+        std::fs::write(
+            &config,
+            "backend: aws-kms\naws_kms:\n  alias_prefix: alias/from-file\n  region: eu-west-1\n  call_timeout: 5s\n",
+        )
+        .unwrap();
+        let BackendChoice::AwsKms(aws) = args(None, Some(&config)).resolve().unwrap() else {
+            panic!("aws-kms expected");
+        };
+        assert_eq!(aws.aws_alias_prefix, "alias/from-file");
+        assert_eq!(aws.aws_region.as_deref(), Some("eu-west-1"));
+        assert_eq!(aws.aws_endpoint_url, None);
+        assert_eq!(aws.aws_call_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(aws.aws_refresh_interval, std::time::Duration::from_secs(30));
+        let defaults = args(Some(BackendKind::AwsKms), None).resolve().unwrap();
+        let BackendChoice::AwsKms(defaults) = defaults else {
+            panic!("aws-kms expected");
+        };
+        assert_eq!(defaults.aws_alias_prefix, "alias/kube-kms");
+        std::fs::write(&config, "aws_kms:\n  call_timeout: soon\n").unwrap();
+        let error = args(Some(BackendKind::AwsKms), Some(&config))
+            .resolve()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("soon"), "{error:#}");
     }
 }

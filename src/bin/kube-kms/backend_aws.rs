@@ -4,52 +4,103 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kube_kms::backend::aws_kms::{AwsKmsBackend, AwsKmsConfig, DEFAULT_ALIAS_PREFIX};
+use kube_kms::backend::aws_kms::{AwsKmsBackend, AwsKmsConfig};
 
-/// Where the AWS KMS keys are and how to reach KMS.
-#[derive(clap::Args, Clone, Debug)]
+/// The `--aws-*` flags as given: every one optional, so that a flag can win
+/// over the `aws_kms:` section of `--backend-config`, which wins over the
+/// defaults ([`AwsKmsFlags::resolve`]).
+#[derive(clap::Args, Clone, Debug, Default)]
 #[command(next_help_heading = "AWS KMS backend (--backend aws-kms)")]
-pub(crate) struct AwsKmsArgs {
+pub(crate) struct AwsKmsFlags {
     /// Alias prefix of the key versions: version N is the KMS key behind
-    /// PREFIX/vN, the primary is PREFIX/primary. One prefix per cluster.
-    #[arg(
-        long,
-        value_name = "ALIAS",
-        default_value = DEFAULT_ALIAS_PREFIX,
-        env = "KUBE_KMS_AWS_ALIAS_PREFIX"
-    )]
-    pub(crate) aws_alias_prefix: String,
+    /// PREFIX/vN, the primary is PREFIX/primary. One prefix per cluster
+    /// [default: alias/kube-kms].
+    #[arg(long, value_name = "ALIAS", env = "KUBE_KMS_AWS_ALIAS_PREFIX")]
+    aws_alias_prefix: Option<String>,
     /// AWS region of the keys (default: the SDK's chain: AWS_REGION,
     /// AWS_DEFAULT_REGION, the profile, instance metadata). Credentials always
     /// come from the SDK's chain (environment, profile, web identity,
     /// container or instance credentials), never from a flag.
     #[arg(long, value_name = "REGION")]
-    pub(crate) aws_region: Option<String>,
+    aws_region: Option<String>,
     /// KMS endpoint instead of the region's public one (a VPC endpoint, or a
     /// KMS-compatible test server such as moto).
     #[arg(long, value_name = "URL")]
-    pub(crate) aws_endpoint_url: Option<String>,
+    aws_endpoint_url: Option<String>,
     /// Upper bound of one KMS call, retries included (keep it under the
-    /// EncryptionConfiguration's timeout).
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub(crate) aws_call_timeout: Duration,
+    /// EncryptionConfiguration's timeout) [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    aws_call_timeout: Option<Duration>,
     /// serve: how often the versions and their states are re-read from KMS
-    /// (SIGHUP re-reads at once).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub(crate) aws_refresh_interval: Duration,
+    /// (SIGHUP re-reads at once) [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    aws_refresh_interval: Option<Duration>,
 }
 
-impl Default for AwsKmsArgs {
-    fn default() -> Self {
-        let config = AwsKmsConfig::default();
-        Self {
-            aws_alias_prefix: config.alias_prefix,
-            aws_region: None,
-            aws_endpoint_url: None,
-            aws_call_timeout: config.call_timeout,
-            aws_refresh_interval: config.refresh_interval,
+/// The `aws_kms:` section of `--backend-config` (same options, no credentials).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AwsKmsSection {
+    alias_prefix: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    call_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    refresh_interval: Option<Duration>,
+}
+
+/// Durations in the config file are written as the flags take them ("2s").
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::Deserialize as _;
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(deserializer)?;
+        text.map(|text| {
+            humantime::parse_duration(&text).map_err(|error| {
+                serde::de::Error::custom(format!("{text:?} is not a duration such as 2s: {error}"))
+            })
+        })
+        .transpose()
+    }
+}
+
+impl AwsKmsFlags {
+    /// Flags first, then the config file's section, then the defaults.
+    pub(crate) fn resolve(&self, section: AwsKmsSection) -> AwsKmsArgs {
+        let defaults = AwsKmsConfig::default();
+        AwsKmsArgs {
+            aws_alias_prefix: self
+                .aws_alias_prefix
+                .clone()
+                .or(section.alias_prefix)
+                .unwrap_or(defaults.alias_prefix),
+            aws_region: self.aws_region.clone().or(section.region),
+            aws_endpoint_url: self.aws_endpoint_url.clone().or(section.endpoint_url),
+            aws_call_timeout: self
+                .aws_call_timeout
+                .or(section.call_timeout)
+                .unwrap_or(defaults.call_timeout),
+            aws_refresh_interval: self
+                .aws_refresh_interval
+                .or(section.refresh_interval)
+                .unwrap_or(defaults.refresh_interval),
         }
     }
+}
+
+/// Where the AWS KMS keys are and how to reach KMS, resolved.
+#[derive(Clone, Debug)]
+pub(crate) struct AwsKmsArgs {
+    pub(crate) aws_alias_prefix: String,
+    pub(crate) aws_region: Option<String>,
+    pub(crate) aws_endpoint_url: Option<String>,
+    pub(crate) aws_call_timeout: Duration,
+    pub(crate) aws_refresh_interval: Duration,
 }
 
 impl AwsKmsArgs {
