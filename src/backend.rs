@@ -134,3 +134,29 @@ pub trait KeyBackend: Send + Sync + 'static {
         VersionCounts::default()
     }
 }
+
+/// A random 32-byte canary for a self-test (the size of a DEK seed).
+pub(crate) fn self_test_canary() -> Result<SecretBytes, String> {
+    let mut canary = SecretBytes::new(vec![0u8; 32]);
+    getrandom::getrandom(canary.expose_secret_mut())
+        .map_err(|error| format!("self-test: random generator failed: {error}"))?;
+    Ok(canary)
+}
+
+/// The self-test verdict once the canary came back from `key_id` as `opened`.
+pub(crate) fn check_self_test_canary(
+    canary: &SecretBytes,
+    opened: &SecretBytes,
+    key_id: &str,
+) -> Result<(), String> {
+    if bool::from(subtle::ConstantTimeEq::ct_eq(
+        opened.expose_secret(),
+        canary.expose_secret(),
+    )) {
+        Ok(())
+    } else {
+        Err(format!(
+            "self-test: unwrap under {key_id} returned other bytes"
+        ))
+    }
+}

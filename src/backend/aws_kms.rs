@@ -371,9 +371,7 @@ impl AwsKmsBackend {
 
     async fn self_test_verdict(&self) -> Result<(), String> {
         let snapshot = self.snapshot.load_full();
-        let mut canary = SecretBytes::new(vec![0u8; 32]);
-        getrandom::getrandom(canary.expose_secret_mut())
-            .map_err(|error| format!("self-test: random generator failed: {error}"))?;
+        let canary = super::self_test_canary()?;
         let wrapped = self
             .encrypt(&snapshot, canary.expose_secret())
             .await
@@ -384,17 +382,7 @@ impl AwsKmsBackend {
             .map_err(|error| {
                 format!("self-test: unwrap under {} failed: {error}", wrapped.key_id)
             })?;
-        if bool::from(subtle::ConstantTimeEq::ct_eq(
-            opened.expose_secret(),
-            canary.expose_secret(),
-        )) {
-            Ok(())
-        } else {
-            Err(format!(
-                "self-test: unwrap under {} returned other bytes",
-                wrapped.key_id
-            ))
-        }
+        super::check_self_test_canary(&canary, &opened, &wrapped.key_id)
     }
 
     async fn run_self_test(&self) {

@@ -100,10 +100,7 @@ impl Snapshot {
 
     /// Wraps and unwraps a random canary; `Ok` or the reason it failed.
     fn self_test(&self) -> Result<(), String> {
-        let mut canary = [0u8; 32];
-        getrandom::getrandom(&mut canary)
-            .map_err(|error| format!("self-test: random generator failed: {error}"))?;
-        let canary = SecretBytes::copy_from(&canary);
+        let canary = super::self_test_canary()?;
         let wrapped = self.wrap(canary.expose_secret()).map_err(|error| {
             format!(
                 "self-test: wrap under {} failed: {error}",
@@ -118,17 +115,7 @@ impl Snapshot {
                     self.primary_key_id
                 )
             })?;
-        if bool::from(subtle::ConstantTimeEq::ct_eq(
-            opened.expose_secret(),
-            canary.expose_secret(),
-        )) {
-            Ok(())
-        } else {
-            Err(format!(
-                "self-test: unwrap under {} returned other bytes",
-                self.primary_key_id
-            ))
-        }
+        super::check_self_test_canary(&canary, &opened, &self.primary_key_id)
     }
 }
 

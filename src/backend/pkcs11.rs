@@ -402,10 +402,7 @@ impl Pkcs11Backend {
     }
 
     async fn self_test_now(&self) -> Result<(), String> {
-        let mut canary = [0u8; 32];
-        getrandom::getrandom(&mut canary)
-            .map_err(|error| format!("self-test: random generator failed: {error}"))?;
-        let canary = SecretBytes::copy_from(&canary);
+        let canary = super::self_test_canary()?;
         let wrapped = self
             .wrap_now(canary.expose_secret())
             .await
@@ -416,17 +413,7 @@ impl Pkcs11Backend {
             .map_err(|error| {
                 format!("self-test: unwrap under {} failed: {error}", wrapped.key_id)
             })?;
-        if bool::from(subtle::ConstantTimeEq::ct_eq(
-            opened.expose_secret(),
-            canary.expose_secret(),
-        )) {
-            Ok(())
-        } else {
-            Err(format!(
-                "self-test: unwrap under {} returned other bytes",
-                wrapped.key_id
-            ))
-        }
+        super::check_self_test_canary(&canary, &opened, &wrapped.key_id)
     }
 
     fn reload_now(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
