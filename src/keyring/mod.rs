@@ -124,15 +124,13 @@ impl KeyVersion {
 
     /// Public metadata (no material).
     pub fn info(&self) -> VersionInfo {
-        VersionInfo {
-            id: self.id,
-            key_id: self.key_id.clone(),
-            state: self.state,
-            created: humantime::format_rfc3339(self.created).to_string(),
-            disabled_at: self
-                .disabled_at
-                .map(|time| humantime::format_rfc3339(time).to_string()),
-        }
+        VersionInfo::new(
+            self.id,
+            &self.key_id,
+            self.state,
+            self.created,
+            self.disabled_at,
+        )
     }
 }
 
@@ -150,6 +148,25 @@ pub struct VersionInfo {
     /// When it was last disabled, RFC 3339 UTC (absent if never, or not recorded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_at: Option<String>,
+}
+
+impl VersionInfo {
+    /// The metadata of a version of any backend, times written as RFC 3339 UTC.
+    pub fn new(
+        id: u32,
+        key_id: &str,
+        state: KeyState,
+        created: SystemTime,
+        disabled_at: Option<SystemTime>,
+    ) -> Self {
+        Self {
+            id,
+            key_id: key_id.to_owned(),
+            state,
+            created: humantime::format_rfc3339(created).to_string(),
+            disabled_at: disabled_at.map(|time| humantime::format_rfc3339(time).to_string()),
+        }
+    }
 }
 
 /// A keyring: the versions, ordered by id. Built by [`format::parse`] or

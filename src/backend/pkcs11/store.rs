@@ -88,15 +88,13 @@ pub struct TokenVersion {
 impl TokenVersion {
     /// Public metadata, as `key list` shows it.
     pub fn info(&self) -> VersionInfo {
-        VersionInfo {
-            id: self.id,
-            key_id: self.key_id.clone(),
-            state: self.state,
-            created: humantime::format_rfc3339(self.created).to_string(),
-            disabled_at: self
-                .disabled_at
-                .map(|time| humantime::format_rfc3339(time).to_string()),
-        }
+        VersionInfo::new(
+            self.id,
+            &self.key_id,
+            self.state,
+            self.created,
+            self.disabled_at,
+        )
     }
 }
 
