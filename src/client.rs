@@ -5,10 +5,15 @@
 //! Addresses: `unix:///path`, a plain path, or `@name` / `unix:///@name` for a
 //! Linux abstract socket. Plaintexts returned by [`KmsClient::decrypt`] are
 //! [`SecretBytes`].
+//!
+//! Every call is bounded by [`CALL_TIMEOUT`], kube-apiserver's default KMS
+//! timeout: a plugin that stops answering (killed mid-call, socket gone while
+//! the channel reconnects) gives an error instead of a call that never ends.
 use std::collections::HashMap;
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -53,6 +58,10 @@ pub struct KmsClient {
     inner: KeyManagementServiceClient<Channel>,
 }
 
+/// Upper bound of one call, connection included (kube-apiserver's default
+/// `timeout` of a KMS provider).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What Encrypt returned.
 pub type Encrypted = EncryptResponse;
 
@@ -75,7 +84,9 @@ impl KmsClient {
         let shown = address.as_ref().to_owned();
         let socket = SocketAddress::parse(&shown);
         // The URI only sets `:authority`; the connector ignores it.
-        let endpoint = Endpoint::from_static("http://localhost");
+        let endpoint = Endpoint::from_static("http://localhost")
+            .connect_timeout(CALL_TIMEOUT)
+            .timeout(CALL_TIMEOUT);
         let channel = endpoint
             .connect_with_connector(tower::service_fn(move |_: Uri| dial(socket.clone())))
             .await
