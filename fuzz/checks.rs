@@ -70,7 +70,8 @@ const OTHER_KEY_ID: &str = "kk-v2-0123456789abcdef";
 /// plaintext with that salt (no malleability), and must not open under
 /// another key_id.
 /// First byte odd: the rest is (salt, mutation, plaintext). The genuine wrap
-/// must open; any single bit flip or truncation of it must not.
+/// (current format, or format 1 when the mutation's last byte is odd) must
+/// open; any single bit flip or truncation of it must not.
 pub fn wrapped_seed(data: &[u8]) {
     let kek = Key256::from_array([0x42; 32]);
     let Some((&mode, rest)) = data.split_first() else {
@@ -82,8 +83,12 @@ pub fn wrapped_seed(data: &[u8]) {
                 .get(1..1 + wrap::SALT_LEN)
                 .and_then(|salt| salt.try_into().ok())
                 .expect("an input that opens has a salt");
-            let again = wrap::wrap_with_salt(&kek, KEY_ID, plaintext.expose_secret(), &salt)
-                .expect("re-wrap what opened");
+            let again = if rest.first() == Some(&wrap::LEGACY_FORMAT_VERSION) {
+                wrap::wrap_legacy_with_salt(&kek, KEY_ID, plaintext.expose_secret(), &salt)
+            } else {
+                wrap::wrap_with_salt(&kek, KEY_ID, plaintext.expose_secret(), &salt)
+            }
+            .expect("re-wrap what opened");
             assert_eq!(
                 again, rest,
                 "an input that opens must be the canonical wrap"
@@ -98,7 +103,12 @@ pub fn wrapped_seed(data: &[u8]) {
     let (salt, rest) = rest.split_at(wrap::SALT_LEN);
     let (mutation, plaintext) = rest.split_at(4);
     let salt: [u8; wrap::SALT_LEN] = salt.try_into().expect("salt length");
-    let wrapped = match wrap::wrap_with_salt(&kek, KEY_ID, plaintext, &salt) {
+    let made = if mutation[3] & 1 == 1 {
+        wrap::wrap_legacy_with_salt(&kek, KEY_ID, plaintext, &salt)
+    } else {
+        wrap::wrap_with_salt(&kek, KEY_ID, plaintext, &salt)
+    };
+    let wrapped = match made {
         Ok(wrapped) => wrapped,
         Err(wrap::WrapError::PlaintextTooLarge { .. }) => {
             assert!(plaintext.len() > wrap::MAX_PLAINTEXT_LEN);

@@ -6,6 +6,8 @@
 //! into the caller's (zeroizing) buffer.
 use ring::hkdf::{KeyType, Prk, Salt, HKDF_SHA256};
 
+use crate::secret::Key256;
+
 /// The length of the output keying material, as ring wants it.
 struct OutputLen(usize);
 
@@ -22,6 +24,15 @@ pub enum KdfError {
     /// than the hash.
     #[error("HKDF-SHA256 length out of bounds")]
     Length,
+}
+
+/// HKDF-Extract(salt, ikm): the pseudorandom key, for a caller that expands
+/// it many times (RFC 5869 §2.2: HMAC-SHA256 keyed with the salt).
+pub fn extract(salt: &[u8], ikm: &[u8]) -> Key256 {
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, salt), ikm);
+    let mut prk = [0u8; 32];
+    prk.copy_from_slice(tag.as_ref());
+    Key256::from_array(prk)
 }
 
 /// HKDF-Extract(salt, ikm) then HKDF-Expand(info) into `out`.
@@ -79,6 +90,7 @@ mod tests {
         let mut again = [0u8; 42];
         expand(&prk, &info, &mut again).unwrap();
         assert_eq!(again, okm);
+        assert_eq!(extract(&salt, &ikm).expose_secret().as_slice(), prk);
     }
 
     #[test]

@@ -14,8 +14,8 @@ use arc_swap::ArcSwap;
 
 use super::{BackendError, KeyBackend, KeyStatus, ReloadOutcome, VersionCounts, Wrapped};
 use crate::keyring::{self, FileStamp, KeyState, Keyring, KeyringError};
-use crate::secret::{Key256, SecretBytes};
-use crate::wrap::{self, WrapError};
+use crate::secret::SecretBytes;
+use crate::wrap::{WrapError, WrapKey};
 
 /// Re-exported from [`crate::backend`], where every backend finds it.
 pub use super::HEALTHY;
@@ -23,14 +23,14 @@ pub use super::HEALTHY;
 /// A key known to the snapshot. Disabled and destroyed keys are remembered
 /// (without material) so Decrypt can say "disabled" instead of "unknown".
 enum Slot {
-    Usable(Key256),
+    Usable(WrapKey),
     Disabled,
 }
 
 /// One consistent view of the keyring.
 struct Snapshot {
     primary_key_id: Arc<str>,
-    primary: Key256,
+    primary: WrapKey,
     keys: HashMap<Box<str>, Slot>,
     stamp: FileStamp,
     counts: VersionCounts,
@@ -52,9 +52,9 @@ impl Snapshot {
             let slot = match (version.state(), version.material()) {
                 (state, Some(kek)) if state.can_unwrap() => {
                     if state == KeyState::Primary {
-                        primary = Some((Arc::<str>::from(version.key_id()), kek.clone()));
+                        primary = Some((Arc::<str>::from(version.key_id()), WrapKey::new(kek)));
                     }
-                    Slot::Usable(kek.clone())
+                    Slot::Usable(WrapKey::new(kek))
                 }
                 _ => Slot::Disabled,
             };
@@ -73,14 +73,15 @@ impl Snapshot {
     }
 
     fn wrap(&self, plaintext: &[u8]) -> Result<Wrapped, BackendError> {
-        let ciphertext = wrap::wrap(&self.primary, &self.primary_key_id, plaintext).map_err(
-            |error| match error {
+        let ciphertext = self
+            .primary
+            .wrap(&self.primary_key_id, plaintext)
+            .map_err(|error| match error {
                 WrapError::PlaintextTooLarge { .. } => {
                     BackendError::InvalidInput(error.to_string())
                 }
                 other => BackendError::Unavailable(other.to_string()),
-            },
-        )?;
+            })?;
         Ok(Wrapped {
             ciphertext,
             key_id: Arc::clone(&self.primary_key_id),
@@ -92,9 +93,9 @@ impl Snapshot {
         match self.keys.get(key_id) {
             None => Err(BackendError::UnknownKeyId),
             Some(Slot::Disabled) => Err(BackendError::KeyDisabled),
-            Some(Slot::Usable(kek)) => {
-                wrap::unwrap(kek, key_id, ciphertext).map_err(|_| BackendError::DecryptFailed)
-            }
+            Some(Slot::Usable(kek)) => kek
+                .unwrap(key_id, ciphertext)
+                .map_err(|_| BackendError::DecryptFailed),
         }
     }
 
@@ -310,7 +311,7 @@ mod tests {
         block_on(backend.self_test());
         assert_eq!(&*backend.status().healthz, HEALTHY);
         block_on(backend.unwrap(&wrapped.key_id, &wrapped.ciphertext, &none)).unwrap();
-        let too_large = vec![0u8; wrap::MAX_PLAINTEXT_LEN + 1];
+        let too_large = vec![0u8; crate::wrap::MAX_PLAINTEXT_LEN + 1];
         assert!(matches!(
             block_on(backend.wrap(&too_large)),
             Err(BackendError::InvalidInput(_))
