@@ -14,7 +14,10 @@
 //! (VmHWM) and the time from spawning `kube-kms serve` to the first answered
 //! Status. Environment: `BENCH_SECONDS` (per data point and round, default 1)
 //! and `BENCH_ROUNDS` (alternating rounds per data point, default 3),
-//! `BENCH_SERVE_ARGS` (extra `kube-kms serve` flags, for experiments),
+//! `BENCH_SERVE_ARGS` (extra `kube-kms serve` flags, for experiments, e.g.
+//! `--threads 0` for a multi-thread plugin), `BENCH_EMPTY_THREADS=1` (run the
+//! baseline on a single-thread runtime, like the plugin's default, instead of
+//! tonic's usual multi-thread one),
 //! `BENCH_BACKEND` (`file`, the default, `pkcs11` or `aws-kms`) and `BENCH_COLD_SECRETS`
 //! (default 20000): the cold-start phase wraps that many distinct seeds, then
 //! starts a fresh plugin and times Decrypt of all of them at concurrency 16,
@@ -85,9 +88,15 @@ impl KeyManagementService for EmptyService {
 }
 
 fn run_empty_server(socket: &str) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // tonic's default (a multi-thread runtime) unless BENCH_EMPTY_THREADS=1
+    // asks for the single-thread flavour `kube-kms serve` uses by default.
+    let single = std::env::var("BENCH_EMPTY_THREADS").is_ok_and(|threads| threads == "1");
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::UnixListener::bind(socket)?;
         tonic::transport::Server::builder()

@@ -260,3 +260,57 @@ fn the_demo_runs_end_to_end() {
     assert!(stdout.contains("rotated"), "{stdout}");
     assert!(stdout.contains("removed"), "{stdout}");
 }
+
+/// Threads named `kube-kms` in the process (the runtime's workers).
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list the plugin's threads")
+        .filter_map(|task| {
+            let comm = std::fs::read_to_string(task.ok()?.path().join("comm")).ok()?;
+            (comm.trim() == "kube-kms").then_some(())
+        })
+        .count()
+}
+
+/// The single-thread default and a multi-thread runtime (`--threads N`) both
+/// serve 64 concurrent clients correctly; `--threads 3` really runs 3 workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_runtime_flavour_serves_concurrent_clients() {
+    for threads in [None, Some("3"), Some("0")] {
+        let dir = temp_dir();
+        let keyring = init_keyring(dir.path());
+        let extra: Vec<&str> = threads.map(|n| vec!["--threads", n]).unwrap_or_default();
+        let mut serve = ServeProcess::start(dir.path(), &keyring, &extra).await;
+        if threads == Some("3") {
+            // The main thread keeps the binary's name too: workers are the rest.
+            assert!(
+                worker_threads(serve.pid()) >= 4,
+                "--threads 3 did not start 3 workers"
+            );
+        }
+        let mut calls = Vec::new();
+        for index in 0..64 {
+            let socket = serve.socket.clone();
+            calls.push(tokio::spawn(async move {
+                let mut client = kube_kms::client::KmsClient::connect_path(&socket)
+                    .await
+                    .expect("connect");
+                let seed: Vec<u8> = (0..32).map(|byte| byte ^ index as u8).collect();
+                for _ in 0..10 {
+                    let wrapped = client.encrypt(&seed, "c").await.expect("encrypt");
+                    let opened = client
+                        .decrypt_encrypted(&wrapped, "c")
+                        .await
+                        .expect("decrypt");
+                    assert_eq!(opened.expose_secret(), &seed[..]);
+                }
+            }));
+        }
+        for call in calls {
+            call.await.expect("client task");
+        }
+        serve.signal(Signal::TERM);
+        let status = serve.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(0), "{threads:?}: {}", serve.stderr());
+    }
+}
