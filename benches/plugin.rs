@@ -15,9 +15,8 @@
 //! Status. Environment: `BENCH_SECONDS` (per data point and round, default 1)
 //! and `BENCH_ROUNDS` (alternating rounds per data point, default 3),
 //! `BENCH_SERVE_ARGS` (extra `kube-kms serve` flags, for experiments, e.g.
-//! `--threads 0` for a multi-thread plugin), `BENCH_EMPTY_THREADS=1` (run the
-//! baseline on a single-thread runtime, like the plugin's default, instead of
-//! tonic's usual multi-thread one),
+//! `--threads 1` for a single-thread plugin), `BENCH_EMPTY_THREADS=1` (run the
+//! baseline on a single-thread runtime, to compare with `--threads 1`),
 //! `BENCH_BACKEND` (`file`, the default, `pkcs11` or `aws-kms`) and `BENCH_COLD_SECRETS`
 //! (default 20000): the cold-start phase wraps that many distinct seeds, then
 //! starts a fresh plugin and times Decrypt of all of them at concurrency 16,
@@ -88,8 +87,8 @@ impl KeyManagementService for EmptyService {
 }
 
 fn run_empty_server(socket: &str) -> Result<()> {
-    // tonic's default (a multi-thread runtime) unless BENCH_EMPTY_THREADS=1
-    // asks for the single-thread flavour `kube-kms serve` uses by default.
+    // tonic's usual multi-thread runtime unless BENCH_EMPTY_THREADS=1 asks
+    // for the single-thread flavour of `kube-kms serve --threads 1`.
     let single = std::env::var("BENCH_EMPTY_THREADS").is_ok_and(|threads| threads == "1");
     let mut builder = if single {
         tokio::runtime::Builder::new_current_thread()

@@ -39,12 +39,11 @@ pub(crate) struct ServeArgs {
     /// How often the keyring file is checked for changes (`0s`: never; reload on SIGHUP only).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     reload_poll_interval: Duration,
-    /// Threads serving calls. 1 (the default) runs the server on a single
-    /// thread: a call costs microseconds and kube-apiserver makes few, so one
-    /// thread answers tens of thousands per second with the lowest latency
-    /// and CPU per call (no cross-thread wake-ups). 0: one per CPU.
-    /// The pkcs11 backend's token calls run on separate blocking threads either way.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Threads serving calls. 0 (the default): one per CPU. 1: a single
+    /// thread for everything, the least CPU per call on an idle machine, but
+    /// it gets a smaller share of a busy one. The pkcs11 backend's token calls
+    /// run on separate blocking threads either way.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
     #[command(flatten)]
     log: LogArgs,
