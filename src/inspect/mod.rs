@@ -49,6 +49,7 @@ pub trait ObservationSink {
 pub mod bbolt;
 pub mod classify;
 pub mod encryption_config;
+mod intern;
 pub mod live;
 pub mod mvcc;
 pub mod pb;

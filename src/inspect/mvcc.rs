@@ -233,7 +233,10 @@ pub fn scan_source<R: ReadAt + Sync>(
     let (walk, trailer) = std::thread::scope(|scope| {
         let verifier = (options.verify_trailer && db.has_trailer())
             .then(|| scope.spawn(|| db.verify_trailer()));
-        let walk = db.walk(&mut visitor);
+        // With the checksum thread busy on the second core, the walk reads
+        // on its own thread: a read-ahead thread would only take turns with
+        // the hash, which is the longer of the two.
+        let walk = db.walk_with(&mut visitor, verifier.is_none());
         let trailer = verifier.map(|handle| {
             handle.join().unwrap_or(Err(BboltError::Page {
                 pgid: 0,

@@ -155,6 +155,13 @@ impl<'a> Reader<'a> {
 
     fn read_varint(&mut self, what: &'static str) -> Result<u64, PbError> {
         let start = self.position;
+        // Tags and small lengths are one byte: skip the loop for them.
+        if let Some(&byte) = self.input.get(start) {
+            if byte < 0x80 {
+                self.position = start + 1;
+                return Ok(u64::from(byte));
+            }
+        }
         let mut value: u64 = 0;
         for index in 0..10 {
             let Some(&byte) = self.input.get(start + index) else {

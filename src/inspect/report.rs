@@ -203,10 +203,26 @@ fn verify_json(summary: &VerifySummary) -> Value {
     })
 }
 
+/// Whether `byte` must be escaped inside a JSON string (as written here:
+/// controls, DEL, quote, backslash).
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\' || byte == 0x7f
+}
+
 /// Appends `text` as a JSON string.
 fn push_json_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
+    // Keys and names almost never need escaping: check the whole string in
+    // one branch-free pass, then copy it at once.
+    if !bytes
+        .iter()
+        .fold(false, |any, &byte| any | needs_escape(byte))
+    {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (index, &byte) in bytes.iter().enumerate() {
         let escape: Option<&[u8]> = match byte {
@@ -227,6 +243,28 @@ fn push_json_str(out: &mut Vec<u8>, text: &str) {
     }
     out.extend_from_slice(bytes.get(start..).unwrap_or(&[]));
     out.push(b'"');
+}
+
+/// Appends `value` in decimal (what `format!` would, without its machinery:
+/// three integers per value record).
+fn push_i64(out: &mut Vec<u8>, value: i64) {
+    if value < 0 {
+        out.push(b'-');
+    }
+    let mut magnitude = value.unsigned_abs();
+    let mut digits = [0u8; 20];
+    let mut first = digits.len();
+    loop {
+        first -= 1;
+        if let Some(digit) = digits.get_mut(first) {
+            *digit = b'0' + (magnitude % 10) as u8;
+        }
+        magnitude /= 10;
+        if magnitude == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(first..).unwrap_or(&[]));
 }
 
 /// Appends bytes as a JSON string: text if UTF-8, else base64.
@@ -317,7 +355,10 @@ pub fn write_json_deep(
     source: &SourceInfo,
     residue: Option<&ResidueReport>,
 ) -> io::Result<()> {
+    // Record parts that depend only on the classification, or only on the
+    // resource, rendered once each.
     let mut fragments: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut resources: Vec<Option<Vec<u8>>> = Vec::new();
     let mut line = Vec::with_capacity(1024);
     for value in result.values() {
         line.clear();
@@ -326,15 +367,33 @@ pub fn write_json_deep(
         if !utf8 {
             line.extend_from_slice(b",\"key_encoding\":\"base64\"");
         }
-        line.extend_from_slice(b",\"resource\":");
-        push_json_bytes(&mut line, value.resource);
-        line.extend_from_slice(
-            format!(
-                ",\"revision\":{},\"sub_revision\":{},\"latest\":{}",
-                value.revision.main, value.revision.sub, value.latest
-            )
-            .as_bytes(),
-        );
+        let slot = value.resource_id as usize;
+        if resources.len() <= slot && slot < result.string_count() {
+            resources.resize(slot + 1, None);
+        }
+        match resources.get_mut(slot) {
+            Some(entry) => {
+                let fragment = entry.get_or_insert_with(|| {
+                    let mut fragment = b",\"resource\":".to_vec();
+                    push_json_bytes(&mut fragment, value.resource);
+                    fragment
+                });
+                line.extend_from_slice(fragment);
+            }
+            None => {
+                line.extend_from_slice(b",\"resource\":");
+                push_json_bytes(&mut line, value.resource);
+            }
+        }
+        line.extend_from_slice(b",\"revision\":");
+        push_i64(&mut line, value.revision.main);
+        line.extend_from_slice(b",\"sub_revision\":");
+        push_i64(&mut line, value.revision.sub);
+        line.extend_from_slice(if value.latest {
+            b",\"latest\":true"
+        } else {
+            b",\"latest\":false"
+        });
         let slot = value.class_id as usize;
         if fragments.len() <= slot {
             fragments.resize(slot + 1, None);

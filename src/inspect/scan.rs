@@ -8,9 +8,13 @@
 //! Observations may arrive in any order; everything that depends on order is
 //! decided in [`Scan::finish`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use super::classify::{Classifier, DekSourceType, Encoding, Malformation, Provider};
+use super::classify::{
+    Classification, Classifier, DekSourceType, Encoding, Malformation, Provider,
+};
+use super::intern::{FastMap, Interner};
 use super::verify::pool::VerifyPool;
 use super::verify::{object::expected_for_resource, VerifyFailure, VerifySummary};
 use super::{ObservationSink, Observed, Revision};
@@ -179,95 +183,6 @@ pub struct ClassInfo {
     pub malformation: Option<Malformation>,
 }
 
-/// A fast hasher for the interning tables (SipHash was 8% of a file scan).
-/// Seeded per process from std's random keys, so crafted keys in a backup
-/// cannot aim for collisions.
-#[derive(Clone, Copy)]
-struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-        }
-        for &byte in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
-        }
-    }
-
-    fn write_u32(&mut self, value: u32) {
-        self.write_u64(u64::from(value));
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        // Final avalanche so the low bits used by the table depend on every input bit.
-        let mut hash = self.0;
-        hash ^= hash >> 33;
-        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        hash ^ (hash >> 33)
-    }
-}
-
-#[derive(Clone, Copy)]
-struct FastState(u64);
-
-impl Default for FastState {
-    fn default() -> Self {
-        use std::hash::BuildHasher as _;
-        Self(std::collections::hash_map::RandomState::new().hash_one(0x6b6b_u64))
-    }
-}
-
-impl std::fmt::Debug for FastState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FastState")
-    }
-}
-
-impl std::hash::BuildHasher for FastState {
-    type Hasher = FastHasher;
-    fn build_hasher(&self) -> FastHasher {
-        FastHasher(self.0)
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, FastState>;
-
-/// Interns byte strings; lookups of known strings do not allocate.
-#[derive(Debug, Default)]
-struct Interner {
-    ids: FastMap<Vec<u8>, u32>,
-    strings: Vec<Vec<u8>>,
-}
-
-impl Interner {
-    fn intern(&mut self, bytes: &[u8]) -> u32 {
-        if let Some(&id) = self.ids.get(bytes) {
-            return id;
-        }
-        let id = self.strings.len() as u32;
-        self.strings.push(bytes.to_vec());
-        self.ids.insert(bytes.to_vec(), id);
-        id
-    }
-
-    fn get(&self, id: u32) -> &[u8] {
-        self.strings.get(id as usize).map_or(&[], Vec::as_slice)
-    }
-}
-
 const TOMBSTONE: u32 = u32::MAX;
 
 /// One change: 24 bytes, however large the value was.
@@ -298,6 +213,8 @@ pub struct Scan {
     read_errors: Vec<String>,
     out_of_scope: u64,
     scratch: Vec<u8>,
+    /// The class of the previous value (see [`Scan::intern_class`]).
+    last_class: Option<u32>,
     verify: Option<VerifyPool>,
 }
 
@@ -320,6 +237,7 @@ impl Scan {
             read_errors: Vec::new(),
             out_of_scope: 0,
             scratch: Vec::new(),
+            last_class: None,
             verify: None,
         }
     }
@@ -334,18 +252,19 @@ impl Scan {
 
     /// The key id of `key` if it is in scope (interning it on first sight).
     fn key_in_scope(&mut self, key: &[u8]) -> Option<u32> {
-        if let Some(&id) = self.keys.ids.get(key) {
+        let hash = self.keys.hash(key);
+        if let Some(id) = self.keys.find(hash, key) {
             return Some(id);
         }
         if self.out_of_scope_keys.contains_key(key) {
             return None;
         }
-        let in_scope = resource_of(key, &self.options.prefix)
+        let in_scope = resource_name(key, &self.options.prefix)
             .filter(|resource| self.options.resources.includes(resource));
         match in_scope {
             Some(resource) => {
                 let resource = self.strings.intern(resource.as_bytes());
-                let id = self.keys.intern(key);
+                let id = self.keys.insert(hash, key);
                 self.key_info.push(KeyInfo { resource });
                 Some(id)
             }
@@ -359,8 +278,39 @@ impl Scan {
         }
     }
 
+    /// Whether `c` is the classification interned as `id` (for values without
+    /// annotations; those take the full path).
+    fn same_class(&self, id: u32, c: &Classification<'_>) -> bool {
+        let Some(info) = self.classes.get(id as usize) else {
+            return false;
+        };
+        let same = |interned: Option<u32>, bytes: Option<&[u8]>| match (interned, bytes) {
+            (Some(interned), Some(bytes)) => self.strings.get(interned) == bytes,
+            (None, None) => true,
+            _ => false,
+        };
+        info.provider == c.provider()
+            && info.encoding == c.encoding
+            && info.dek_source_type == c.dek_source_type
+            && info.malformation == c.malformation
+            && info.annotation_keys.is_none()
+            && same(info.name, c.name)
+            && same(info.key_id, c.key_id)
+            && same(info.api_version, c.api_version)
+            && same(info.kind, c.kind)
+    }
+
     fn intern_class(&mut self, value: &[u8]) -> u32 {
         let c = self.options.classifier.classify(value);
+        // Runs of values classify alike (all `v1 Secret`, or one key_id):
+        // compare with the previous classification before any hashing.
+        if c.encrypted_object.is_none() {
+            if let Some(last) = self.last_class {
+                if self.same_class(last, &c) {
+                    return last;
+                }
+            }
+        }
         let annotation_keys = if c.encrypted_object.is_some() {
             self.scratch.clear();
             for key in c.annotation_keys() {
@@ -385,11 +335,13 @@ impl Scan {
             malformation: c.malformation,
         };
         if let Some(&id) = self.class_ids.get(&info) {
+            self.last_class = Some(id);
             return id;
         }
         let id = self.classes.len() as u32;
         self.classes.push(info);
         self.class_ids.insert(info, id);
+        self.last_class = Some(id);
         id
     }
 
@@ -402,7 +354,7 @@ impl Scan {
             key_info,
             strings,
             classes,
-            mut records,
+            records,
             mut read_errors,
             out_of_scope,
             verify,
@@ -429,18 +381,56 @@ impl Scan {
             outcome.summary
         });
         // Sort keys once, then records by (key rank, revision).
-        let mut order: Vec<u32> = (0..keys.strings.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| keys.get(a).cmp(keys.get(b)));
+        let order = sorted_ids(&keys);
         let mut rank = vec![0u32; order.len()];
         for (position, &key) in order.iter().enumerate() {
             if let Some(slot) = rank.get_mut(key as usize) {
                 *slot = position as u32;
             }
         }
-        let rank_of = |key: u32| rank.get(key as usize).copied().unwrap_or(0);
-        records.sort_unstable_by(|a, b| {
-            (rank_of(a.key), a.revision).cmp(&(rank_of(b.key), b.revision))
-        });
+        let rank_of = |key: u32| rank.get(key as usize).copied().unwrap_or(0) as usize;
+        // A counting sort by key rank (linear, keeps arrival order within a
+        // key), then each key's revisions sorted where they are not already:
+        // a file yields them in revision order, a live scan one per key.
+        let mut next_slot = vec![0usize; rank.len() + 1];
+        for record in &records {
+            if let Some(count) = next_slot.get_mut(rank_of(record.key) + 1) {
+                *count += 1;
+            }
+        }
+        for index in 1..next_slot.len() {
+            let before = next_slot.get(index - 1).copied().unwrap_or(0);
+            if let Some(slot) = next_slot.get_mut(index) {
+                *slot += before;
+            }
+        }
+        let starts = next_slot.clone();
+        let mut sorted = vec![
+            Record {
+                key: 0,
+                class: TOMBSTONE,
+                revision: Revision::default(),
+            };
+            records.len()
+        ];
+        for record in &records {
+            if let Some(slot) = next_slot.get_mut(rank_of(record.key)) {
+                if let Some(target) = sorted.get_mut(*slot) {
+                    *target = *record;
+                }
+                *slot += 1;
+            }
+        }
+        for bounds in starts.windows(2) {
+            if let (Some(&start), Some(&end)) = (bounds.first(), bounds.get(1)) {
+                if let Some(group) = sorted.get_mut(start..end) {
+                    if !group.is_sorted_by_key(|record| record.revision) {
+                        group.sort_unstable_by_key(|record| record.revision);
+                    }
+                }
+            }
+        }
+        let records = sorted;
         let mut result = ScanResult {
             options,
             keys,
@@ -522,26 +512,112 @@ impl ObservationSink for Scan {
     }
 }
 
+/// The ids of `keys` in byte order of the keys. Keys share a long prefix
+/// (`/registry/secrets/`) and then often a namespace: a most-significant-first
+/// radix refinement sorts by 8 bytes at a time as one integer, and only the
+/// runs still tied move on to the next 8 bytes, so comparisons rarely touch
+/// the keys themselves (a comparison sort of whole keys was 8% of a scan).
+fn sorted_ids(keys: &Interner) -> Vec<u32> {
+    let count = keys.len() as u32;
+    let first = keys.get(0);
+    let mut shared = first.len();
+    for id in 1..count {
+        let key = keys.get(id);
+        shared = shared.min(
+            first
+                .iter()
+                .zip(key)
+                .take(shared)
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    // Big-endian with zero padding orders like the bytes; keys that differ
+    // only past their end (a shorter key padded) are settled by whole-key
+    // comparison once every key of the run has ended.
+    let word_at = |id: u32, depth: usize| {
+        let mut word = [0u8; 8];
+        let rest = keys.get(id).get(depth..).unwrap_or(&[]);
+        let take = rest.len().min(8);
+        if let (Some(target), Some(source)) = (word.get_mut(..take), rest.get(..take)) {
+            target.copy_from_slice(source);
+        }
+        u64::from_be_bytes(word)
+    };
+    let mut order: Vec<(u64, u32)> = (0..count).map(|id| (word_at(id, shared), id)).collect();
+    order.sort_unstable();
+    // Runs of equal words still to order, with the depth their words are
+    // at (an explicit stack: a crafted long key must not recurse deeply).
+    let mut tied = Vec::new();
+    push_tied_runs(&order, 0, shared, &mut tied);
+    while let Some((start, end, depth)) = tied.pop() {
+        let Some(run) = order.get_mut(start..end) else {
+            continue;
+        };
+        let next = depth + 8;
+        if run.iter().all(|&(_, id)| keys.get(id).len() <= next) {
+            run.sort_unstable_by(|&(_, a), &(_, b)| keys.get(a).cmp(keys.get(b)));
+            continue;
+        }
+        for entry in run.iter_mut() {
+            entry.0 = word_at(entry.1, next);
+        }
+        run.sort_unstable();
+        push_tied_runs(run, start, next, &mut tied);
+    }
+    order.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Pushes `(start, end, depth)` for every run of 2+ equal words in `run`
+/// (which begins at `offset` in the whole order).
+fn push_tied_runs(
+    run: &[(u64, u32)],
+    offset: usize,
+    depth: usize,
+    tied: &mut Vec<(usize, usize, usize)>,
+) {
+    let mut start = 0;
+    while let Some(&(word, _)) = run.get(start) {
+        let length = run
+            .get(start..)
+            .unwrap_or(&[])
+            .iter()
+            .take_while(|&&(other, _)| other == word)
+            .count()
+            .max(1);
+        if length > 1 {
+            tied.push((offset + start, offset + start + length, depth));
+        }
+        start += length;
+    }
+}
+
 /// The resource a key belongs to, by kube-apiserver's key layout (see
 /// `storage.md`): `<prefix>/<resource>/...`, `<prefix>/<group>/<resource>/...`
 /// for groups (a first segment with a dot), reported as `resource.group`, and
 /// the historical odd paths (`services/specs`, `services/endpoints`,
 /// `minions`, `controllers`). `None` for keys outside the prefix.
 pub fn resource_of(key: &[u8], prefix: &[u8]) -> Option<String> {
+    resource_name(key, prefix).map(Cow::into_owned)
+}
+
+/// [`resource_of`], borrowing from the key in the usual case (a UTF-8 first
+/// segment that is the resource itself): no allocation per new key.
+fn resource_name<'k>(key: &'k [u8], prefix: &[u8]) -> Option<Cow<'k, str>> {
     let rest = key.strip_prefix(prefix)?.strip_prefix(b"/")?;
     let mut segments = rest.split(|&b| b == b'/');
-    let first = String::from_utf8_lossy(segments.next()?).into_owned();
+    let first = String::from_utf8_lossy(segments.next()?);
     if first.is_empty() {
         return None;
     }
     let second = segments.next().map(String::from_utf8_lossy);
-    Some(match (first.as_str(), second.as_deref()) {
-        ("services", Some("specs")) => "services".to_string(),
-        ("services", Some("endpoints")) => "endpoints".to_string(),
-        ("minions", _) => "nodes".to_string(),
-        ("controllers", _) => "replicationcontrollers".to_string(),
+    Some(match (first.as_ref(), second.as_deref()) {
+        ("services", Some("specs")) => Cow::Borrowed("services"),
+        ("services", Some("endpoints")) => Cow::Borrowed("endpoints"),
+        ("minions", _) => Cow::Borrowed("nodes"),
+        ("controllers", _) => Cow::Borrowed("replicationcontrollers"),
         (group, Some(resource)) if group.contains('.') && !resource.is_empty() => {
-            format!("{resource}.{group}")
+            Cow::Owned(format!("{resource}.{group}"))
         }
         _ => first,
     })
@@ -619,6 +695,11 @@ impl ScanResult {
     /// An interned string (name, key_id, kind, resource...).
     pub fn string(&self, id: u32) -> &[u8] {
         self.strings.get(id)
+    }
+
+    /// Number of interned strings (ids `0..string_count()`).
+    pub fn string_count(&self) -> usize {
+        self.strings.len()
     }
 
     /// An optional interned string as text (lossy for non-UTF-8).
@@ -733,7 +814,7 @@ impl ScanResult {
 
     /// Number of keys in scope.
     pub fn key_count(&self) -> usize {
-        self.keys.strings.len()
+        self.keys.len()
     }
 
     /// Per-resource summary.
@@ -743,10 +824,10 @@ impl ScanResult {
         struct Counts {
             events: u64,
             deleted: u64,
-            latest: HashMap<u32, u64>,
-            history: HashMap<u32, u64>,
+            latest: FastMap<u32, u64>,
+            history: FastMap<u32, u64>,
         }
-        let mut by_resource: HashMap<u32, Counts> = HashMap::new();
+        let mut by_resource: FastMap<u32, Counts> = FastMap::default();
         for (index, record) in self.records.iter().enumerate() {
             let resource = self
                 .key_info
@@ -800,7 +881,7 @@ impl ScanResult {
 
     /// Counts by (resource, provider, name, key_id), for the summary table.
     pub fn groups(&self) -> Vec<(GroupKey, GroupCounts)> {
-        let mut by_ids: HashMap<(u32, u32), GroupCounts> = HashMap::new();
+        let mut by_ids: FastMap<(u32, u32), GroupCounts> = FastMap::default();
         for value in self.values() {
             let counts = by_ids
                 .entry((value.resource_id, value.class_id))
@@ -865,6 +946,45 @@ mod tests {
             revision: Revision { main, sub: 0 },
             value,
         });
+    }
+
+    #[test]
+    fn keys_sort_in_byte_order() {
+        let mut interner = Interner::default();
+        let mut keys: Vec<Vec<u8>> = vec![
+            b"/registry/secrets/ns-a/x".to_vec(),
+            b"/registry/secrets/ns-a/x\0".to_vec(),
+            b"/registry/secrets/ns-a/x\0\0\0\0\0\0\0\0\0y".to_vec(),
+            b"/registry/secrets/ns-a/".to_vec(),
+            b"/registry/secrets/ns-b/long-name-of-a-secret-1".to_vec(),
+            b"/registry/secrets/ns-b/long-name-of-a-secret-0".to_vec(),
+            b"/registry/secrets/ns-b/long-name-of-a-secret-10".to_vec(),
+            b"/registry/secrets/ns-a/\xff".to_vec(),
+            b"/registry/secrets/".to_vec(),
+        ];
+        for index in 0..300u32 {
+            keys.push(
+                format!(
+                    "/registry/secrets/ns-{}/s-{}",
+                    index % 7,
+                    index * 7919 % 1000
+                )
+                .into_bytes(),
+            );
+        }
+        for key in &keys {
+            interner.intern(key);
+        }
+        let sorted: Vec<&[u8]> = sorted_ids(&interner)
+            .into_iter()
+            .map(|id| interner.get(id))
+            .collect();
+        let mut expected: Vec<&[u8]> = (0..interner.len() as u32)
+            .map(|id| interner.get(id))
+            .collect();
+        expected.sort();
+        assert_eq!(sorted, expected);
+        assert!(sorted_ids(&Interner::default()).is_empty());
     }
 
     #[test]
