@@ -108,7 +108,7 @@ impl WrapKey {
         check_plaintext_len(plaintext)?;
         let mut salt = [0u8; SALT_LEN];
         getrandom::getrandom(&mut salt).map_err(WrapError::Random)?;
-        self.wrap_with_salt(key_id, plaintext, &salt)
+        self.seal(key_id, plaintext, &salt)
     }
 
     /// [`WrapKey::wrap`] with a caller-chosen salt: for known-answer tests and
@@ -122,8 +122,17 @@ impl WrapKey {
         salt: &[u8; SALT_LEN],
     ) -> Result<Vec<u8>, WrapError> {
         check_plaintext_len(plaintext)?;
-        let cipher = WrapCipher::derive_v2(&self.prk_v2, salt)?;
-        cipher.seal(FORMAT_VERSION, salt, key_id, plaintext)
+        self.seal(key_id, plaintext, salt)
+    }
+
+    /// Seals in the current format; the caller checked the plaintext's length.
+    fn seal(
+        &self,
+        key_id: &str,
+        plaintext: &[u8],
+        salt: &[u8; SALT_LEN],
+    ) -> Result<Vec<u8>, WrapError> {
+        WrapCipher::derive_v2(&self.prk_v2, salt)?.seal(FORMAT_VERSION, salt, key_id, plaintext)
     }
 
     /// Opens a wrapped seed of either format made with this KEK for `key_id`.
@@ -156,7 +165,6 @@ impl WrapKey {
 /// Wraps `plaintext` under `kek` for `key_id`, with a fresh random salt.
 /// For one-off calls; a server keeps a [`WrapKey`] per KEK instead.
 pub fn wrap(kek: &Key256, key_id: &str, plaintext: &[u8]) -> Result<Vec<u8>, WrapError> {
-    check_plaintext_len(plaintext)?;
     WrapKey::new(kek).wrap(key_id, plaintext)
 }
 

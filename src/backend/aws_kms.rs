@@ -369,28 +369,9 @@ impl AwsKmsBackend {
         }
     }
 
-    async fn self_test_verdict(&self) -> Result<(), String> {
-        let snapshot = self.snapshot.load_full();
-        let canary = super::self_test_canary()?;
-        let wrapped = self
-            .encrypt(&snapshot, canary.expose_secret())
-            .await
-            .map_err(|error| format!("self-test: {error}"))?;
-        let opened = self
-            .decrypt(&wrapped.key_id, &wrapped.ciphertext)
-            .await
-            .map_err(|error| {
-                format!("self-test: unwrap under {} failed: {error}", wrapped.key_id)
-            })?;
-        super::check_self_test_canary(&canary, &opened, &wrapped.key_id)
-    }
-
     async fn run_self_test(&self) {
-        let verdict = match self.self_test_verdict().await {
-            Ok(()) => Arc::from(HEALTHY),
-            Err(reason) => Arc::from(reason),
-        };
-        self.healthz.store(Arc::new(verdict));
+        let verdict = super::self_test_round_trip(self).await;
+        self.healthz.store(Arc::new(super::health_text(verdict)));
     }
 
     fn reload_now(&self, force: bool) -> Result<ReloadOutcome, BackendError> {

@@ -23,14 +23,14 @@ pub use super::HEALTHY;
 /// A key known to the snapshot. Disabled and destroyed keys are remembered
 /// (without material) so Decrypt can say "disabled" instead of "unknown".
 enum Slot {
-    Usable(WrapKey),
+    Usable(Arc<WrapKey>),
     Disabled,
 }
 
 /// One consistent view of the keyring.
 struct Snapshot {
     primary_key_id: Arc<str>,
-    primary: WrapKey,
+    primary: Arc<WrapKey>,
     keys: HashMap<Box<str>, Slot>,
     stamp: FileStamp,
     counts: VersionCounts,
@@ -51,10 +51,12 @@ impl Snapshot {
             *counter += 1;
             let slot = match (version.state(), version.material()) {
                 (state, Some(kek)) if state.can_unwrap() => {
+                    // One prepared key serves as primary and in the map.
+                    let key = Arc::new(WrapKey::new(kek));
                     if state == KeyState::Primary {
-                        primary = Some((Arc::<str>::from(version.key_id()), WrapKey::new(kek)));
+                        primary = Some((Arc::<str>::from(version.key_id()), Arc::clone(&key)));
                     }
-                    Slot::Usable(WrapKey::new(kek))
+                    Slot::Usable(key)
                 }
                 _ => Slot::Disabled,
             };
@@ -154,7 +156,7 @@ impl FileBackend {
                 problem: error.to_string(),
             }
         })?;
-        let verdict = health_text(snapshot.self_test());
+        let verdict = super::health_text(snapshot.self_test());
         Ok(Self {
             path,
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -193,15 +195,8 @@ impl FileBackend {
         }
         let primary_key_id = Arc::clone(&fresh.primary_key_id);
         self.snapshot.store(Arc::new(fresh));
-        self.healthz.store(Arc::new(health_text(verdict)));
+        self.healthz.store(Arc::new(super::health_text(verdict)));
         Ok(ReloadOutcome::Reloaded { primary_key_id })
-    }
-}
-
-fn health_text(verdict: Result<(), String>) -> Arc<str> {
-    match verdict {
-        Ok(()) => Arc::from(HEALTHY),
-        Err(reason) => Arc::from(reason),
     }
 }
 
@@ -228,7 +223,7 @@ impl KeyBackend for FileBackend {
 
     fn self_test(&self) -> impl Future<Output = ()> + Send {
         let verdict = self.snapshot.load().self_test();
-        self.healthz.store(Arc::new(health_text(verdict)));
+        self.healthz.store(Arc::new(super::health_text(verdict)));
         ready(())
     }
 

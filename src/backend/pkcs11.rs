@@ -401,21 +401,6 @@ impl Pkcs11Backend {
         }
     }
 
-    async fn self_test_now(&self) -> Result<(), String> {
-        let canary = super::self_test_canary()?;
-        let wrapped = self
-            .wrap_now(canary.expose_secret())
-            .await
-            .map_err(|error| format!("self-test: wrap failed: {error}"))?;
-        let opened = self
-            .unwrap_now(&wrapped.key_id, &wrapped.ciphertext)
-            .await
-            .map_err(|error| {
-                format!("self-test: unwrap under {} failed: {error}", wrapped.key_id)
-            })?;
-        super::check_self_test_canary(&canary, &opened, &wrapped.key_id)
-    }
-
     fn reload_now(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
         let _guard = self
             .reloading
@@ -456,16 +441,12 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     async fn self_test(&self) {
-        let verdict = self.self_test_now().await;
-        let text: Arc<str> = match verdict {
-            Ok(()) => Arc::from(HEALTHY),
-            Err(reason) => {
-                // Start afresh next time: new sessions, a new login.
-                self.token.reset();
-                Arc::from(reason)
-            }
-        };
-        self.healthz.store(Arc::new(text));
+        let verdict = super::self_test_round_trip(self).await;
+        if verdict.is_err() {
+            // Start afresh next time: new sessions, a new login.
+            self.token.reset();
+        }
+        self.healthz.store(Arc::new(super::health_text(verdict)));
     }
 
     fn reload(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
