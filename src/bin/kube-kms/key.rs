@@ -195,11 +195,7 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
                             value
                         })
                         .collect();
-                    serde_json::to_writer_pretty(
-                        &mut out,
-                        &serde_json::json!({ "versions": versions }),
-                    )?;
-                    writeln!(out)?;
+                    write_versions_json(&mut out, versions)?;
                 }
                 ListFormat::Table => write_table(&mut out, &versions)?,
             }
@@ -476,6 +472,16 @@ fn token_hint() -> &'static str {
 
 fn reload_hint() -> &'static str {
     " (running plugins pick up the change when they reload the file)"
+}
+
+/// `key list --format json` of every backend: `{"versions": [...]}` and a newline.
+pub(crate) fn write_versions_json(
+    out: &mut impl Write,
+    versions: Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "versions": versions }))?;
+    writeln!(out)?;
+    Ok(())
 }
 
 fn write_table(out: &mut impl Write, versions: &[VersionInfo]) -> std::io::Result<()> {

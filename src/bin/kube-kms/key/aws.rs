@@ -112,11 +112,7 @@ async fn run_async(command: KeyCommand, aws: AwsKmsArgs) -> anyhow::Result<ExitC
                             value
                         })
                         .collect();
-                    serde_json::to_writer_pretty(
-                        &mut out,
-                        &serde_json::json!({ "versions": versions }),
-                    )?;
-                    writeln!(out)?;
+                    super::write_versions_json(&mut out, versions)?;
                 }
                 ListFormat::Table => {
                     let width = ring
