@@ -255,6 +255,12 @@ pub struct PageHeader {
 }
 
 impl PageHeader {
+    /// The page after this page's run (itself and its overflow pages), if
+    /// `pgid` is where the header sits; `None` when that overflows.
+    fn run_end(&self, pgid: u64) -> Option<u64> {
+        pgid.checked_add(u64::from(self.overflow))?.checked_add(1)
+    }
+
     /// Decodes the 16-byte header at the start of `bytes`.
     pub fn parse(bytes: &[u8]) -> Option<Self> {
         Some(Self {
@@ -678,10 +684,7 @@ impl<R: ReadAt> Database<R> {
             let Some(header) = buf.get(offset..).and_then(PageHeader::parse) else {
                 continue;
             };
-            let page_end = pending
-                .pgid
-                .checked_add(u64::from(header.overflow))
-                .and_then(|last_page| last_page.checked_add(1));
+            let page_end = header.run_end(pending.pgid);
             if let Some(page_end) = page_end {
                 if header.id == pending.pgid && page_end <= self.meta.high_water {
                     needed_end = needed_end.max(page_end);
@@ -1000,10 +1003,7 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
                 self.page_error(pending.pgid, "page header unreadable".to_string());
                 continue;
             };
-            let page_end = pending
-                .pgid
-                .checked_add(u64::from(header.overflow))
-                .and_then(|last_page| last_page.checked_add(1));
+            let page_end = header.run_end(pending.pgid);
             let Some(page_end) = page_end.filter(|&page_end| page_end <= high_water) else {
                 self.page_error(
                     pending.pgid,
