@@ -412,7 +412,12 @@ async fn metrics_count_the_calls_made_per_method_code_and_failure_reason() {
         Duration::from_secs(10),
         || async {
             let scrape = Scrape::of(&running).await;
-            (scrape.key_infos() == [new_key.clone()]).then_some(scrape)
+            // The reload task counts a reload just after it swaps the keyring
+            // in: wait for both, or a scrape in between sees the new key_info
+            // with the old count.
+            let counted =
+                scrape.value("kube_kms_keyring_reloads_total", &[("result", "success")]) > 0.0;
+            (scrape.key_infos() == [new_key.clone()] && counted).then_some(scrape)
         },
     )
     .await;
