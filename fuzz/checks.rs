@@ -1,6 +1,6 @@
 //! The invariants the fuzz targets check, one function per target, shared
 //! with the normal test suite: each `fuzz_targets/T.rs` calls `checks::T` on
-//! the fuzzer's bytes, and `tests/fuzz_regressions.rs` calls the same function
+//! the fuzzer's bytes, and `tests/it/fuzz_regressions.rs` calls the same function
 //! on every file in `fuzz/regressions/T/` and `fuzz/seeds/T/`, so a crash
 //! input turned regression runs on stable in `.ci/run`.
 //!

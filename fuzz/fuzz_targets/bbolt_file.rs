@@ -1,5 +1,5 @@
 //! Fuzz target `bbolt_file`: the invariants are in `fuzz/checks.rs` (`checks::bbolt_file`),
-//! shared with `tests/fuzz_regressions.rs`, which runs `fuzz/regressions/bbolt_file/`
+//! shared with `tests/it/fuzz_regressions.rs`, which runs `fuzz/regressions/bbolt_file/`
 //! on stable.
 #![no_main]
 #![forbid(unsafe_code)]

@@ -1,5 +1,5 @@
 //! Fuzz target `decrypt_request`: the invariants are in `fuzz/checks.rs` (`checks::decrypt_request`),
-//! shared with `tests/fuzz_regressions.rs`, which runs `fuzz/regressions/decrypt_request/`
+//! shared with `tests/it/fuzz_regressions.rs`, which runs `fuzz/regressions/decrypt_request/`
 //! on stable.
 #![no_main]
 #![forbid(unsafe_code)]

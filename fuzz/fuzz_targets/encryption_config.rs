@@ -1,5 +1,5 @@
 //! Fuzz target `encryption_config`: the invariants are in `fuzz/checks.rs` (`checks::encryption_config`),
-//! shared with `tests/fuzz_regressions.rs`, which runs `fuzz/regressions/encryption_config/`
+//! shared with `tests/it/fuzz_regressions.rs`, which runs `fuzz/regressions/encryption_config/`
 //! on stable.
 #![no_main]
 #![forbid(unsafe_code)]

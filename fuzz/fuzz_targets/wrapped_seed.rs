@@ -1,5 +1,5 @@
 //! Fuzz target `wrapped_seed`: the invariants are in `fuzz/checks.rs` (`checks::wrapped_seed`),
-//! shared with `tests/fuzz_regressions.rs`, which runs `fuzz/regressions/wrapped_seed/`
+//! shared with `tests/it/fuzz_regressions.rs`, which runs `fuzz/regressions/wrapped_seed/`
 //! on stable.
 #![no_main]
 #![forbid(unsafe_code)]

@@ -2,11 +2,9 @@
 //! the live scan (`--endpoints`, with `--history`) reports the same values,
 //! classifications and findings as the file scan of the backup; TLS client
 //! certificates work through the CLI flags; exit codes match.
-#![forbid(unsafe_code)]
 
-mod common;
-#[path = "common/fixtures.rs"]
-mod fixtures;
+use crate::common;
+use crate::common::fixtures;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Output};

@@ -8,11 +8,9 @@
 //! secretbox values verify with an EncryptionConfiguration built from the
 //! fixture's keys, and fail with a wrong or missing key, in the library and
 //! through the `etcd-inspect` binary.
-#![forbid(unsafe_code)]
 
-mod common;
-#[path = "common/fixtures.rs"]
-mod fixtures;
+use crate::common;
+use crate::common::fixtures;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

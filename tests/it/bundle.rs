@@ -1,9 +1,7 @@
 //! `kube-kms key export|import|check|list` through the real binary: bundles
 //! hold no key bytes in clear, conflicting or tampered bundles change nothing,
 //! import is idempotent, and `key check` exits 2 naming an unreachable peer.
-#![forbid(unsafe_code)]
-#[path = "common/plugin.rs"]
-mod plugin;
+use crate::common::plugin;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,7 +10,7 @@ use age::secrecy::ExposeSecret as _;
 use base64::Engine as _;
 use plugin::{temp_dir, KUBE_KMS};
 
-/// See tests/ha.rs: `KUBE_KMS_TEST_BIN` may name the build to test.
+/// See tests/it/ha.rs: `KUBE_KMS_TEST_BIN` may name the build to test.
 fn binary() -> String {
     std::env::var("KUBE_KMS_TEST_BIN").unwrap_or_else(|_| KUBE_KMS.to_owned())
 }

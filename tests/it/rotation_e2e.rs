@@ -9,11 +9,9 @@
 //! shows the old key_id, accepted once none does.
 //! Also the error paths of the verify options: a dead plugin socket, and
 //! `--emit-stale` without a current key_id.
-#![forbid(unsafe_code)]
 
-mod common;
-#[path = "common/plugin.rs"]
-mod plugin;
+use crate::common;
+use crate::common::plugin;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -5,3 +5,5 @@
 pub mod apiserver;
 pub mod etcd;
 pub mod inspect;
+pub mod fixtures;
+pub mod plugin;

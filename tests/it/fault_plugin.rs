@@ -7,11 +7,9 @@
 //! only failures are "cannot reach the plugin" while it is down.
 //!
 //! (etcd killed during a live scan is covered by
-//! `tests/inspect_live_cli.rs::etcd_killed_mid_scan_exits_2_never_clean`.)
-#![forbid(unsafe_code)]
+//! `tests/it/inspect_live_cli.rs::etcd_killed_mid_scan_exits_2_never_clean`.)
 
-#[path = "common/plugin.rs"]
-mod plugin;
+use crate::common::plugin;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

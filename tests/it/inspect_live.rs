@@ -1,11 +1,10 @@
 //! The live source (`kube_kms::inspect::live`) against a real etcd started by
-//! the harness in `tests/common/etcd.rs`: fixtures restored with `etcdctl
+//! the harness in `tests/it/common/etcd.rs`: fixtures restored with `etcdctl
 //! snapshot restore` must read as their `.json` says; paging, the pinned
 //! revision, compaction, history, TLS, user auth and failures are checked on
 //! etcds written by the tests.
-#![forbid(unsafe_code)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;

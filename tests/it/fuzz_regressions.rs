@@ -4,9 +4,8 @@
 //! the same function the cargo-fuzz target calls (`fuzz/checks.rs`). The
 //! bbolt targets also get every shared fixture file and its truncations at
 //! page boundaries.
-#![forbid(unsafe_code)]
 
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 use std::path::{Path, PathBuf};

@@ -9,9 +9,7 @@
 //! - promote on node 1 before the others hold the key: `key check` says so
 //!   beforehand (exit 1), `promote --require-peers` refuses, and once promoted
 //!   anyway, Decrypts fail at the other nodes.
-#![forbid(unsafe_code)]
-#[path = "common/plugin.rs"]
-mod plugin;
+use crate::common::plugin;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

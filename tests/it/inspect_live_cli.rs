@@ -3,9 +3,8 @@
 //! with exit 2 and a message saying what to do (never a clean result), a
 //! missing client certificate too; user/password auth, small pages and
 //! compaction show in the report.
-#![forbid(unsafe_code)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

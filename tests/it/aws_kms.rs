@@ -3,10 +3,8 @@
 //! here; the real `kube-kms key ... --backend aws-kms` commands and the real
 //! `kube-kms serve --backend aws-kms` on a real unix socket, driven by the
 //! crate's gRPC client; `etcd-inspect scan --verify-with` against it.
-#![forbid(unsafe_code)]
-mod common;
-#[path = "common/plugin.rs"]
-mod plugin;
+use crate::common;
+use crate::common::plugin;
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};

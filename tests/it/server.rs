@@ -1,9 +1,7 @@
 //! The plugin server through its real unix socket with the real client and
 //! the real file keyring (managed with the real `kube-kms key` binary); the
 //! server runs in the test process so its counters can be checked.
-#![forbid(unsafe_code)]
-#[path = "common/plugin.rs"]
-mod plugin;
+use crate::common::plugin;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;

@@ -5,11 +5,9 @@
 //! `etcdctl defrag` and a new snapshot clear them. Truncated and corrupted
 //! copies end with exit 2 (or a clean report), never a panic; every shared
 //! fixture scans with --deep.
-#![forbid(unsafe_code)]
 
-mod common;
-#[path = "common/fixtures.rs"]
-mod fixtures;
+use crate::common;
+use crate::common::fixtures;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,9 +1,7 @@
 //! The real `kube-kms serve` binary as a child process: signals (SIGHUP
 //! reload, SIGTERM/SIGINT graceful shutdown), flags, and secret hygiene of
 //! its logs at trace level. Also `kube-kms demo` end to end.
-#![forbid(unsafe_code)]
-#[path = "common/plugin.rs"]
-mod plugin;
+use crate::common::plugin;
 
 use std::process::Command;
 use std::time::Duration;

@@ -2,10 +2,8 @@
 //! must give exactly what its `.json` lists; exit codes through the real
 //! binary; truncated and corrupted copies end with exit 2 and a message naming
 //! the page/offset, never a panic.
-#![forbid(unsafe_code)]
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+use crate::common::fixtures;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};

@@ -4,12 +4,9 @@
 //! with the real `kube-kms key ... --backend pkcs11`, runs the real
 //! `kube-kms serve --backend pkcs11` on a unix socket and talks gRPC to it;
 //! and shows through PKCS#11 itself that the keys cannot leave the token.
-#![forbid(unsafe_code)]
 #[allow(dead_code)]
-#[path = "common/etcd.rs"]
-mod etcd;
-#[path = "common/plugin.rs"]
-mod plugin;
+use crate::common::etcd;
+use crate::common::plugin;
 
 use std::collections::HashMap;
 use std::ffi::OsString;

@@ -2,9 +2,7 @@
 //! through the real socket, readiness and the gRPC health service flipping
 //! when the keyring file becomes unusable and back, JSON logs, the deploy
 //! manifests' exact `serve` arguments, `--version`, completions and man pages.
-#![forbid(unsafe_code)]
-#[path = "common/plugin.rs"]
-mod plugin;
+use crate::common::plugin;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,28 @@
+//! The integration tests, as one test binary (one module per area): each
+//! binary links the AWS SDK, etcd-client and cryptoki, so one binary instead
+//! of twenty is most of the suite's build time on a small machine.
+//! `common` holds the harnesses: real etcd processes, real plugin servers,
+//! the shared fixtures.
+#![forbid(unsafe_code)]
+
+mod common;
+mod aws_kms;
+mod bundle;
+mod deploy;
+mod fault_keyring;
+mod fault_plugin;
+mod fuzz_regressions;
+mod ha;
+mod inspect_deep;
+mod inspect_file;
+mod inspect_file_vs_live;
+mod inspect_live;
+mod inspect_live_cli;
+mod key_cli;
+mod keyring_backend;
+mod ops;
+mod pkcs11;
+mod rotation_e2e;
+mod server;
+mod server_process;
+mod verify_fixtures;
