@@ -133,6 +133,13 @@ pub trait KeyBackend: Send + Sync + 'static {
     fn version_counts(&self) -> VersionCounts {
         VersionCounts::default()
     }
+
+    /// How many objects that look like this backend's keys or key records
+    /// were ignored at the last look because they are not trusted (e.g.
+    /// public objects in a PKCS#11 token). Cheap (no I/O).
+    fn ignored_objects(&self) -> u64 {
+        0
+    }
 }
 
 /// A random 32-byte canary for a self-test (the size of a DEK seed).

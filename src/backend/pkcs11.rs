@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -267,7 +268,11 @@ pub struct Pkcs11Backend {
     snapshot: ArcSwap<Snapshot>,
     healthz: ArcSwap<Arc<str>>,
     turns: Arc<Semaphore>,
-    reloading: Mutex<()>,
+    /// Serializes reloads; holds the lookalike objects the last read ignored
+    /// (to log them when they change, not on every poll).
+    reloading: Mutex<Vec<store::IgnoredObject>>,
+    /// How many lookalike objects the last read ignored (a metric).
+    ignored: AtomicU64,
 }
 
 impl std::fmt::Debug for Pkcs11Backend {
@@ -287,13 +292,45 @@ impl Pkcs11Backend {
         let token = open_token(config)?;
         let keys = store::read(&token)?;
         let snapshot = Snapshot::from_keys(&token, &keys)?;
-        Ok(Self {
+        let backend = Self {
             token: Arc::new(token),
             snapshot: ArcSwap::from_pointee(snapshot),
             healthz: ArcSwap::from_pointee(Arc::from(HEALTHY)),
             turns: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            reloading: Mutex::new(()),
-        })
+            reloading: Mutex::new(Vec::new()),
+            ignored: AtomicU64::new(0),
+        };
+        backend.note_ignored(&mut backend.lock_reloading(), &keys.ignored);
+        Ok(backend)
+    }
+
+    fn lock_reloading(&self) -> std::sync::MutexGuard<'_, Vec<store::IgnoredObject>> {
+        // What it guards is a log throttle: a panic cannot leave it harmful.
+        self.reloading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts the lookalike objects a read ignored, and logs them when they
+    /// changed since the last read (labels and reasons only).
+    fn note_ignored(&self, last: &mut Vec<store::IgnoredObject>, now: &[store::IgnoredObject]) {
+        self.ignored.store(
+            u64::try_from(now.len()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if last.as_slice() == now {
+            return;
+        }
+        for object in now.iter().filter(|object| !last.contains(object)) {
+            tracing::warn!(
+                token = %self.token.label(),
+                kind = object.kind,
+                label = %object.label,
+                reason = object.reason,
+                "ignoring a token object that looks like kube-kms' but is not trusted"
+            );
+        }
+        *last = now.to_vec();
     }
 
     fn mark_unhealthy(&self, reason: &str) {
@@ -402,12 +439,10 @@ impl Pkcs11Backend {
     }
 
     fn reload_now(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
-        let _guard = self
-            .reloading
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last_ignored = self.lock_reloading();
         let keys = store::read(&self.token)
             .map_err(|error| BackendError::Unavailable(error.to_string()))?;
+        self.note_ignored(&mut last_ignored, &keys.ignored);
         if !force && keys.fingerprint() == self.snapshot.load().fingerprint {
             return Ok(ReloadOutcome::Unchanged);
         }
@@ -455,6 +490,10 @@ impl KeyBackend for Pkcs11Backend {
 
     fn version_counts(&self) -> VersionCounts {
         self.snapshot.load().counts
+    }
+
+    fn ignored_objects(&self) -> u64 {
+        self.ignored.load(Ordering::Relaxed)
     }
 }
 

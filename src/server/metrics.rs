@@ -11,6 +11,7 @@
 //! | `kube_kms_encrypt_failures_total` | counter | `reason` |
 //! | `kube_kms_key_info` | gauge (info) | `key_id` (the primary only) |
 //! | `kube_kms_keyring_versions` | gauge | `state` |
+//! | `kube_kms_backend_ignored_objects` | gauge | |
 //! | `kube_kms_keyring_reloads_total` | counter | `result` (`success`, `failure`) |
 //! | `kube_kms_keyring_last_reload_success_timestamp_seconds` | gauge | |
 //! | `kube_kms_self_tests_total` | counter | `result` (`pass`, `fail`) |
@@ -194,6 +195,12 @@ impl<B: KeyBackend> Collector for ServerCollector<B> {
                 (&[("state", "disabled")], as_gauge(versions.disabled)),
                 (&[("state", "destroyed")], as_gauge(versions.destroyed)),
             ],
+        )?;
+        gauge(
+            &mut encoder,
+            "kube_kms_backend_ignored_objects",
+            "Objects that look like kube-kms keys or key records but are not trusted (e.g. public PKCS#11 objects), ignored at the last look.",
+            &[(&[], as_gauge(self.backend.ignored_objects()))],
         )?;
         counter(
             &mut encoder,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd;
 use kube_kms::client::KmsClient;
-use plugin::{seed, temp_dir, KUBE_KMS};
+use plugin::{http_get, seed, temp_dir, KUBE_KMS};
 use rustix::process::Signal;
 
 const ETCD_INSPECT: &str = env!("CARGO_BIN_EXE_etcd-inspect");
@@ -636,31 +636,6 @@ async fn kms_unreachable_turns_healthz_and_readyz_then_recovers() {
     let log = serve.log_text();
     assert!(log.contains("self-test failed"), "{log}");
     assert!(log.contains("self-test passed"), "{log}");
-}
-
-/// A plain HTTP/1.1 GET on 127.0.0.1:`port`; (status, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// A Secret as kube-apiserver stores it without encryption.

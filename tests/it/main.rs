@@ -5,9 +5,9 @@
 //! the shared fixtures.
 #![forbid(unsafe_code)]
 
-mod common;
 mod aws_kms;
 mod bundle;
+mod common;
 mod deploy;
 mod fault_keyring;
 mod fault_plugin;

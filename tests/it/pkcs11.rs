@@ -21,7 +21,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use kube_kms::client::KmsClient;
-use plugin::{seed, temp_dir, wait_for_key_id, ServeProcess, KUBE_KMS};
+use plugin::{http_get, seed, temp_dir, wait_for_key_id, ServeProcess, KUBE_KMS};
 use rustix::process::Signal;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -142,7 +142,13 @@ impl SoftHsm {
 
     /// `kube-kms serve --backend pkcs11` on `dir/kms.sock`, fast polls.
     async fn serve(&self) -> ServeProcess {
+        self.serve_with(&[]).await
+    }
+
+    /// As [`SoftHsm::serve`], with more flags.
+    async fn serve_with(&self, extra: &[&str]) -> ServeProcess {
         let mut args = self.flags();
+        args.extend(extra.iter().map(OsString::from));
         for arg in [
             "--reload-poll-interval",
             "100ms",
@@ -697,4 +703,194 @@ async fn token_outage_marks_unhealthy_then_recovers() {
     let log = serve.stderr();
     assert!(log.contains("self-test failed"), "{log}");
     assert!(!log.contains(PIN), "the PIN leaked into the log");
+}
+
+/// The value of an unlabelled metric in a Prometheus text scrape.
+fn metric(scrape: &str, name: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// A state record's JSON, as kube-kms writes it.
+fn record_json(version: u32, key_id: &str, state: &str, generation: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "format": "kube-kms-pkcs11-version/v1",
+        "version": version,
+        "key_id": key_id,
+        "state": state,
+        "created": 1_800_000_000u64,
+        "generation": generation,
+    }))
+    .unwrap()
+}
+
+/// Issue 15 §1: anyone who can load the module may create *public* token
+/// objects in a logged-out read-write session (SoftHSM2 allows it). A
+/// "newer" state record naming a key they know, and a known key carrying the
+/// real key_id, must change nothing: same key_id, seeds still wrapped under
+/// the token's own KEK (they do not open under the known key), and the
+/// lookalikes are counted in /metrics and `key list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookalike_public_objects_made_without_the_pin_are_ignored() {
+    use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
+    let hsm = SoftHsm::new("kk-lookalike");
+    let real = hsm.rotate();
+    let metrics_port = etcd::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let serve = hsm.serve_with(&["--metrics-addr", &metrics_addr]).await;
+    let mut client = serve.client().await;
+    let seed_before = seed();
+    let before = client.encrypt(&seed_before, "before").await.unwrap();
+    assert_eq!(before.key_id, real);
+
+    // The attacker's objects, made without logging in.
+    const KNOWN: [u8; 32] = [0x42; 32];
+    let fake = "kk-p11-v2-00000000000000aa";
+    {
+        let token = open_in_process(&hsm);
+        let session = token.context.open_rw_session(token.slot).unwrap();
+        let data = |label: &str, value: Vec<u8>| {
+            vec![
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Application(b"kube-kms".to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Value(value),
+            ]
+        };
+        let known_key = |id: &str, label: &str| {
+            vec![
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Value(KNOWN.to_vec()),
+                Attribute::Id(id.as_bytes().to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ]
+        };
+        // A newer primary version 2 under a known key...
+        session
+            .create_object(&data(
+                "kube-kms-state-v2",
+                record_json(2, fake, "primary", 99),
+            ))
+            .expect("SoftHSM2 lets a logged-out session create public token objects");
+        session
+            .create_object(&known_key(fake, "kube-kms-kek-v2"))
+            .unwrap();
+        // ...a newer record demoting the real version 1...
+        session
+            .create_object(&data(
+                "kube-kms-state-v1",
+                record_json(1, &real, "enabled", 98),
+            ))
+            .unwrap();
+        // ...and a known key carrying the real (public) key_id.
+        session
+            .create_object(&known_key(&real, "kube-kms-kek-v1"))
+            .unwrap();
+    }
+
+    // A forced reload, then a few polls: nothing changes.
+    serve.signal(rustix::process::Signal::HUP);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let status = client.status().await.unwrap();
+    assert_eq!(
+        status.key_id, real,
+        "a lookalike record changed the primary"
+    );
+    assert_eq!(status.healthz, "ok");
+    let seed_after = seed();
+    let after = client.encrypt(&seed_after, "after").await.unwrap();
+    assert_eq!(after.key_id, real);
+    for (wrapped, expected) in [(&before, &seed_before), (&after, &seed_after)] {
+        assert_eq!(
+            client
+                .decrypt_encrypted(wrapped, "open")
+                .await
+                .unwrap()
+                .expose_secret(),
+            expected.as_slice()
+        );
+        // Not wrapped under the known key: the attacker cannot open it.
+        let cipher = aes_gcm::Aes256Gcm::new_from_slice(&KNOWN).unwrap();
+        let mut aad = b"kube-kms/pkcs11/v1\0".to_vec();
+        aad.extend_from_slice(wrapped.key_id.as_bytes());
+        let opened = cipher.decrypt(
+            aes_gcm::Nonce::from_slice(&wrapped.ciphertext[2..14]),
+            Payload {
+                msg: &wrapped.ciphertext[14..],
+                aad: &aad,
+            },
+        );
+        assert!(opened.is_err(), "the seed was wrapped under the known key");
+    }
+    // A ciphertext made with the known key under the real key_id is refused.
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&KNOWN).unwrap();
+    let mut aad = b"kube-kms/pkcs11/v1\0".to_vec();
+    aad.extend_from_slice(real.as_bytes());
+    let mut forged = vec![b'p', 1];
+    forged.extend_from_slice(&[7u8; 12]);
+    forged.extend(
+        cipher
+            .encrypt(
+                aes_gcm::Nonce::from_slice(&[7u8; 12]),
+                Payload {
+                    msg: &[1u8; 32],
+                    aad: &aad,
+                },
+            )
+            .unwrap(),
+    );
+    let refused = client
+        .decrypt(&forged, &real, &HashMap::new(), "forged")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), tonic::Code::InvalidArgument);
+
+    // Counted and logged (labels only), and shown by `key list`.
+    let (_, scrape) = http_get(metrics_port, "/metrics");
+    assert_eq!(
+        metric(&scrape, "kube_kms_backend_ignored_objects"),
+        Some(4.0),
+        "{scrape}"
+    );
+    let log = serve.stderr();
+    assert!(
+        log.contains("kube-kms-state-v2") && log.contains("CKA_PRIVATE"),
+        "{log}"
+    );
+    let listed = hsm.key_output(&["list", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(json["ignored_objects"], 4, "{json}");
+    assert_eq!(json["versions"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json["versions"][0]["key_id"], real.as_str());
+    assert!(String::from_utf8_lossy(&listed.stderr).contains("ignoring"));
+
+    // A restart reads the same; a real rotation makes the real version 2.
+    drop(client);
+    drop(serve);
+    let serve = hsm.serve().await;
+    let mut client = serve.client().await;
+    assert_eq!(client.status().await.unwrap().key_id, real);
+    let second = hsm.rotate();
+    assert!(
+        second.starts_with("kk-p11-v2-") && second != fake,
+        "{second}"
+    );
+    wait_for_key_id(&mut client, &second, Duration::from_secs(5)).await;
+    assert_eq!(
+        client
+            .decrypt_encrypted(&before, "old")
+            .await
+            .unwrap()
+            .expose_secret(),
+        seed_before.as_slice()
+    );
 }

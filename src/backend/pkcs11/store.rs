@@ -15,6 +15,16 @@
 //!   generation wins. A destroyed version keeps its record for good, so its
 //!   number and key_id are never reused.
 //!
+//! Trust: only objects kube-kms itself can have made count. Many tokens
+//! (SoftHSM2 among them) let a logged-out read-write session create *public*
+//! token objects, so anyone who can load the module could otherwise add a
+//! "newer" state record naming a key they know. A state record must be
+//! CKA_TOKEN and CKA_PRIVATE (creating one needs the PIN); a KEK must also be
+//! CKA_SENSITIVE, not CKA_EXTRACTABLE, and CKA_LOCAL (generated inside the
+//! token). Objects that look like ours but fail these checks are ignored,
+//! reported in [`TokenKeys::ignored`] (label and reason, never a value) and
+//! counted by the backend.
+//!
 //! Rotation writes the new primary's record before demoting the old primary;
 //! if it stops in between, two records say primary and the highest-numbered
 //! one is the primary (the other serves as enabled) until the next change.
@@ -98,11 +108,56 @@ impl TokenVersion {
     }
 }
 
+/// A token object that looks like one of kube-kms' but is not trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredObject {
+    /// `state record` or `key`.
+    pub kind: &'static str,
+    /// Its CKA_LABEL (lossy UTF-8, at most 64 characters: the label is
+    /// chosen by whoever made the object).
+    pub label: String,
+    /// Why it is not trusted.
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for IgnoredObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?}: {}", self.kind, self.label, self.reason)
+    }
+}
+
+/// A label fit for a log line: lossy UTF-8, cut at 64 characters.
+pub(crate) fn shown_label(label: &[u8]) -> String {
+    String::from_utf8_lossy(label).chars().take(64).collect()
+}
+
+/// Why a state record is not trusted (`None`: it is).
+fn record_problem(attributes: &[Attribute]) -> Option<&'static str> {
+    let flag = |wanted: AttributeType| {
+        attributes.iter().find_map(|attribute| match attribute {
+            Attribute::Token(value) if wanted == AttributeType::Token => Some(*value),
+            Attribute::Private(value) if wanted == AttributeType::Private => Some(*value),
+            _ => None,
+        })
+    };
+    if flag(AttributeType::Token) != Some(true) {
+        return Some("not a token object (CKA_TOKEN is not true)");
+    }
+    if flag(AttributeType::Private) != Some(true) {
+        return Some(
+            "a public object (CKA_PRIVATE is not true): anyone could have made it without the PIN",
+        );
+    }
+    None
+}
+
 /// Everything the token holds for kube-kms, read in one pass.
 #[derive(Debug, Default)]
 pub struct TokenKeys {
     /// The versions, ordered by number.
     pub versions: Vec<TokenVersion>,
+    /// Objects that look like kube-kms' but are not trusted, so not used.
+    pub ignored: Vec<IgnoredObject>,
     /// Record handles per version, newest first (older ones are superseded).
     records: HashMap<u32, Vec<ObjectHandle>>,
 }
@@ -180,36 +235,64 @@ fn parse_record(label: &str, value: &[u8]) -> Result<TokenVersion, String> {
     })
 }
 
-/// Reads every state record of the token (one session call).
+/// Reads every trusted state record of the token, and notes the lookalike
+/// records and keys it ignores (one session call).
 pub fn read(token: &Token) -> Result<TokenKeys, Pkcs11Error> {
-    let found = token
+    let (found, ignored_keys) = token
         .call(|session| {
+            // No CKA_TOKEN/CKA_PRIVATE in the template: lookalikes are found
+            // too, so that they can be reported.
             let handles = session.find_objects(&[
                 Attribute::Class(ObjectClass::DATA),
-                Attribute::Token(true),
                 Attribute::Application(APPLICATION.to_vec()),
             ])?;
             let mut records = Vec::with_capacity(handles.len());
             for handle in handles {
-                let attributes = session
-                    .get_attributes(handle, &[AttributeType::Label, AttributeType::Value])?;
+                let attributes = session.get_attributes(
+                    handle,
+                    &[
+                        AttributeType::Label,
+                        AttributeType::Token,
+                        AttributeType::Private,
+                    ],
+                )?;
                 let mut label = Vec::new();
-                let mut value = Vec::new();
-                for attribute in attributes {
-                    match attribute {
-                        Attribute::Label(bytes) => label = bytes,
-                        Attribute::Value(bytes) => value = bytes,
-                        _ => {}
+                for attribute in &attributes {
+                    if let Attribute::Label(bytes) = attribute {
+                        label.clone_from(bytes);
                     }
                 }
-                records.push((handle, label, value));
+                if let Some(reason) = record_problem(&attributes) {
+                    records.push((handle, label, Err(reason)));
+                    continue;
+                }
+                let mut value = Vec::new();
+                for attribute in session.get_attributes(handle, &[AttributeType::Value])? {
+                    if let Attribute::Value(bytes) = attribute {
+                        value = bytes;
+                    }
+                }
+                records.push((handle, label, Ok(value)));
             }
-            Ok(records)
+            let ignored_keys = untrusted_keys(token, session)?;
+            Ok((records, ignored_keys))
         })
         .map_err(|error| call_failure(token, "reading the key records", error))?;
+    let mut ignored = Vec::new();
     let mut newest: HashMap<u32, TokenVersion> = HashMap::new();
     let mut records: HashMap<u32, Vec<(u64, ObjectHandle)>> = HashMap::new();
     for (handle, label, value) in found {
+        let value = match value {
+            Ok(value) => value,
+            Err(reason) => {
+                ignored.push(IgnoredObject {
+                    kind: "state record",
+                    label: shown_label(&label),
+                    reason,
+                });
+                continue;
+            }
+        };
         let label = String::from_utf8_lossy(&label).into_owned();
         let version = parse_record(&label, &value).map_err(|problem| Pkcs11Error::State {
             label: token.label().to_owned(),
@@ -226,6 +309,7 @@ pub fn read(token: &Token) -> Result<TokenKeys, Pkcs11Error> {
             }
         }
     }
+    ignored.extend(ignored_keys);
     let mut versions: Vec<TokenVersion> = newest.into_values().collect();
     versions.sort_by_key(|v| v.id);
     // Several primaries only after a rotation stopped half-way: the newest wins.
@@ -245,7 +329,42 @@ pub fn read(token: &Token) -> Result<TokenKeys, Pkcs11Error> {
             (id, handles.into_iter().map(|(_, h)| h).collect())
         })
         .collect();
-    Ok(TokenKeys { versions, records })
+    Ok(TokenKeys {
+        versions,
+        ignored,
+        records,
+    })
+}
+
+/// The secret keys that carry a kube-kms key_id (CKA_ID `kk-p11-v...`) or
+/// KEK label but fail [`Token::kek_problem`]: the lookalikes a KEK lookup
+/// skips.
+fn untrusted_keys(token: &Token, session: &Session) -> Result<Vec<IgnoredObject>, CryptokiError> {
+    let mut ignored = Vec::new();
+    for handle in session.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])? {
+        let attributes =
+            session.get_attributes(handle, &[AttributeType::Id, AttributeType::Label])?;
+        let mut id = Vec::new();
+        let mut label = Vec::new();
+        for attribute in attributes {
+            match attribute {
+                Attribute::Id(bytes) => id = bytes,
+                Attribute::Label(bytes) => label = bytes,
+                _ => {}
+            }
+        }
+        if !id.starts_with(KEY_ID_PREFIX.as_bytes()) && !label.starts_with(b"kube-kms-kek-v") {
+            continue;
+        }
+        if let Some(reason) = token.kek_problem(session, handle)? {
+            ignored.push(IgnoredObject {
+                kind: "key",
+                label: shown_label(&label),
+                reason,
+            });
+        }
+    }
+    Ok(ignored)
 }
 
 pub(crate) fn call_failure(

@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CryptokiError, RvError};
-use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -309,7 +309,10 @@ impl Token {
         }
     }
 
-    /// The handle of the secret key whose CKA_ID is `key_id` (cached).
+    /// The handle of the trusted KEK whose CKA_ID is `key_id` (cached).
+    /// Secret keys with that CKA_ID that fail [`Token::kek_problem`] are
+    /// skipped: a key_id is public, and a public key object carrying it
+    /// could be made by anyone who can load the module.
     pub(crate) fn key_handle(
         &self,
         session: &Session,
@@ -320,14 +323,80 @@ impl Token {
         }
         let found = session.find_objects(&[
             Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Token(true),
             Attribute::Id(key_id.as_bytes().to_vec()),
         ])?;
-        let Some(handle) = found.first().copied() else {
+        let mut trusted = None;
+        for handle in found {
+            match self.kek_problem(session, handle)? {
+                None if trusted.is_none() => trusted = Some(handle),
+                None => tracing::warn!(
+                    token = %self.label,
+                    key_id,
+                    "more than one trusted key object carries this key_id; using the first found"
+                ),
+                Some(reason) => tracing::warn!(
+                    token = %self.label,
+                    key_id,
+                    reason,
+                    "ignoring a key object that carries this key_id but is not a KEK kube-kms generated"
+                ),
+            }
+        }
+        let Some(handle) = trusted else {
             return Ok(None);
         };
         self.lock().keys.insert(key_id.to_owned(), handle);
         Ok(Some(handle))
+    }
+
+    /// Why the secret key `handle` is not a KEK kube-kms can trust (`None`:
+    /// it is): it must be an AES token object, private, sensitive, not
+    /// extractable, and generated inside the token (CKA_LOCAL).
+    pub(crate) fn kek_problem(
+        &self,
+        session: &Session,
+        handle: ObjectHandle,
+    ) -> Result<Option<&'static str>, CryptokiError> {
+        let attributes = session.get_attributes(
+            handle,
+            &[
+                AttributeType::KeyType,
+                AttributeType::Token,
+                AttributeType::Private,
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Local,
+            ],
+        )?;
+        let mut key_type = None;
+        let (mut token, mut private, mut sensitive, mut extractable, mut local) =
+            (None, None, None, None, None);
+        for attribute in attributes {
+            match attribute {
+                Attribute::KeyType(value) => key_type = Some(value),
+                Attribute::Token(value) => token = Some(value),
+                Attribute::Private(value) => private = Some(value),
+                Attribute::Sensitive(value) => sensitive = Some(value),
+                Attribute::Extractable(value) => extractable = Some(value),
+                Attribute::Local(value) => local = Some(value),
+                _ => {}
+            }
+        }
+        Ok(if key_type != Some(KeyType::AES) {
+            Some("not an AES key")
+        } else if token != Some(true) {
+            Some("not a token object (CKA_TOKEN is not true)")
+        } else if private != Some(true) {
+            Some("a public object (CKA_PRIVATE is not true): anyone could have made it without the PIN")
+        } else if sensitive != Some(true) {
+            Some("its value can be read (CKA_SENSITIVE is not true)")
+        } else if extractable != Some(false) {
+            Some("it can be exported (CKA_EXTRACTABLE is not false)")
+        } else if local != Some(true) {
+            Some("it was not generated inside the token (CKA_LOCAL is not true): its value was known to someone")
+        } else {
+            None
+        })
     }
 
     /// Forgets the cached handle of `key_id` (its object was destroyed).

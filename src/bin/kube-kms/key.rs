@@ -174,13 +174,23 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
         KeyCommand::Import(args) => return ha::import(args),
         KeyCommand::Check(args) => return ha::check(args),
         KeyCommand::List(ListArgs { backend, format }) => {
+            let mut ignored = None;
             let versions = match KeyStore::open(&backend)? {
                 KeyStore::File(path) => keyring::load(&path)?.keyring.metadata(),
-                KeyStore::Token(token) => store::read(&token)?
-                    .versions
-                    .iter()
-                    .map(store::TokenVersion::info)
-                    .collect(),
+                KeyStore::Token(token) => {
+                    let keys = store::read(&token)?;
+                    for object in &keys.ignored {
+                        eprintln!(
+                            "kube-kms: warning: token {:?}: ignoring {object} (not listed, never used)",
+                            token.label()
+                        );
+                    }
+                    ignored = Some(keys.ignored.len());
+                    keys.versions
+                        .iter()
+                        .map(store::TokenVersion::info)
+                        .collect()
+                }
             };
             let mut out = std::io::stdout().lock();
             match format {
@@ -195,7 +205,7 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
                             value
                         })
                         .collect();
-                    write_versions_json(&mut out, versions)?;
+                    write_listing_json(&mut out, versions, ignored)?;
                 }
                 ListFormat::Table => write_table(&mut out, &versions)?,
             }
@@ -479,7 +489,21 @@ pub(crate) fn write_versions_json(
     out: &mut impl Write,
     versions: Vec<serde_json::Value>,
 ) -> anyhow::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "versions": versions }))?;
+    write_listing_json(out, versions, None)
+}
+
+/// As [`write_versions_json`], plus `"ignored_objects": N` for a backend
+/// that ignores untrusted lookalike objects (PKCS#11).
+fn write_listing_json(
+    out: &mut impl Write,
+    versions: Vec<serde_json::Value>,
+    ignored: Option<usize>,
+) -> anyhow::Result<()> {
+    let mut listing = serde_json::json!({ "versions": versions });
+    if let (Some(object), Some(ignored)) = (listing.as_object_mut(), ignored) {
+        object.insert("ignored_objects".into(), ignored.into());
+    }
+    serde_json::to_writer_pretty(&mut *out, &listing)?;
     writeln!(out)?;
     Ok(())
 }

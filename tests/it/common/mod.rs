@@ -4,6 +4,6 @@
 
 pub mod apiserver;
 pub mod etcd;
-pub mod inspect;
 pub mod fixtures;
+pub mod inspect;
 pub mod plugin;

@@ -3,7 +3,7 @@
 //! server on a real socket, and waiting for a key_id to show in Status.
 #![allow(dead_code)]
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -268,4 +268,29 @@ pub fn seed() -> Vec<u8> {
     let mut seed = vec![0u8; 32];
     getrandom::getrandom(&mut seed).expect("random seed");
     seed
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1:`port`; (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (code, body)
 }
