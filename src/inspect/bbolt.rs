@@ -60,6 +60,14 @@ const HASH_BLOCK: usize = 256 << 10;
 const READ_AHEAD: usize = 2;
 /// Deepest bucket/branch nesting accepted (bbolt trees are a few levels deep).
 const MAX_DEPTH: u32 = 64;
+/// bbolt's largest key (`MaxKeySize`).
+const MAX_KEY_SIZE: u64 = 32 << 10;
+/// bbolt's largest value (`MaxValueSize`, 2 GiB - 2).
+const MAX_VALUE_SIZE: u64 = (1 << 31) - 2;
+/// The most bytes one page run can need: a page holding a single element
+/// with the largest key and value bbolt accepts. A longer overflow claim is
+/// corrupt, and is refused before anything is read or allocated for it.
+const MAX_RUN_BYTES: u64 = (PAGE_HEADER_SIZE + ELEMENT_SIZE) as u64 + MAX_KEY_SIZE + MAX_VALUE_SIZE;
 
 /// Something that can be read at arbitrary offsets: a file, or bytes in memory
 /// (tests and fuzzing).
@@ -171,6 +179,13 @@ pub enum BboltError {
         actual: String,
         /// Hex digest stored.
         expected: String,
+    },
+    /// The file changed while it was read: a process (a running etcd) is
+    /// writing it, and what was read is discarded.
+    #[error("the file changed while it was read ({detail}): a running etcd is writing it, so revisions may have been missed or counted twice and the result is discarded; scan a copy taken with `etcdctl snapshot save`, or the live member with --endpoints")]
+    Changed {
+        /// What changed.
+        detail: String,
     },
     /// One page is corrupt; the walk skipped it (and what hangs below it).
     #[error("page {pgid} (offset {offset}): {problem}")]
@@ -424,6 +439,29 @@ impl PageSet {
     pub fn missing(&self) -> impl Iterator<Item = u64> + '_ {
         (0..self.len).filter(|&pgid| !self.contains(pgid))
     }
+
+    /// The first page of `from..to` in the set, if any (64 pages per step).
+    pub fn first_in(&self, from: u64, to: u64) -> Option<u64> {
+        let to = to.min(self.len);
+        let mut pgid = from;
+        while pgid < to {
+            let word = self.words.get((pgid / 64) as usize).copied().unwrap_or(0);
+            let bits = word >> (pgid % 64);
+            if bits != 0 {
+                let found = pgid + u64::from(bits.trailing_zeros());
+                return (found < to).then_some(found);
+            }
+            pgid = (pgid / 64 + 1) * 64;
+        }
+        None
+    }
+
+    /// Adds every page of `from..to` (below the capacity).
+    fn insert_range(&mut self, from: u64, to: u64) {
+        for pgid in from..to.min(self.len) {
+            self.insert(pgid);
+        }
+    }
 }
 
 /// Receives the contents of the buckets during [`Database::walk`].
@@ -462,7 +500,27 @@ pub struct Database<R> {
     page_size: u64,
     meta: Meta,
     other_meta: Result<Meta, String>,
+    /// Why the older meta page is in use, if it is.
+    fallback: Option<String>,
+    /// Both meta pages as read at open (for [`Database::check_unchanged`]).
+    metas: [[u8; PAGE_HEADER_SIZE + META_SIZE]; 2],
     trailer: Option<[u8; 32]>,
+}
+
+/// The header and meta bytes of both meta pages (what a commit rewrites).
+fn read_meta_pages<R: ReadAt + ?Sized>(
+    source: &R,
+    page_size: u64,
+    file_size: u64,
+) -> Result<[[u8; PAGE_HEADER_SIZE + META_SIZE]; 2], BboltError> {
+    let mut metas = [[0u8; PAGE_HEADER_SIZE + META_SIZE]; 2];
+    for (index, meta) in metas.iter_mut().enumerate() {
+        let offset = index as u64 * page_size;
+        if offset + meta.len() as u64 <= file_size {
+            read_exact_at(source, meta, offset, file_size)?;
+        }
+    }
+    Ok(metas)
 }
 
 /// A page waiting to be read: its id, the bucket it belongs to, its depth.
@@ -555,8 +613,29 @@ impl<R: ReadAt> Database<R> {
             }
         };
         let page_size = u64::from(meta.page_size);
+        let fits = |meta: &Meta| {
+            meta.high_water >= 3
+                && meta
+                    .high_water
+                    .checked_mul(page_size)
+                    .is_some_and(|needed| needed <= image_size)
+        };
+        // A copy taken while etcd committed can hold the new meta page but
+        // not yet the pages it grew the file by: the older meta page (whose
+        // tree that commit does not overwrite) is what bbolt itself would
+        // fall back to.
+        let (meta, other_meta, fallback) = match other_meta {
+            Ok(older) if !fits(&meta) && fits(&older) => {
+                let notice = format!(
+                    "the newest meta page {} (txid {}) needs {} pages of {page_size} bytes but the file holds {image_size} bytes (a copy taken while etcd was committing?): read as of the older meta page {} (txid {})",
+                    meta.page, meta.txid, meta.high_water, older.page, older.txid
+                );
+                (older, Ok(meta), Some(notice))
+            }
+            other => (meta, other, None),
+        };
         let needed = meta.high_water.checked_mul(page_size);
-        if meta.high_water < 3 || needed.is_none_or(|needed| needed > image_size) {
+        if !fits(&meta) {
             let first_missing = image_size / page_size;
             return Err(BboltError::Truncated {
                 txid: meta.txid,
@@ -568,6 +647,7 @@ impl<R: ReadAt> Database<R> {
                 first_missing_offset: first_missing.saturating_mul(page_size),
             });
         }
+        let metas = read_meta_pages(&source, page_size, file_size)?;
         Ok(Self {
             source,
             file_size,
@@ -575,8 +655,41 @@ impl<R: ReadAt> Database<R> {
             page_size,
             meta,
             other_meta,
+            fallback,
+            metas,
             trailer,
         })
+    }
+
+    /// Why the older meta page is in use, when the newest one points past
+    /// the end of the file (see [`Database::open`]); `None` normally.
+    pub fn meta_fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// Checks that both meta pages and the file size are as they were when
+    /// the file was opened: call after reading, so that a result read while
+    /// a writer committed is discarded ([`BboltError::Changed`]).
+    pub fn check_unchanged(&self) -> Result<(), BboltError> {
+        let size = self.source.size().map_err(|source| BboltError::Io {
+            offset: 0,
+            len: 0,
+            source,
+        })?;
+        let detail = if size != self.file_size {
+            Some(format!(
+                "its size went from {} to {size} bytes",
+                self.file_size
+            ))
+        } else if read_meta_pages(&self.source, self.page_size, self.file_size)? != self.metas {
+            Some("its meta pages were rewritten".to_string())
+        } else {
+            None
+        };
+        match detail {
+            Some(detail) => Err(BboltError::Changed { detail }),
+            None => Ok(()),
+        }
     }
 
     /// The meta page in use (the valid one with the larger txid).
@@ -667,15 +780,53 @@ impl<R: ReadAt> Database<R> {
         read_exact_at(&self.source, buf, first * self.page_size, self.file_size)
     }
 
+    /// Checks the run (the page and its overflow pages) of the page whose
+    /// header `header` sits at `pgid`, before any overflow page is read: it
+    /// ends below the high-water mark, the header names that page, it is no
+    /// longer than the largest page bbolt writes ([`MAX_RUN_BYTES`]), and none
+    /// of its overflow pages is in `reached` (a page is never shared). Returns
+    /// the page after the run. Runs that pass are disjoint from every page
+    /// reached, so the walk reads each page of the file about once.
+    fn check_run(&self, pgid: u64, header: &PageHeader, reached: &PageSet) -> Result<u64, String> {
+        let high_water = self.meta.high_water;
+        let overflow = header.overflow;
+        let Some(end) = header.run_end(pgid).filter(|&end| end <= high_water) else {
+            return Err(format!(
+                "overflow {overflow} runs past the high-water mark {high_water}"
+            ));
+        };
+        if header.id != pgid {
+            return Err(format!(
+                "page header says page {} (corrupt page or bad pointer)",
+                header.id
+            ));
+        }
+        let run_bytes = (end - pgid).saturating_mul(self.page_size);
+        if overflow > 0 && run_bytes > MAX_RUN_BYTES.next_multiple_of(self.page_size) {
+            return Err(format!(
+                "its {overflow} overflow pages ({run_bytes} bytes) are more than bbolt's largest page ({MAX_RUN_BYTES} bytes: a maximum key and a maximum value): refused unread"
+            ));
+        }
+        if let Some(shared) = reached.first_in(pgid + 1, end) {
+            return Err(format!(
+                "its {overflow} overflow pages overlap page {shared}, already reached from another parent (shared page): refused unread"
+            ));
+        }
+        Ok(end)
+    }
+
     /// Loads one planned chunk into `buf`: pages `start..end`, extended over
-    /// the overflow pages of any pending page in it whose header is plausible
-    /// (names that page, stays below the high-water mark), so each such page
-    /// is whole in the buffer. Returns the number of reads made.
+    /// the overflow pages of any pending page in it whose run passes
+    /// [`Database::check_run`] against `reached` (the pages reached when the
+    /// round began, pending ones included), so each such page is whole in
+    /// the buffer and no refused run is ever read. Returns the number of
+    /// reads made.
     fn load_chunk(
         &self,
         batch: &[Pending],
         planned: &PlannedChunk,
         buf: &mut Vec<u8>,
+        reached: &PageSet,
     ) -> Result<u64, BboltError> {
         self.read_pages(planned.start, planned.end - planned.start, buf)?;
         let mut needed_end = planned.end;
@@ -684,11 +835,8 @@ impl<R: ReadAt> Database<R> {
             let Some(header) = buf.get(offset..).and_then(PageHeader::parse) else {
                 continue;
             };
-            let page_end = header.run_end(pending.pgid);
-            if let Some(page_end) = page_end {
-                if header.id == pending.pgid && page_end <= self.meta.high_water {
-                    needed_end = needed_end.max(page_end);
-                }
+            if let Ok(page_end) = self.check_run(pending.pgid, &header, reached) {
+                needed_end = needed_end.max(page_end);
             }
         }
         if needed_end == planned.end {
@@ -782,7 +930,10 @@ impl<R: ReadAt> Database<R> {
         while !walker.next.is_empty() {
             let mut batch = std::mem::take(&mut walker.next);
             batch.sort_unstable_by_key(|pending| pending.pgid);
-            walker.read_batch(&batch, &mut buf, read_ahead)?;
+            // What the read-ahead thread checks overflow runs against (the
+            // walker's own set changes while it reads).
+            let reached = walker.reachable.clone();
+            walker.read_batch(&batch, &mut buf, read_ahead, &reached)?;
         }
         let mut stats = walker.stats;
         stats.reachable = walker.reachable;
@@ -844,29 +995,15 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
             freelist * self.db.page_size,
             self.db.file_size,
         )?;
-        match PageHeader::parse(&header) {
-            Some(header)
-                if header.id == freelist
-                    && header.flags == FREELIST_PAGE
-                    && freelist + u64::from(header.overflow) < self.db.meta.high_water =>
-            {
-                self.mark_run(freelist, header.overflow);
-            }
-            _ => self.page_error(freelist, "freelist page has a bad header".to_string()),
+        let run = PageHeader::parse(&header)
+            .filter(|header| header.flags == FREELIST_PAGE)
+            .ok_or_else(|| "freelist page has a bad header".to_string())
+            .and_then(|header| self.db.check_run(freelist, &header, &self.reachable));
+        match run {
+            Ok(end) => self.reachable.insert_range(freelist, end),
+            Err(problem) => self.page_error(freelist, format!("freelist: {problem}")),
         }
         Ok(())
-    }
-
-    /// Marks `pgid` and its overflow pages reachable; false if the run leaves
-    /// the file or overlaps pages already reached.
-    fn mark_run(&mut self, pgid: u64, overflow: u32) -> bool {
-        let mut clean = true;
-        for page in pgid..=pgid.saturating_add(u64::from(overflow)) {
-            if !self.reachable.insert(page) && page != pgid {
-                clean = false;
-            }
-        }
-        clean
     }
 
     /// Queues a page of bucket `bucket` for the next round, unless it is out of
@@ -910,11 +1047,12 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
         batch: &[Pending],
         buf: &mut Vec<u8>,
         read_ahead: bool,
+        reached: &PageSet,
     ) -> Result<(), BboltError> {
         let plan = self.plan_chunks(batch);
         if !read_ahead || plan.len() < 2 {
             for planned in &plan {
-                let reads = self.db.load_chunk(batch, planned, buf)?;
+                let reads = self.db.load_chunk(batch, planned, buf, reached)?;
                 self.count_reads(reads, buf.len());
                 self.process_chunk(batch, planned, buf);
             }
@@ -931,7 +1069,7 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
                 for planned in plan_ref {
                     let mut chunk_buf = returned.try_recv().unwrap_or_default();
                     let loaded = db
-                        .load_chunk(batch, planned, &mut chunk_buf)
+                        .load_chunk(batch, planned, &mut chunk_buf, reached)
                         .map(|reads| (reads, chunk_buf));
                     let failed = loaded.is_err();
                     // A closed channel means the walk stopped early: stop too.
@@ -993,7 +1131,6 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
     /// header is plausible, overflow included).
     fn process_chunk(&mut self, batch: &[Pending], planned: &PlannedChunk, buf: &[u8]) {
         let page_size = self.db.page_size;
-        let high_water = self.db.meta.high_water;
         let start = planned.start;
         let pages = batch.get(planned.first..planned.last).unwrap_or(&[]);
         for pending in pages {
@@ -1003,37 +1140,16 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
                 self.page_error(pending.pgid, "page header unreadable".to_string());
                 continue;
             };
-            let page_end = header.run_end(pending.pgid);
-            let Some(page_end) = page_end.filter(|&page_end| page_end <= high_water) else {
-                self.page_error(
-                    pending.pgid,
-                    format!(
-                        "overflow {} runs past the high-water mark {high_water}",
-                        header.overflow
-                    ),
-                );
-                continue;
+            // The same check load_chunk made, now against every page
+            // reached so far (this round's runs included).
+            let page_end = match self.db.check_run(pending.pgid, &header, &self.reachable) {
+                Ok(page_end) => page_end,
+                Err(problem) => {
+                    self.page_error(pending.pgid, problem);
+                    continue;
+                }
             };
-            if header.id != pending.pgid {
-                self.page_error(
-                    pending.pgid,
-                    format!(
-                        "page header says page {} (corrupt page or bad pointer)",
-                        header.id
-                    ),
-                );
-                continue;
-            }
-            if !self.mark_run(pending.pgid, header.overflow) {
-                self.page_error(
-                    pending.pgid,
-                    format!(
-                        "its {} overflow pages overlap pages already reached",
-                        header.overflow
-                    ),
-                );
-                continue;
-            }
+            self.reachable.insert_range(pending.pgid + 1, page_end);
             let page_len = ((page_end - pending.pgid) * page_size) as usize;
             let Some(page) = buf.get(offset..offset + page_len) else {
                 self.page_error(pending.pgid, "page outside the read buffer".to_string());
@@ -1048,7 +1164,8 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
         match header.flags {
             BRANCH_PAGE => self.process_branch(pending, header, page),
             LEAF_PAGE => {
-                if let Err(problem) = self.process_leaf(pending.bucket, pending.depth, page, base) {
+                let leaf = self.process_leaf(pending.bucket, pending.depth, page, base, false);
+                if let Err(problem) = leaf {
                     self.page_error(pending.pgid, problem);
                 }
             }
@@ -1099,15 +1216,23 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
         }
     }
 
-    /// Parses a leaf page (a real one, or an inline bucket's page inside a
-    /// value at file offset `base`): hands plain entries to the visitor,
-    /// follows nested buckets.
+    /// Parses a leaf page (a real one, or with `inline` an inline bucket's
+    /// page inside a value at file offset `base`): hands plain entries to the
+    /// visitor, follows nested buckets.
+    ///
+    /// Refused, as bbolt never writes them: an element whose key and value
+    /// do not come after the element array and the previous element's (bbolt
+    /// writes each once, in element order), so no value has two parents; and
+    /// a sub-bucket inside an inline bucket (bbolt inlines only buckets
+    /// without sub-buckets). With both, every element and inline page lies in
+    /// bytes of its own, and the work of a page is linear in its size.
     fn process_leaf(
         &mut self,
         bucket: u32,
         depth: u32,
         page: &[u8],
         base: u64,
+        inline: bool,
     ) -> Result<(), String> {
         let header = PageHeader::parse(page).ok_or("too short for a page header")?;
         if header.flags != LEAF_PAGE {
@@ -1121,6 +1246,8 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
             ));
         }
         let mut first_problem = None;
+        // Where the next element's key may start.
+        let mut data_floor = (PAGE_HEADER_SIZE + count * ELEMENT_SIZE) as u64;
         for element in 0..count {
             let at = PAGE_HEADER_SIZE + element * ELEMENT_SIZE;
             let (Some(flags), Some(pos), Some(ksize), Some(vsize)) = (
@@ -1140,6 +1267,25 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
                         "leaf element {element} at offset {}: key ({ksize} bytes) and value ({vsize} bytes) at +{pos} end past the page ({} bytes)",
                         base + at as u64,
                         page.len()
+                    )
+                });
+                continue;
+            }
+            if key_start < data_floor {
+                first_problem.get_or_insert_with(|| {
+                    format!(
+                        "leaf element {element} at offset {}: its key and value at +{pos} overlap the element array or an earlier element's (a value shared by two elements)",
+                        base + at as u64
+                    )
+                });
+                continue;
+            }
+            data_floor = value_end;
+            if inline && flags & BUCKET_LEAF_FLAG != 0 {
+                first_problem.get_or_insert_with(|| {
+                    format!(
+                        "leaf element {element} at offset {}: a sub-bucket inside an inline bucket (bbolt never writes one)",
+                        base + at as u64
                     )
                 });
                 continue;
@@ -1199,7 +1345,7 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
         if root == 0 {
             let inline = value.get(BUCKET_HEADER_SIZE..).unwrap_or(&[]);
             let inline_offset = value_offset + BUCKET_HEADER_SIZE as u64;
-            self.process_leaf(id, depth + 1, inline, inline_offset)
+            self.process_leaf(id, depth + 1, inline, inline_offset, true)
                 .map_err(|problem| format!("inline bucket at offset {inline_offset}: {problem}"))
         } else {
             self.enqueue(root, id, depth + 1, Parent::BucketValue(value_offset));
@@ -1228,6 +1374,13 @@ mod tests {
         assert_eq!(set.count(), 2);
         assert_eq!(set.missing().count(), 128);
         assert!(set.contains(129) && !set.contains(64));
+        assert_eq!(set.first_in(1, 130), Some(129));
+        assert_eq!(set.first_in(0, 130), Some(0));
+        assert_eq!(set.first_in(1, 129), None);
+        assert_eq!(set.first_in(200, 300), None);
+        set.insert_range(60, 70);
+        assert_eq!(set.first_in(1, 200), Some(60));
+        assert_eq!(set.count(), 12);
     }
 
     #[test]

@@ -34,6 +34,13 @@ pub enum MvccError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another process holds a lock on the file: etcd locks its live
+    /// `member/snap/db`, whose pages it rewrites while they are read.
+    #[error("{path} is locked by another process: it is the live database of a running etcd, whose pages change while they are read; take a consistent copy with `etcdctl snapshot save FILE` and scan that, or scan the member live with --endpoints")]
+    Locked {
+        /// The path given.
+        path: String,
+    },
     /// The bbolt layer failed (not bbolt, truncated, I/O, checksum).
     #[error(transparent)]
     Bbolt(#[from] BboltError),
@@ -190,12 +197,21 @@ pub struct FileSummary {
     pub revisions: u64,
     /// Size of the file.
     pub file_size: u64,
+    /// Why the older meta page was used (the newest points past the end of
+    /// the file: a copy taken mid-commit); `None` normally.
+    pub meta_fallback: Option<String>,
     /// The pages reachable from the current meta page (for the deep scan of
     /// the others, [`super::residue::scan`]).
     pub reachable: bbolt::PageSet,
 }
 
 /// Scans the etcd backup at `path` into `sink`. See [`scan_source`].
+///
+/// A file another process holds a lock on is refused ([`MvccError::Locked`]):
+/// bbolt (so etcd) holds an exclusive `flock` on its database while it runs.
+/// Otherwise a shared lock is held during the scan, so no bbolt writer opens
+/// the file meanwhile (where `flock` is not supported, the meta pages are
+/// still compared before and after).
 pub fn scan_file(
     path: &Path,
     sink: &mut dyn ObservationSink,
@@ -205,13 +221,20 @@ pub fn scan_file(
         path: path.display().to_string(),
         source,
     })?;
+    if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock_shared() {
+        return Err(MvccError::Locked {
+            path: path.display().to_string(),
+        });
+    }
     scan_source(file, sink, options)
 }
 
 /// Scans an etcd bbolt image from any [`ReadAt`] source: every revision of the
 /// `key` bucket goes to `sink`; page-level problems go to
 /// [`ObservationSink::read_error`] and the scan goes on; a file that is not
-/// bbolt, not etcd, truncated, or whose trailer does not match is an `Err`.
+/// bbolt, not etcd, truncated, or whose trailer does not match is an `Err`,
+/// and so is one whose meta pages (or size) changed during the walk
+/// ([`BboltError::Changed`]: what the sink got must then be discarded).
 pub fn scan_source<R: ReadAt + Sync>(
     source: R,
     sink: &mut dyn ObservationSink,
@@ -248,6 +271,7 @@ pub fn scan_source<R: ReadAt + Sync>(
     });
     let trailer = trailer.transpose()?;
     let walk = walk?;
+    db.check_unchanged()?;
     let has_key_bucket = walk
         .buckets
         .iter()
@@ -289,6 +313,7 @@ pub fn scan_source<R: ReadAt + Sync>(
     summary.txid = db.meta().txid;
     summary.bytes_read = walk.bytes_read;
     summary.file_size = db.file_size();
+    summary.meta_fallback = db.meta_fallback().map(str::to_string);
     Ok(summary)
 }
 

@@ -390,6 +390,10 @@ fn scan_file(
         json!(summary.scheduled_compact_revision),
     );
     details.insert("consistent_index".into(), json!(summary.consistent_index));
+    if let Some(notice) = &summary.meta_fallback {
+        eprintln!("etcd-inspect: notice: {notice}");
+    }
+    details.insert("meta_fallback".into(), json!(summary.meta_fallback));
     details.insert(
         "snapshot_checksum".into(),
         json!(match summary.trailer {
