@@ -21,6 +21,7 @@ use kube_kms::inspect::bbolt::{BboltError, Database, TrailerStatus};
 use kube_kms::inspect::classify::{self, build, Classification, Classifier, Provider};
 use kube_kms::inspect::encryption_config::{EncryptionConfig, KeyedProvider};
 use kube_kms::inspect::mvcc::{self, FileScanOptions};
+use kube_kms::inspect::residue::{self, ResidueScope};
 use kube_kms::inspect::scan::{ResourceFilter, Scan, ScanOptions};
 use kube_kms::inspect::{ObservationSink, Observed, Revision};
 use kube_kms::keyring::format;
@@ -454,7 +455,22 @@ pub fn bbolt_file(data: &[u8]) {
         let options = FileScanOptions {
             verify_trailer: false,
         };
-        mvcc::scan_source(file, &mut scan, options).ok()?;
+        let summary = mvcc::scan_source(file, &mut scan, options).ok()?;
+        // The deep scan of what the walk did not reach: whatever the bytes,
+        // remnants lie inside the file and say what they are.
+        let scope = ResidueScope {
+            prefix: b"/registry".to_vec(),
+            resources: ResourceFilter::All,
+            classifier: Classifier::default(),
+        };
+        if let Ok(db) = Database::open(file) {
+            if let Ok(residue) = residue::scan(&db, &summary.reachable, &scope) {
+                for remnant in &residue.remnants {
+                    assert!(remnant.offset < file.len() as u64, "remnant past the end");
+                    assert_eq!(remnant.page, remnant.offset / db.page_size());
+                }
+            }
+        }
         let result = scan.finish();
         let _ = result.resource_summaries();
         let _ = result.groups();

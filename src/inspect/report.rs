@@ -415,8 +415,10 @@ pub fn write_json_deep(
         line.clear();
         line.extend_from_slice(
             format!(
-                "{{\"type\":\"residue\",\"data\":{{\"page\":{},\"offset\":{},\"key\":",
-                remnant.page, remnant.offset
+                "{{\"type\":\"residue\",\"data\":{{\"form\":\"{}\",\"page\":{},\"offset\":{},\"key\":",
+                remnant.form.as_str(),
+                remnant.page,
+                remnant.offset
             )
             .as_bytes(),
         );
@@ -486,13 +488,14 @@ fn write_residue_table(out: &mut dyn Write, residue: &ResidueReport) -> io::Resu
     for remnant in ordered {
         writeln!(
             out,
-            "  residue  page {}  offset {}  {}  kind {}  {}",
+            "  residue  page {}  offset {}  {}  {}  kind {}  {}",
             remnant.page,
             remnant.offset,
             remnant
                 .key
                 .as_deref()
                 .map_or_else(|| "(key not recovered)".to_string(), display_bytes),
+            remnant.form.as_str(),
             remnant.kind.as_deref().unwrap_or("-"),
             if remnant.plaintext {
                 "plaintext".to_string()

@@ -10,7 +10,17 @@
 //!   the elements of old leaf pages), classified like the keyspace's values;
 //! - kube-apiserver's plaintext protobuf envelope (`k8s\0` + a decodable
 //!   `runtime.Unknown` type meta) whose kind is in scope, where no KeyValue
-//!   around it was recognised.
+//!   around it was recognised;
+//! - plaintext found by content alone, where no KeyValue claims it: the
+//!   overflow tail of a large value whose first page was reused has no
+//!   header left, but a JSON object (`"kind":"Secret"`) or a PEM private key
+//!   (`PRIVATE KEY-----`, of a TLS Secret) still reads as what it is.
+//!
+//! Each remnant says what it is ([`RemnantForm`]), never its bytes. The
+//! pages are searched (with `memchr::memmem`) as contiguous byte ranges:
+//! runs of unreachable pages, and the slack past the high-water mark joined
+//! to the run before it, in windows that overlap by [`OVERLAP`] bytes, so a
+//! remnant across a window boundary is found once.
 //!
 //! Why: bbolt copies pages on write and leaves the old ones as they were until
 //! reused; compaction frees old revisions but only `etcdctl defrag` rewrites the
@@ -19,13 +29,31 @@
 //! from [`Database::walk`]); values are never retained or printed, only where
 //! they are and what they are.
 
+use memchr::memmem::{Finder, FinderRev};
+
 use super::bbolt::{BboltError, Database, PageSet, ReadAt};
 use super::classify::{Classifier, Provider, PROTOBUF_MAGIC};
 use super::pb;
 use super::scan::{resource_of, ResourceFilter};
+use super::verify::object::resource_for_kind;
 
 /// Bytes read at once (several unreachable pages close together).
 const CHUNK_SIZE: u64 = 4 << 20;
+/// Bytes two consecutive windows of one byte range share: a remnant that
+/// starts before a window's end but needs more bytes to be recognised is
+/// found in the next window (each start is reported by one window only).
+const OVERLAP: u64 = 64 << 10;
+/// Both lines of a PEM private key block end so (`-----BEGIN RSA PRIVATE
+/// KEY-----`, `-----END PRIVATE KEY-----`, ...).
+const PEM_PRIVATE_KEY: &[u8] = b"PRIVATE KEY-----";
+/// A JSON object's kind, as kube-apiserver writes it (compact JSON).
+const JSON_KIND: &[u8] = b"\"kind\":\"";
+/// Longest PEM BEGIN/END line looked for (`-----BEGIN ENCRYPTED PRIVATE
+/// KEY-----` is 37 bytes).
+const PEM_LINE_MAX: usize = 64;
+/// Bytes searched before a PEM END line for its BEGIN line (one remnant per
+/// block); private keys are a few KiB.
+const PEM_BLOCK_MAX: usize = 16 << 10;
 /// Longest etcd key looked for (etcd's default limit is 1.5 MiB for requests,
 /// but Kubernetes keys are short; a two-byte varint length covers 16 KiB).
 const MAX_KEY_LEN: usize = 16 * 1024;
@@ -41,9 +69,36 @@ pub struct ResidueScope {
     pub classifier: Classifier,
 }
 
+/// What a remnant is (how it was recognised).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RemnantForm {
+    /// An etcd `mvccpb.KeyValue` record (key recovered, value classified).
+    KeyValue,
+    /// A plaintext protobuf envelope (`k8s\0` + type meta) on its own.
+    Protobuf,
+    /// A JSON object with `"kind":"..."` of a kind in scope.
+    Json,
+    /// A PEM private key block (a BEGIN or END line of one).
+    PemPrivateKey,
+}
+
+impl RemnantForm {
+    /// Name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemnantForm::KeyValue => "etcd-record",
+            RemnantForm::Protobuf => "protobuf-object",
+            RemnantForm::Json => "json-object",
+            RemnantForm::PemPrivateKey => "pem-private-key",
+        }
+    }
+}
+
 /// One remnant of a value found outside the reachable tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remnant {
+    /// What it is.
+    pub form: RemnantForm,
     /// Page the remnant starts in.
     pub page: u64,
     /// Byte offset in the file.
@@ -89,7 +144,8 @@ impl ResidueReport {
 }
 
 /// Examines every page of `db` not in `reachable` (from [`Database::walk`])
-/// and the slack past the high-water mark. `Err` only for I/O problems.
+/// and the slack past the high-water mark. `Err` for I/O problems, and when
+/// the file changed while it was read ([`BboltError::Changed`]).
 pub fn scan<R: ReadAt>(
     db: &Database<R>,
     reachable: &PageSet,
@@ -97,56 +153,53 @@ pub fn scan<R: ReadAt>(
 ) -> Result<ResidueReport, BboltError> {
     let page_size = db.page_size();
     let high_water = db.meta().high_water;
+    let slack_start = high_water.saturating_mul(page_size);
+    let image_end = db.image_size();
     let mut report = ResidueReport::default();
     let scanner = Scanner::new(scope, page_size);
-    let unreachable: Vec<u64> = (2..high_water)
-        .filter(|&pgid| !reachable.contains(pgid))
-        .collect();
-    report.pages_examined = unreachable.len() as u64;
+    // Contiguous byte ranges: runs of unreachable pages, the slack joined
+    // to a run that ends at the high-water mark.
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for pgid in (2..high_water).filter(|&pgid| !reachable.contains(pgid)) {
+        report.pages_examined += 1;
+        let (from, to) = (pgid * page_size, (pgid + 1) * page_size);
+        match ranges.last_mut() {
+            Some(last) if last.1 == from => last.1 = to,
+            _ => ranges.push((from, to)),
+        }
+    }
+    if slack_start < image_end {
+        report.slack_bytes = image_end - slack_start;
+        match ranges.last_mut() {
+            Some(last) if last.1 == slack_start => last.1 = image_end,
+            _ => ranges.push((slack_start, image_end)),
+        }
+    }
     let mut buf = Vec::new();
-    let mut index = 0;
-    while let Some(&start) = unreachable.get(index) {
-        let mut last = index + 1;
-        let mut end = start + 1;
-        while let Some(&pgid) = unreachable.get(last) {
-            if (pgid + 1 - start) * page_size > CHUNK_SIZE {
+    for (from, to) in ranges {
+        // Each window reports the remnants starting in its middle part: the
+        // OVERLAP bytes before it are context (a PEM block's BEGIN line, a
+        // record's tag), the OVERLAP bytes after it are left to the next
+        // window, which holds what follows them.
+        let mut window = from;
+        let mut report_from = from;
+        loop {
+            let len = (to - window).min(CHUNK_SIZE);
+            buf.resize(len as usize, 0);
+            db.read_image(window, &mut buf)?;
+            report.bytes_read += len;
+            let last = window + len == to;
+            let report_until = if last { to } else { window + len - OVERLAP };
+            let part = (report_from - window) as usize..(report_until - window) as usize;
+            scanner.scan_window(&buf, window, part, &mut report.remnants);
+            if last {
                 break;
             }
-            end = pgid + 1;
-            last += 1;
+            report_from = report_until;
+            window = report_until - OVERLAP;
         }
-        db.read_pages(start, end - start, &mut buf)?;
-        report.bytes_read += buf.len() as u64;
-        // Scan each run of consecutive unreachable pages as one region, so
-        // records spanning pages are found.
-        let pages = unreachable.get(index..last).unwrap_or(&[]);
-        let mut run_start = 0;
-        while let Some(&first) = pages.get(run_start) {
-            let mut run_end = run_start + 1;
-            while pages.get(run_end) == Some(&(first + (run_end - run_start) as u64)) {
-                run_end += 1;
-            }
-            let from = ((first - start) * page_size) as usize;
-            let to = from + (run_end - run_start) * page_size as usize;
-            if let Some(region) = buf.get(from..to) {
-                scanner.scan_region(region, first * page_size, &mut report.remnants);
-            }
-            run_start = run_end;
-        }
-        index = last;
     }
-    // Slack past the high-water mark (member dbs are pre-grown).
-    let mut offset = high_water.saturating_mul(page_size);
-    let image_end = db.image_size();
-    while offset < image_end {
-        let len = (image_end - offset).min(CHUNK_SIZE) as usize;
-        buf.resize(len, 0);
-        db.read_image(offset, &mut buf)?;
-        report.bytes_read += len as u64;
-        report.slack_bytes += len as u64;
-        scanner.scan_region(&buf, offset, &mut report.remnants);
-        offset += len as u64;
-    }
+    db.check_unchanged()?;
     report.remnants.sort_by_key(|remnant| remnant.offset);
     Ok(report)
 }
@@ -156,6 +209,14 @@ pub fn scan<R: ReadAt>(
 pub struct Scanner<'s> {
     scope: &'s ResidueScope,
     prefix: Vec<u8>,
+    prefix_finder: Finder<'static>,
+    magic: Finder<'static>,
+    json_kind: Finder<'static>,
+    pem: Finder<'static>,
+    pem_begin: FinderRev<'static>,
+    pem_end: FinderRev<'static>,
+    /// Whether PEM private keys are in scope (they belong to Secrets).
+    pem_in_scope: bool,
     page_size: u64,
 }
 
@@ -167,9 +228,20 @@ impl<'s> Scanner<'s> {
             prefix.pop();
         }
         prefix.push(b'/');
+        let pem_in_scope = match &scope.resources {
+            ResourceFilter::All => true,
+            resources => resources.includes("secrets"),
+        };
         Self {
             scope,
+            prefix_finder: Finder::new(&prefix).into_owned(),
             prefix,
+            magic: Finder::new(PROTOBUF_MAGIC).into_owned(),
+            json_kind: Finder::new(JSON_KIND).into_owned(),
+            pem: Finder::new(PEM_PRIVATE_KEY).into_owned(),
+            pem_begin: FinderRev::new(b"-----BEGIN ").into_owned(),
+            pem_end: FinderRev::new(b"-----END ").into_owned(),
+            pem_in_scope,
             page_size: page_size.max(1),
         }
     }
@@ -177,35 +249,112 @@ impl<'s> Scanner<'s> {
     /// Appends the remnants found in `region`, which starts at file offset
     /// `base`, to `out`. Never panics, whatever the bytes.
     pub fn scan_region(&self, region: &[u8], base: u64, out: &mut Vec<Remnant>) {
-        // Envelopes already accounted for by a KeyValue record (value offsets).
-        let mut claimed: Vec<usize> = Vec::new();
-        for at in find_all(region, &self.prefix) {
-            if let Some((remnant, value_at)) = self.key_value_at(region, at, base) {
-                claimed.extend(value_at);
-                out.push(remnant);
+        self.scan_window(region, base, 0..region.len(), out);
+    }
+
+    /// [`Scanner::scan_region`], reporting only remnants that start in
+    /// `report` (the rest of `region` is context for them).
+    pub fn scan_window(
+        &self,
+        region: &[u8],
+        base: u64,
+        report: std::ops::Range<usize>,
+        out: &mut Vec<Remnant>,
+    ) {
+        let report_until = report.end;
+        // Byte ranges of values already accounted for by a KeyValue record:
+        // what is inside one is not reported again by content.
+        let mut claimed: Vec<(usize, usize)> = Vec::new();
+        for at in self.prefix_finder.find_iter(region) {
+            // The record starts up to three bytes before its key.
+            if at > report_until.saturating_add(3) {
+                break;
+            }
+            if let Some((remnant, value)) = self.key_value_at(region, at, base) {
+                claimed.extend(value);
+                if report.contains(&((remnant.offset - base) as usize)) {
+                    out.push(remnant);
+                }
             }
         }
         claimed.sort_unstable();
-        for at in find_all(region, PROTOBUF_MAGIC) {
-            if claimed.binary_search(&at).is_ok() {
+        let is_claimed = |at: usize| {
+            let index = claimed.partition_point(|&(start, _)| start <= at);
+            claimed
+                .get(..index)
+                .is_some_and(|before| before.iter().rev().take(4).any(|&(_, end)| at < end))
+        };
+        let mut push = |at: usize, form: RemnantForm, kind: Option<String>| {
+            let offset = base + at as u64;
+            out.push(Remnant {
+                form,
+                page: offset / self.page_size,
+                offset,
+                key: None,
+                resource: None,
+                kind,
+                provider: Some(Provider::Identity),
+                plaintext: true,
+            });
+        };
+        let reportable = |at: usize| report.contains(&at) && !is_claimed(at);
+        for at in self.magic.find_iter(region) {
+            if !reportable(at) {
                 continue;
             }
             let Some(kind) = envelope_kind(region.get(at..).unwrap_or(&[])) else {
                 continue;
             };
-            if !self.kind_in_scope(kind) {
+            if self.kind_in_scope(kind) {
+                push(
+                    at,
+                    RemnantForm::Protobuf,
+                    Some(String::from_utf8_lossy(kind).into_owned()),
+                );
+            }
+        }
+        for at in self.json_kind.find_iter(region) {
+            if !reportable(at) {
                 continue;
             }
-            let offset = base + at as u64;
-            out.push(Remnant {
-                page: offset / self.page_size,
-                offset,
-                key: None,
-                resource: None,
-                kind: Some(String::from_utf8_lossy(kind).into_owned()),
-                provider: Some(Provider::Identity),
-                plaintext: true,
-            });
+            let Some(kind) = json_kind(region.get(at + JSON_KIND.len()..).unwrap_or(&[])) else {
+                continue;
+            };
+            if self.kind_in_scope(kind) {
+                push(
+                    at,
+                    RemnantForm::Json,
+                    Some(String::from_utf8_lossy(kind).into_owned()),
+                );
+            }
+        }
+        if self.pem_in_scope {
+            // One remnant per block: its BEGIN line, or the END line of a
+            // block whose BEGIN line is gone (reused page, window start).
+            let mut last_begin_end = None;
+            for at in self.pem.find_iter(region) {
+                // The line holding the match: the nearer of a BEGIN and an
+                // END line start in the 64 bytes before it.
+                let from = at.saturating_sub(PEM_LINE_MAX);
+                let before = region.get(from..at).unwrap_or(&[]);
+                let begin_at = self.pem_begin.rfind(before);
+                let end_at = self.pem_end.rfind(before);
+                let (line_start, begin) = match (begin_at, end_at) {
+                    (Some(b), Some(e)) if b > e => (from + b, true),
+                    (_, Some(e)) => (from + e, false),
+                    (Some(b), None) => (from + b, true),
+                    (None, None) => continue,
+                };
+                if begin {
+                    last_begin_end = Some(at);
+                } else if last_begin_end.is_some_and(|begin_at| at - begin_at <= PEM_BLOCK_MAX) {
+                    last_begin_end = None;
+                    continue;
+                }
+                if reportable(line_start) {
+                    push(line_start, RemnantForm::PemPrivateKey, None);
+                }
+            }
         }
     }
 
@@ -215,7 +364,7 @@ impl<'s> Scanner<'s> {
         region: &[u8],
         key_at: usize,
         base: u64,
-    ) -> Option<(Remnant, Option<usize>)> {
+    ) -> Option<(Remnant, Option<(usize, usize)>)> {
         // `0a <varint len>` right before the key: one or two length bytes.
         let one = region.get(key_at.checked_sub(2)?..key_at)?;
         let (start, key_len) = match one {
@@ -238,7 +387,7 @@ impl<'s> Scanner<'s> {
             return None;
         }
         // The fields after the key, until one that is not a KeyValue field.
-        let mut value = None;
+        let mut value: Option<&[u8]> = None;
         let mut value_at = None;
         let record = region.get(start..)?;
         for field in pb::Reader::new(record).skip(1) {
@@ -273,9 +422,10 @@ impl<'s> Scanner<'s> {
             .kind
             .map(|kind| String::from_utf8_lossy(kind).into_owned());
         let offset = base + start as u64;
-        let envelope_at = value_at.filter(|_| value.starts_with(PROTOBUF_MAGIC));
+        let claimed = value_at.map(|at| (at, at + value.len()));
         Some((
             Remnant {
+                form: RemnantForm::KeyValue,
                 page: offset / self.page_size,
                 offset,
                 key: Some(key.to_vec()),
@@ -284,22 +434,26 @@ impl<'s> Scanner<'s> {
                 provider: Some(provider),
                 plaintext,
             },
-            envelope_at,
+            claimed,
         ))
     }
 
     /// Whether a plaintext object of `kind` belongs to a resource in scope
-    /// (kind `Secret` is resource `secrets`).
+    /// (kind `Secret` is resource `secrets`, `Deployment` is
+    /// `deployments.apps`).
     fn kind_in_scope(&self, kind: &[u8]) -> bool {
         match &self.scope.resources {
             ResourceFilter::All => true,
             ResourceFilter::Only(_) => {
-                let plural = plural_of(kind);
+                let kind = String::from_utf8_lossy(kind);
+                let resource = resource_for_kind(&kind)
+                    .map_or_else(|| plural_of(kind.as_bytes()), str::to_string);
+                let plural = resource.split('.').next().unwrap_or_default();
                 let resources = &self.scope.resources;
-                resources.includes(&plural)
+                resources.includes(&resource)
                     || matches!(resources, ResourceFilter::Only(names) if names
                         .iter()
-                        .any(|name| name.split('.').next() == Some(plural.as_str())))
+                        .any(|name| name.split('.').next() == Some(plural)))
             }
         }
     }
@@ -313,10 +467,15 @@ fn field_header_len(record: &[u8], offset: usize) -> Option<usize> {
     Some(tag_len + len_len)
 }
 
-/// The lowercase plural of a kind, as kube-apiserver names resources
-/// (`Secret` -> `secrets`, `NetworkPolicy` -> `networkpolicies`).
+/// The lowercase plural of a kind not in the built-in table, as
+/// kube-apiserver guesses resources (`NetworkPolicy` -> `networkpolicies`);
+/// kinds already plural stay so (`Endpoints` -> `endpoints`, as Kubernetes'
+/// unpluralized suffixes).
 fn plural_of(kind: &[u8]) -> String {
     let lower = String::from_utf8_lossy(kind).to_ascii_lowercase();
+    if lower.ends_with("endpoints") {
+        return lower;
+    }
     if let Some(stem) = lower.strip_suffix('y') {
         if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) {
             return format!("{stem}ies");
@@ -364,20 +523,15 @@ pub fn envelope_kind(bytes: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// Start offsets of every occurrence of `needle` in `haystack`.
-fn find_all<'h>(haystack: &'h [u8], needle: &'h [u8]) -> impl Iterator<Item = usize> + 'h {
-    let mut from = 0usize;
-    std::iter::from_fn(move || {
-        let (&first, rest) = needle.split_first()?;
-        loop {
-            let tail = haystack.get(from..)?;
-            let at = from + tail.iter().position(|&b| b == first)?;
-            from = at + 1;
-            if haystack.get(at + 1..at + 1 + rest.len()) == Some(rest) {
-                return Some(at);
-            }
-        }
-    })
+/// The kind of a JSON object at `bytes` (just after `"kind":"`): an
+/// identifier starting with an uppercase letter, then the closing quote.
+fn json_kind(bytes: &[u8]) -> Option<&[u8]> {
+    let len = bytes.iter().take(254).position(|&b| b == b'"')?;
+    let kind = bytes.get(..len)?;
+    (!kind.is_empty()
+        && kind.first().is_some_and(u8::is_ascii_uppercase)
+        && kind.iter().all(u8::is_ascii_alphanumeric))
+    .then_some(kind)
 }
 
 #[cfg(test)]
@@ -446,7 +600,73 @@ mod tests {
     }
 
     #[test]
+    fn content_remnants_say_what_they_are() {
+        let mut page = vec![0u8; 300];
+        page.extend_from_slice(
+            b"-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n",
+        );
+        page.extend_from_slice(b"xx\n-----END PRIVATE KEY-----\n");
+        let json_at = page.len();
+        page.extend_from_slice(br#"{"kind":"Secret","apiVersion":"v1"}"#);
+        page.extend_from_slice(br#"{"kind":"ConfigMap"} {"kind":"lower"}"#);
+        let scope = scope(ResourceFilter::Only(vec!["secrets".into()]));
+        let mut out = Vec::new();
+        Scanner::new(&scope, 4096).scan_region(&page, 0, &mut out);
+        let found: Vec<(RemnantForm, u64, Option<&str>)> = out
+            .iter()
+            .map(|r| (r.form, r.offset, r.kind.as_deref()))
+            .collect();
+        let end_line = 300 + 67 + 3;
+        assert_eq!(
+            found,
+            [
+                (RemnantForm::Json, json_at as u64 + 1, Some("Secret")),
+                (RemnantForm::PemPrivateKey, 300, None),
+                (RemnantForm::PemPrivateKey, end_line, None),
+            ]
+        );
+        assert!(out.iter().all(|r| r.plaintext && r.key.is_none()));
+        // Nothing of a kind out of scope; PEM keys only with secrets in scope.
+        let configmaps = scope_only("configmaps");
+        let mut out = Vec::new();
+        Scanner::new(&configmaps, 4096).scan_region(&page, 0, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].kind.as_deref(), Some("ConfigMap"));
+    }
+
+    #[test]
+    fn content_inside_a_recovered_record_is_not_reported_twice() {
+        let value = b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n";
+        let mut page = vec![0u8; 64];
+        page.extend(key_value(b"/registry/secrets/ns/tls", value));
+        let scope = scope_all();
+        let mut out = Vec::new();
+        Scanner::new(&scope, 4096).scan_region(&page, 0, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].form, RemnantForm::KeyValue);
+    }
+
+    fn scope_only(resource: &str) -> ResidueScope {
+        scope(ResourceFilter::Only(vec![resource.into()]))
+    }
+
+    #[test]
+    fn kinds_map_to_the_resources_of_the_keyspace() {
+        // Issue 16: `Endpoints` is resource `endpoints`, as its keys say.
+        assert_eq!(
+            resource_of(b"/registry/services/endpoints/ns/a", b"/registry").as_deref(),
+            Some("endpoints")
+        );
+        let scope = scope_only("endpoints");
+        assert!(Scanner::new(&scope, 4096).kind_in_scope(b"Endpoints"));
+        let scope = scope_only("deployments.apps");
+        assert!(Scanner::new(&scope, 4096).kind_in_scope(b"Deployment"));
+        assert!(!Scanner::new(&scope, 4096).kind_in_scope(b"Secret"));
+    }
+
+    #[test]
     fn plurals_follow_kube_naming() {
+        assert_eq!(plural_of(b"Endpoints"), "endpoints");
         assert_eq!(plural_of(b"Secret"), "secrets");
         assert_eq!(plural_of(b"NetworkPolicy"), "networkpolicies");
         assert_eq!(plural_of(b"Ingress"), "ingresses");

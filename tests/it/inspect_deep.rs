@@ -235,7 +235,10 @@ fn every_fixture_scans_deep_without_errors() {
             );
             for remnant in &residue {
                 let kind = remnant["kind"].as_str();
-                if resources == "secrets" && remnant["plaintext"] == true {
+                if resources == "secrets"
+                    && remnant["plaintext"] == true
+                    && remnant["form"] != "pem-private-key"
+                {
                     assert_eq!(kind, Some("Secret"), "{name}: {remnant}");
                 }
             }
@@ -254,4 +257,180 @@ fn deep_needs_a_file() {
     let output = run(&["scan", "--endpoints", "http://127.0.0.1:1", "--deep"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--deep"));
+}
+
+/// A PEM block of `label` whose body is `len` bytes of base64 (not a real
+/// key: only its shape matters), 64 characters a line.
+fn pem_block(label: &str, seed: u8, len: usize) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = (0..len * 3 / 4)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    let body = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64"));
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}
+
+/// Issue 14 §5: a ~20 KiB plaintext TLS Secret, migrated (rewritten
+/// encrypted), compacted, and the first page of its old value reused by later
+/// writes: its KeyValue record (the key, the `k8s\0` header) is gone, but the
+/// overflow tail still holds the private key, which the deep scan reports as
+/// a PEM private key remnant, without printing it.
+#[test]
+fn deep_scan_finds_the_pem_key_of_a_tls_secret_whose_header_was_overwritten() {
+    let etcd = Etcd::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tls_key = "/registry/secrets/ingress/wildcard-tls";
+    let crt = pem_block("CERTIFICATE", 7, 16 * 1024);
+    let key = pem_block("RSA PRIVATE KEY", 9, 3 * 1024);
+    let key_line = key.lines().nth(5).expect("a body line").to_string();
+    let secret = build::secret(
+        "ingress",
+        "wildcard-tls",
+        "6f1c7a2e-0000-4000-8000-000000000001",
+        1_700_000_000,
+        &[("tls.crt", crt.as_bytes()), ("tls.key", key.as_bytes())],
+    );
+    assert!(secret.len() > 19 * 1024, "{}", secret.len());
+    let dir = tempfile::Builder::new()
+        .prefix("kk")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let snapshot = dir.path().join("tls.db");
+    runtime.block_on(async {
+        etcd.put(tls_key, secret.clone()).await;
+        let sealed = build::kms_v2("kube-kms", "key-1", Some(1), &[], &vec![0x5a; secret.len()]);
+        etcd.put(tls_key, sealed).await;
+        // Later revisions in leaves of their own, so that the writes below
+        // do not rewrite the leaf of the large values.
+        let mut last = 0;
+        for index in 0..20 {
+            let value = build::kms_v2("kube-kms", "key-1", Some(1), &[], &[0x44; 200]);
+            last = etcd
+                .put(format!("/registry/configmaps/pad/p{index}"), value)
+                .await;
+        }
+        etcd.compact(last).await;
+    });
+    // Small writes until the old value's first page has been reused: the
+    // KeyValue record of the plaintext revision is no longer found.
+    let mut fill = 0;
+    let found = loop {
+        etcd.snapshot_save(&snapshot);
+        let (code, residue, summary, stdout) = deep_json(&snapshot, &["--deep"]);
+        assert!(!stdout.contains(&key_line), "the private key was printed");
+        let record = residue
+            .iter()
+            .any(|r| r["key"] == tls_key && r["plaintext"] == true);
+        if !record {
+            break (code, residue, summary);
+        }
+        assert!(fill < 100, "the old value's first page was never reused");
+        // One small write per commit (the snapshot commits it): each takes a
+        // page or two from the start of the free run.
+        fill += 1;
+        runtime.block_on(async {
+            let value = build::kms_v2("kube-kms", "key-1", Some(1), &[], &[0x33; 200]);
+            etcd.put(format!("/registry/configmaps/fill/c{fill}"), value)
+                .await;
+        });
+        std::fs::remove_file(&snapshot).expect("remove the snapshot");
+    };
+    let (code, residue, summary) = found;
+    assert_eq!(summary["values"], 1, "{summary}");
+    let pem: Vec<&Value> = residue
+        .iter()
+        .filter(|r| r["form"] == "pem-private-key")
+        .collect();
+    assert!(
+        !pem.is_empty(),
+        "no PEM remnant after {fill} fills: {residue:?}"
+    );
+    for remnant in &pem {
+        assert_eq!(remnant["plaintext"], true, "{remnant}");
+        assert_eq!(remnant["finding"], "residue", "{remnant}");
+    }
+    assert_eq!(code, 1, "{summary}");
+    // The remnant is where the report says: the file holds the key there.
+    let bytes = std::fs::read(&snapshot).expect("snapshot");
+    let at = pem[0]["offset"].as_u64().expect("offset") as usize;
+    assert!(
+        bytes[at..].starts_with(b"-----BEGIN RSA PRIVATE KEY-----")
+            || bytes[at..].starts_with(b"-----END RSA PRIVATE KEY-----")
+    );
+}
+
+/// Remnants found by content across the deep scan's read windows and across
+/// the high-water mark: PEM private key blocks packed through 9 MiB of free
+/// pages (several windows; each block is reported once, by its BEGIN line),
+/// and a JSON Secret that starts in the last free page and ends in the slack
+/// of a pre-grown file. Crafted file: page 2 is the root bucket, page 3 the
+/// `key` bucket, every other page below the high-water mark is free.
+#[test]
+fn content_remnants_are_found_once_across_windows_and_into_the_slack() {
+    use crate::common::bbolt_craft::{etcd_file, PAGE};
+    let high_water = 2400usize;
+    let mut craft = etcd_file(high_water + 8, &[]);
+    craft
+        .meta(0, 2, high_water as u64, 2)
+        .meta(1, 2, high_water as u64, 1);
+    let mut begins = Vec::new();
+    let mut at = 4 * PAGE + 123;
+    let mut seed = 0u8;
+    while at + 4000 < (high_water - 1) * PAGE {
+        let block = pem_block("EC PRIVATE KEY", seed, 3000);
+        craft.put(at, block.as_bytes());
+        begins.push(at as u64);
+        at += block.len() + 97;
+        seed = seed.wrapping_add(1);
+    }
+    let json = format!(
+        "{{\"kind\":\"Secret\",\"apiVersion\":\"v1\",\"data\":{{\"k\":\"{MARKER}{}\"}}}}",
+        "x".repeat(6000)
+    );
+    let json_at = high_water * PAGE - 200;
+    craft.put(json_at, json.as_bytes());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("packed.db");
+    std::fs::write(&path, &craft.bytes).expect("write");
+
+    let (code, residue, summary, stdout) = deep_json(&path, &["--deep", "--skip-checksum"]);
+    assert_eq!(code, 1, "{summary}");
+    assert!(!stdout.contains(MARKER), "a value was printed");
+    let pem: Vec<u64> = residue
+        .iter()
+        .filter(|r| r["form"] == "pem-private-key")
+        .map(|r| r["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(pem, begins, "each PEM block once, at its BEGIN line");
+    let json: Vec<&Value> = residue
+        .iter()
+        .filter(|r| r["form"] == "json-object")
+        .collect();
+    assert_eq!(json.len(), 1, "{json:?}");
+    // The offset of its `"kind"` field, just after the `{`.
+    assert_eq!(json[0]["offset"].as_u64(), Some(json_at as u64 + 1));
+    assert_eq!(json[0]["kind"], "Secret");
+    assert_eq!(json[0]["plaintext"], true);
+    assert!(residue.iter().all(|r| r["plaintext"] == true));
+    assert_eq!(
+        summary["residue"]["slack_bytes"].as_u64(),
+        Some(8 * PAGE as u64),
+        "{summary}"
+    );
+
+    // Out of scope (configmaps only): neither PEM keys nor Secrets.
+    let (_, residue, _, _) = deep_json(
+        &path,
+        &["--deep", "--skip-checksum", "--resources", "configmaps"],
+    );
+    assert!(residue.is_empty(), "{residue:?}");
 }

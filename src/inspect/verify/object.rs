@@ -52,6 +52,15 @@ const KINDS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The resource of a built-in `kind` (`Secret` → `secrets`, `Deployment` →
+/// `deployments.apps`): the one table of kinds, shared with the deep scan.
+pub fn resource_for_kind(kind: &str) -> Option<&'static str> {
+    KINDS
+        .iter()
+        .find(|(_, known)| *known == kind)
+        .map(|(resource, _)| *resource)
+}
+
 /// What a value of `resource` must decrypt to.
 pub fn expected_for_resource(resource: &[u8]) -> ExpectedObject {
     KINDS
