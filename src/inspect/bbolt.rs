@@ -731,9 +731,16 @@ impl<R: ReadAt> Database<R> {
     /// Verifies the snapshot trailer: SHA-256 of the image. Reads the whole
     /// image sequentially, [`HASH_BLOCK`] bytes at a time.
     pub fn verify_trailer(&self) -> Result<TrailerStatus, BboltError> {
-        let Some(expected) = self.trailer else {
+        if self.trailer.is_none() {
             return Ok(TrailerStatus::Absent);
-        };
+        }
+        self.hash_file().map(|(status, _)| status)
+    }
+
+    /// Reads the whole file once: verifies the snapshot trailer (if any)
+    /// against the image's SHA-256, and returns the SHA-256 of the whole
+    /// file (what `sha256sum` prints), which reports use as its identity.
+    pub fn hash_file(&self) -> Result<(TrailerStatus, [u8; 32]), BboltError> {
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut buf = vec![0u8; HASH_BLOCK];
         let mut offset = 0u64;
@@ -744,10 +751,21 @@ impl<R: ReadAt> Database<R> {
             hasher.update(&*chunk);
             offset += len as u64;
         }
+        // The file hash goes on over the trailer; the image hash stops here.
+        let mut file_hasher = hasher.clone();
+        let tail_len = (self.file_size - self.image_size).min(buf.len() as u64) as usize;
+        let tail = buf.get_mut(..tail_len).unwrap_or(&mut []);
+        read_exact_at(&self.source, tail, self.image_size, self.file_size)?;
+        file_hasher.update(&*tail);
+        let mut file_digest = [0u8; 32];
+        file_digest.copy_from_slice(file_hasher.finish().as_ref());
+        let Some(expected) = self.trailer else {
+            return Ok((TrailerStatus::Absent, file_digest));
+        };
         let digest = hasher.finish();
         let actual = digest.as_ref();
         if actual == expected {
-            Ok(TrailerStatus::Verified)
+            Ok((TrailerStatus::Verified, file_digest))
         } else {
             Err(BboltError::TrailerMismatch {
                 image_len: self.image_size,

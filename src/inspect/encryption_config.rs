@@ -62,6 +62,7 @@ impl KeyedProvider {
 pub struct EncryptionConfig {
     keys: HashMap<(KeyedProvider, String), SecretBytes>,
     kms_names: Vec<String>,
+    kms_v2_resources: Vec<String>,
 }
 
 impl std::fmt::Debug for EncryptionConfig {
@@ -75,6 +76,7 @@ impl std::fmt::Debug for EncryptionConfig {
         f.debug_struct("EncryptionConfig")
             .field("keys", &names)
             .field("kms_names", &self.kms_names)
+            .field("kms_v2_resources", &self.kms_v2_resources)
             .finish()
     }
 }
@@ -88,6 +90,8 @@ struct RawConfig {
 
 #[derive(Deserialize)]
 struct RawResource {
+    #[serde(default)]
+    resources: Vec<String>,
     #[serde(default)]
     providers: Vec<RawProvider>,
 }
@@ -115,6 +119,8 @@ struct RawKey {
 #[derive(Deserialize)]
 struct RawKms {
     name: String,
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
 }
 
 impl EncryptionConfig {
@@ -145,6 +151,23 @@ impl EncryptionConfig {
             }
         }
         let mut config = EncryptionConfig::default();
+        for entry in &raw.resources {
+            // Any kms v2 provider of the entry, write or read-only: values
+            // under its key_ids may be stored for every resource listed.
+            let kms_v2 = entry.providers.iter().any(|provider| {
+                provider
+                    .kms
+                    .as_ref()
+                    .is_some_and(|kms| kms.api_version.as_deref() == Some("v2"))
+            });
+            if kms_v2 {
+                for resource in &entry.resources {
+                    if !config.kms_v2_resources.contains(resource) {
+                        config.kms_v2_resources.push(resource.clone());
+                    }
+                }
+            }
+        }
         for provider in raw.resources.iter().flat_map(|r| &r.providers) {
             for (kind, keys) in [
                 (KeyedProvider::AesCbc, &provider.aescbc),
@@ -197,6 +220,12 @@ impl EncryptionConfig {
     pub fn kms_names(&self) -> &[String] {
         &self.kms_names
     }
+
+    /// The resources (as written: `secrets`, `*.*`, `widgets.example.com`)
+    /// of every entry that has a kms v2 provider.
+    pub fn kms_v2_resources(&self) -> &[String] {
+        &self.kms_v2_resources
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +259,7 @@ resources:
     fn parses_keys_and_kms_names() {
         let config = EncryptionConfig::parse(CONFIG).unwrap();
         assert_eq!(config.kms_names(), ["kube-kms"]);
+        assert_eq!(config.kms_v2_resources(), ["secrets", "configmaps"]);
         assert_eq!(config.key(KeyedProvider::AesCbc, "key1").unwrap().len(), 32);
         assert_eq!(
             config.key(KeyedProvider::Secretbox, "sb").unwrap().len(),

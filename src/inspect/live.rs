@@ -124,6 +124,11 @@ pub struct LiveSummary {
     pub compact_revision: Option<i64>,
     /// Whether older revisions were replayed.
     pub history: bool,
+    /// The cluster id in the header of the first response (identifies the
+    /// etcd cluster the report is about).
+    pub cluster_id: u64,
+    /// The member id in that header (the member that answered first).
+    pub member_id: u64,
     /// Put observations emitted.
     pub puts: u64,
     /// Delete observations emitted (history only).
@@ -374,11 +379,13 @@ async fn scan_latest(session: &mut Session, feed: &mut Feed) -> Result<(), LiveE
     let start = session.start.clone();
     let first = session.range_page(&start, None).await?;
     feed.summary.pages += 1;
-    let pinned = first
+    let header = first
         .header()
-        .map(|header| header.revision())
         .ok_or_else(|| session.missing_header("the first range request"))?;
+    let pinned = header.revision();
     feed.summary.revision = pinned;
+    feed.summary.cluster_id = header.cluster_id();
+    feed.summary.member_id = header.member_id();
     let next = continue_after(&first);
     let more = first.more();
     feed.send(Message::Page(first)).await?;
@@ -392,8 +399,10 @@ async fn scan_latest(session: &mut Session, feed: &mut Feed) -> Result<(), LiveE
 /// History: the state at the compaction revision, then every change after it
 /// up to the pinned revision (see the module doc).
 async fn scan_history(session: &mut Session, feed: &mut Feed) -> Result<(), LiveError> {
-    let pinned = session.current_revision().await?;
+    let (pinned, cluster_id, member_id) = session.current_revision().await?;
     feed.summary.revision = pinned;
+    feed.summary.cluster_id = cluster_id;
+    feed.summary.member_id = member_id;
     let compacted = session.compact_revision(pinned).await?;
     feed.summary.compact_revision = compacted;
     let replay_from = match compacted {
@@ -691,7 +700,8 @@ impl Session {
     }
 
     /// The current revision, from a linearizable count-only read.
-    async fn current_revision(&mut self) -> Result<i64, LiveError> {
+    /// The current revision, with the cluster and member ids of the header.
+    async fn current_revision(&mut self) -> Result<(i64, u64, u64), LiveError> {
         let what = "the first range request";
         let options = GetOptions::new()
             .with_range(self.end.clone())
@@ -707,7 +717,7 @@ impl Session {
             answer.map_err(|error| classify(error, &self.endpoints, what, Phase::Connecting))?;
         response
             .header()
-            .map(|header| header.revision())
+            .map(|header| (header.revision(), header.cluster_id(), header.member_id()))
             .ok_or_else(|| self.missing_header(what))
     }
 

@@ -54,6 +54,7 @@ pub mod live;
 pub mod mvcc;
 pub mod pb;
 pub mod progress;
+pub mod record;
 pub mod report;
 pub mod residue;
 pub mod scan;

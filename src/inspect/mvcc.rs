@@ -157,8 +157,9 @@ pub fn decode_key_value(bytes: &[u8]) -> Result<KeyValue<'_>, MvccError> {
 /// How to scan a file.
 #[derive(Debug, Clone, Copy)]
 pub struct FileScanOptions {
-    /// Verify the SHA-256 trailer of a snapshot (on by default). Runs on a
-    /// second thread while the keyspace is read.
+    /// Verify the SHA-256 trailer of a snapshot and compute the file's
+    /// SHA-256 (on by default). Runs on a second thread while the keyspace
+    /// is read.
     pub verify_trailer: bool,
 }
 
@@ -183,6 +184,8 @@ pub struct FileSummary {
     pub consistent_index: Option<u64>,
     /// Whether a snapshot trailer was present and verified.
     pub trailer: Option<TrailerStatus>,
+    /// SHA-256 of the whole file (`None` when the checksum was skipped).
+    pub sha256: Option<[u8; 32]>,
     /// Page size.
     pub page_size: u64,
     /// High-water mark of the current meta page.
@@ -254,8 +257,9 @@ pub fn scan_source<R: ReadAt + Sync>(
         first_page_error: None,
     };
     let (walk, trailer) = std::thread::scope(|scope| {
-        let verifier = (options.verify_trailer && db.has_trailer())
-            .then(|| scope.spawn(|| db.verify_trailer()));
+        let verifier = options
+            .verify_trailer
+            .then(|| scope.spawn(|| db.hash_file()));
         // With the checksum thread busy on the second core, the walk reads
         // on its own thread: a read-ahead thread would only take turns with
         // the hash, which is the longer of the two.
@@ -269,7 +273,7 @@ pub fn scan_source<R: ReadAt + Sync>(
         });
         (walk, trailer)
     });
-    let trailer = trailer.transpose()?;
+    let hashed = trailer.transpose()?;
     let walk = walk?;
     db.check_unchanged()?;
     let has_key_bucket = walk
@@ -301,8 +305,9 @@ pub fn scan_source<R: ReadAt + Sync>(
         });
     }
     let mut summary = visitor.summary;
+    summary.sha256 = hashed.map(|(_, digest)| digest);
     summary.trailer = if db.has_trailer() {
-        trailer
+        hashed.map(|(status, _)| status)
     } else {
         Some(TrailerStatus::Absent)
     };

@@ -1,19 +1,25 @@
 //! Rendering of a [`ScanResult`]: the terminal table and JSON Lines.
 //!
-//! Owns the output formats and the exit code. JSON Lines: one
-//! `{"type":"value","data":{...}}` record per value examined (sorted by key,
-//! then revision), then one `{"type":"summary","data":{...}}`. Keys and names
-//! that are not UTF-8 are written as base64 (with `"key_encoding":"base64"`).
-//! Values are never written: only what they are.
+//! Owns the output formats and the exit code. JSON Lines: the typed records
+//! of [`super::record`] (one `value` record per value examined, sorted by key
+//! then revision, one `residue` record per `--deep` remnant, then the
+//! `summary` record, which states the scope: source and its identity,
+//! prefix, resources, whether history was examined). Strings from etcd are
+//! [`Field`]s (`{"text":..}` or `{"bytes":..}`). Values are never written:
+//! only what they are. In the table every string from etcd is escaped
+//! ([`escape`]): a key cannot move the cursor or forge a line.
 
 use std::io::{self, Write};
 
-use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use super::classify::Provider;
+use super::record::{
+    self, AllResources, Field, GroupRecord, Identity, Record, ResidueRecord, ResourceCounts,
+    ResourceScope, Scope, SummaryRecord, ValueRecord,
+};
 use super::residue::ResidueReport;
-use super::scan::{Finding, ScanResult};
+use super::scan::{Finding, ResourceFilter, ScanResult};
 use super::verify::{stale_report, VerifySummary};
 
 /// Exit code: nothing wrong.
@@ -30,10 +36,14 @@ pub struct SourceInfo {
     pub kind: &'static str,
     /// The file path or the endpoints.
     pub location: String,
+    /// Which data: the file's SHA-256, or the cluster and member ids.
+    pub identity: Identity,
     /// Highest revision seen (file) or the revision the scan was pinned to (live).
     pub revision: i64,
     /// Last completed compaction, if known.
     pub compact_revision: Option<i64>,
+    /// False when older revisions were not examined (`--ignore-history`).
+    pub history_examined: bool,
     /// Further facts (page size, trailer status...), shown as-is.
     pub details: Map<String, Value>,
     /// When the scan started (the destroy gate compares it with the time a
@@ -60,9 +70,18 @@ pub fn exit_code_deep(result: &ScanResult, residue: Option<&ResidueReport>) -> u
     }
 }
 
-/// The summary record's data.
+/// The summary record's data, as JSON.
 pub fn summary_json(result: &ScanResult, source: &SourceInfo) -> Value {
     summary_json_deep(result, source, None)
+}
+
+/// The summary record's data with the deep scan's counts, as JSON.
+pub fn summary_json_deep(
+    result: &ScanResult,
+    source: &SourceInfo,
+    residue: Option<&ResidueReport>,
+) -> Value {
+    serde_json::to_value(summary_record(result, source, residue)).unwrap_or(Value::Null)
 }
 
 /// What clears remnants in free pages.
@@ -82,48 +101,66 @@ fn residue_summary(residue: &ResidueReport) -> Value {
     })
 }
 
-/// The summary record's data, with the deep scan's counts when it ran.
-pub fn summary_json_deep(
+/// The scope a result was scanned with.
+pub fn scope(result: &ScanResult, source: &SourceInfo) -> Scope {
+    let options = result.options();
+    Scope {
+        prefix: String::from_utf8_lossy(&options.prefix).into_owned(),
+        resources: match &options.resources {
+            ResourceFilter::All => ResourceScope::All(AllResources::All),
+            ResourceFilter::Only(names) => ResourceScope::Only(names.clone()),
+        },
+        history_examined: source.history_examined && !options.ignore_history,
+    }
+}
+
+/// The summary record, with the deep scan's counts when it ran.
+pub fn summary_record(
     result: &ScanResult,
     source: &SourceInfo,
     residue: Option<&ResidueReport>,
-) -> Value {
-    let resources: Map<String, Value> = result
+) -> SummaryRecord {
+    let resources = result
         .resource_summaries()
         .into_iter()
         .map(|(resource, summary)| {
             (
                 resource,
-                json!({
-                    "latest": summary.latest,
-                    "history": summary.history,
-                    "history_plaintext": summary.history_plaintext,
-                    "deleted": summary.deleted,
-                    "events": summary.events,
-                }),
+                ResourceCounts {
+                    latest: summary.latest,
+                    history: summary.history,
+                    history_plaintext: summary.history_plaintext,
+                    deleted: summary.deleted,
+                    events: summary.events,
+                },
             )
         })
         .collect();
-    let groups: Vec<Value> = result
+    let owned = |bytes: &Option<Vec<u8>>| {
+        bytes
+            .as_deref()
+            .map(|bytes| match Field::from_bytes(bytes) {
+                Field::Text(text) => Field::Text(text.into_owned().into()),
+                Field::Bytes(encoded) => Field::Bytes(encoded.into_owned().into()),
+            })
+    };
+    let groups = result
         .groups()
         .into_iter()
-        .map(|(group, counts)| {
-            json!({
-                "resource": group.resource,
-                "provider": group.provider.as_str(),
-                "provider_name": group.name,
-                "key_id": group.key_id,
-                "latest": counts.latest,
-                "history": counts.history,
-            })
+        .map(|(group, counts)| GroupRecord {
+            resource: group.resource,
+            provider: group.provider.as_str().to_string(),
+            provider_name: owned(&group.name),
+            key_id: owned(&group.key_id),
+            latest: counts.latest,
+            history: counts.history,
         })
         .collect();
-    let findings: Map<String, Value> = result
+    let mut findings: std::collections::BTreeMap<String, u64> = result
         .finding_counts()
         .into_iter()
-        .map(|(finding, count)| (finding.code().to_string(), json!(count)))
+        .map(|(finding, count)| (finding.code().to_string(), count))
         .collect();
-    let values = result.values().count();
     let stale = stale_report(result).map(|report| {
         let latest = report.latest();
         let by_key_id: Map<String, Value> = report
@@ -138,35 +175,38 @@ pub fn summary_json_deep(
             .collect();
         json!({"current_key_ids": report.current, "key_ids": by_key_id, "latest": latest})
     });
-    let mut findings = findings;
     if let Some(residue) = residue {
         let plaintext = residue.plaintext_count();
         if plaintext > 0 && !residue.ignored {
-            findings.insert("residue".to_string(), json!(plaintext));
+            findings.insert("residue".to_string(), plaintext as u64);
         }
     }
-    json!({
-        "scanned_at": source
+    SummaryRecord {
+        schema_version: record::SCHEMA_VERSION,
+        tool: record::TOOL.to_string(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        scanned_at: source
             .scanned_at
             .map(|time| humantime::format_rfc3339_seconds(time).to_string()),
-        "source": source.kind,
-        "location": source.location,
-        "revision": source.revision,
-        "compact_revision": source.compact_revision,
-        "details": source.details,
-        "prefix": String::from_utf8_lossy(&result.options().prefix),
-        "keys": result.key_count(),
-        "values": values,
-        "out_of_scope": result.out_of_scope(),
-        "resources": resources,
-        "groups": groups,
-        "findings": findings,
-        "stale": stale,
-        "verify": result.verification().map(verify_json),
-        "read_errors": result.read_errors(),
-        "residue": residue.map(residue_summary),
-        "exit_code": exit_code_deep(result, residue),
-    })
+        source: source.kind.to_string(),
+        location: source.location.clone(),
+        identity: source.identity.clone(),
+        revision: source.revision,
+        compact_revision: source.compact_revision,
+        scope: scope(result, source),
+        keys: result.key_count() as u64,
+        values: result.values().count() as u64,
+        out_of_scope: result.out_of_scope(),
+        resources,
+        groups,
+        findings,
+        stale,
+        verify: result.verification().map(verify_json),
+        read_errors: result.read_errors().to_vec(),
+        residue: residue.map(residue_summary),
+        details: source.details.clone(),
+        exit_code: exit_code_deep(result, residue),
+    }
 }
 
 fn verify_json(summary: &VerifySummary) -> Value {
@@ -203,263 +243,141 @@ fn verify_json(summary: &VerifySummary) -> Value {
     })
 }
 
-/// Whether `byte` must be escaped inside a JSON string (as written here:
-/// controls, DEL, quote, backslash).
-fn needs_escape(byte: u8) -> bool {
-    byte < 0x20 || byte == b'"' || byte == b'\\' || byte == 0x7f
-}
-
-/// Appends `text` as a JSON string.
-fn push_json_str(out: &mut Vec<u8>, text: &str) {
-    out.push(b'"');
-    let bytes = text.as_bytes();
-    // Keys and names almost never need escaping: check the whole string in
-    // one branch-free pass, then copy it at once.
-    if !bytes
-        .iter()
-        .fold(false, |any, &byte| any | needs_escape(byte))
-    {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    let mut start = 0;
-    for (index, &byte) in bytes.iter().enumerate() {
-        let escape: Option<&[u8]> = match byte {
-            b'"' => Some(b"\\\""),
-            b'\\' => Some(b"\\\\"),
-            b'\n' => Some(b"\\n"),
-            b'\r' => Some(b"\\r"),
-            b'\t' => Some(b"\\t"),
-            0..=0x1f | 0x7f => None,
-            _ => continue,
-        };
-        out.extend_from_slice(bytes.get(start..index).unwrap_or(&[]));
-        match escape {
-            Some(escaped) => out.extend_from_slice(escaped),
-            None => out.extend_from_slice(format!("\\u{byte:04x}").as_bytes()),
-        }
-        start = index + 1;
-    }
-    out.extend_from_slice(bytes.get(start..).unwrap_or(&[]));
-    out.push(b'"');
-}
-
-/// Appends `value` in decimal (what `format!` would, without its machinery:
-/// three integers per value record).
-fn push_i64(out: &mut Vec<u8>, value: i64) {
-    if value < 0 {
-        out.push(b'-');
-    }
-    let mut magnitude = value.unsigned_abs();
-    let mut digits = [0u8; 20];
-    let mut first = digits.len();
-    loop {
-        first -= 1;
-        if let Some(digit) = digits.get_mut(first) {
-            *digit = b'0' + (magnitude % 10) as u8;
-        }
-        magnitude /= 10;
-        if magnitude == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(digits.get(first..).unwrap_or(&[]));
-}
-
-/// Appends bytes as a JSON string: text if UTF-8, else base64.
-fn push_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> bool {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            push_json_str(out, text);
-            true
-        }
-        Err(_) => {
-            push_json_str(
-                out,
-                &base64::engine::general_purpose::STANDARD.encode(bytes),
-            );
-            false
-        }
-    }
-}
-
-fn push_optional(out: &mut Vec<u8>, result: &ScanResult, id: Option<u32>) {
-    match id {
-        Some(id) => {
-            push_json_bytes(out, result.string(id));
-        }
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-fn push_optional_static(out: &mut Vec<u8>, text: Option<&str>) {
-    match text {
-        Some(text) => push_json_str(out, text),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-/// The part of a value record that depends only on the classification.
-fn class_fragment(result: &ScanResult, class: &super::scan::ClassInfo) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b",\"encrypted\":");
-    out.extend_from_slice(if class.provider.is_encrypted() {
-        b"true"
-    } else {
-        b"false"
-    });
-    out.extend_from_slice(b",\"provider\":");
-    push_json_str(&mut out, class.provider.as_str());
-    out.extend_from_slice(b",\"provider_name\":");
-    push_optional(&mut out, result, class.name);
-    out.extend_from_slice(b",\"key_id\":");
-    push_optional(&mut out, result, class.key_id);
-    out.extend_from_slice(b",\"dek_source_type\":");
-    push_optional_static(&mut out, class.dek_source_type.map(|t| t.as_str()));
-    out.extend_from_slice(b",\"kind\":");
-    push_optional(&mut out, result, class.kind);
-    out.extend_from_slice(b",\"api_version\":");
-    push_optional(&mut out, result, class.api_version);
-    out.extend_from_slice(b",\"encoding\":");
-    push_optional_static(&mut out, class.encoding.map(|e| e.as_str()));
-    out.extend_from_slice(b",\"annotation_keys\":[");
-    if let Some(id) = class.annotation_keys {
-        let joined = String::from_utf8_lossy(result.string(id));
-        for (index, key) in joined.split(',').enumerate() {
-            if index > 0 {
-                out.push(b',');
-            }
-            push_json_str(&mut out, key);
-        }
-    }
-    out.extend_from_slice(b"],\"problem\":");
-    push_optional_static(&mut out, class.malformation.map(|m| m.as_str()));
-    out
+fn optional_field(result: &ScanResult, id: Option<u32>) -> Option<Field<'_>> {
+    id.map(|id| Field::from_bytes(result.string(id)))
 }
 
 /// Writes JSON Lines: a `value` record per value, then the `summary` record.
-/// Records are assembled by hand (the per-classification part once per
-/// classification): serde_json's `Value` maps cost more than the whole file
-/// walk.
 pub fn write_json(out: &mut dyn Write, result: &ScanResult, source: &SourceInfo) -> io::Result<()> {
     write_json_deep(out, result, source, None)
 }
 
+fn write_record(out: &mut dyn Write, line: &mut Vec<u8>, record: &Record<'_>) -> io::Result<()> {
+    line.clear();
+    serde_json::to_writer(&mut *line, record)?;
+    line.push(b'\n');
+    out.write_all(line)
+}
+
 /// Writes JSON Lines with the deep scan's remnants: `value` records, one
-/// `{"type":"residue","data":{page, offset, key, kind, plaintext, ...}}` per
-/// remnant, then the `summary` record.
+/// `residue` record per remnant, then the `summary` record.
 pub fn write_json_deep(
     out: &mut dyn Write,
     result: &ScanResult,
     source: &SourceInfo,
     residue: Option<&ResidueReport>,
 ) -> io::Result<()> {
-    // Record parts that depend only on the classification, or only on the
-    // resource, rendered once each.
-    let mut fragments: Vec<Option<Vec<u8>>> = Vec::new();
-    let mut resources: Vec<Option<Vec<u8>>> = Vec::new();
     let mut line = Vec::with_capacity(1024);
     for value in result.values() {
-        line.clear();
-        line.extend_from_slice(b"{\"type\":\"value\",\"data\":{\"key\":");
-        let utf8 = push_json_bytes(&mut line, value.key);
-        if !utf8 {
-            line.extend_from_slice(b",\"key_encoding\":\"base64\"");
-        }
-        let slot = value.resource_id as usize;
-        if resources.len() <= slot && slot < result.string_count() {
-            resources.resize(slot + 1, None);
-        }
-        match resources.get_mut(slot) {
-            Some(entry) => {
-                let fragment = entry.get_or_insert_with(|| {
-                    let mut fragment = b",\"resource\":".to_vec();
-                    push_json_bytes(&mut fragment, value.resource);
-                    fragment
-                });
-                line.extend_from_slice(fragment);
-            }
-            None => {
-                line.extend_from_slice(b",\"resource\":");
-                push_json_bytes(&mut line, value.resource);
-            }
-        }
-        line.extend_from_slice(b",\"revision\":");
-        push_i64(&mut line, value.revision.main);
-        line.extend_from_slice(b",\"sub_revision\":");
-        push_i64(&mut line, value.revision.sub);
-        line.extend_from_slice(if value.latest {
-            b",\"latest\":true"
-        } else {
-            b",\"latest\":false"
+        let class = value.class;
+        let annotation_keys = match class.annotation_keys {
+            Some(id) => result
+                .string(id)
+                .split(|&byte| byte == b',')
+                .map(Field::from_bytes)
+                .collect(),
+            None => Vec::new(),
+        };
+        let record = Record::Value(ValueRecord {
+            key: Field::from_bytes(value.key),
+            resource: Field::from_bytes(value.resource),
+            revision: value.revision.main,
+            sub_revision: value.revision.sub,
+            latest: value.latest,
+            encrypted: class.provider.is_encrypted(),
+            provider: class.provider.as_str().into(),
+            provider_name: optional_field(result, class.name),
+            key_id: optional_field(result, class.key_id),
+            dek_source_type: class.dek_source_type.map(|t| t.as_str().into()),
+            kind: optional_field(result, class.kind),
+            api_version: optional_field(result, class.api_version),
+            encoding: class.encoding.map(|e| e.as_str().into()),
+            annotation_keys,
+            problem: class.malformation.map(|m| m.as_str().into()),
+            finding: value.finding.map(|finding| finding.code().into()),
+            verify: value.verify_failure.map(|failure| failure.code().into()),
         });
-        let slot = value.class_id as usize;
-        if fragments.len() <= slot {
-            fragments.resize(slot + 1, None);
-        }
-        if let Some(entry) = fragments.get_mut(slot) {
-            let fragment = entry.get_or_insert_with(|| class_fragment(result, value.class));
-            line.extend_from_slice(fragment);
-        }
-        line.extend_from_slice(b",\"finding\":");
-        push_optional_static(&mut line, value.finding.map(Finding::code));
-        if let Some(failure) = value.verify_failure {
-            line.extend_from_slice(b",\"verify\":");
-            push_json_str(&mut line, failure.code());
-        }
-        line.extend_from_slice(b"}}\n");
-        out.write_all(&line)?;
+        write_record(out, &mut line, &record)?;
     }
     for remnant in residue.map_or(&[][..], |residue| residue.remnants.as_slice()) {
-        line.clear();
-        line.extend_from_slice(
-            format!(
-                "{{\"type\":\"residue\",\"data\":{{\"form\":\"{}\",\"page\":{},\"offset\":{},\"key\":",
-                remnant.form.as_str(),
-                remnant.page,
-                remnant.offset
-            )
-            .as_bytes(),
-        );
-        let mut utf8 = true;
-        match &remnant.key {
-            Some(key) => utf8 = push_json_bytes(&mut line, key),
-            None => line.extend_from_slice(b"null"),
-        }
-        if !utf8 {
-            line.extend_from_slice(b",\"key_encoding\":\"base64\"");
-        }
-        line.extend_from_slice(b",\"resource\":");
-        push_optional_static(&mut line, remnant.resource.as_deref());
-        line.extend_from_slice(b",\"kind\":");
-        push_optional_static(&mut line, remnant.kind.as_deref());
-        line.extend_from_slice(b",\"provider\":");
-        push_optional_static(&mut line, remnant.provider.map(Provider::as_str));
-        line.extend_from_slice(
-            format!(",\"plaintext\":{},\"finding\":", remnant.plaintext).as_bytes(),
-        );
         let finding = remnant.plaintext && residue.is_some_and(|residue| !residue.ignored);
-        push_optional_static(&mut line, finding.then_some("residue"));
-        line.extend_from_slice(b"}}\n");
-        out.write_all(&line)?;
+        let record = Record::Residue(ResidueRecord {
+            form: remnant.form.as_str().into(),
+            page: remnant.page,
+            offset: remnant.offset,
+            key: remnant.key.as_deref().map(Field::from_bytes),
+            resource: remnant.resource.as_deref().map(Into::into),
+            kind: remnant.kind.as_deref().map(Into::into),
+            provider: remnant.provider.map(|p| p.as_str().into()),
+            plaintext: remnant.plaintext,
+            finding: finding.then_some("residue".into()),
+        });
+        write_record(out, &mut line, &record)?;
     }
-    serde_json::to_writer(
-        &mut *out,
-        &json!({"type": "summary", "data": summary_json_deep(result, source, residue)}),
-    )?;
-    out.write_all(b"\n")?;
+    let summary = Record::Summary(Box::new(summary_record(result, source, residue)));
+    write_record(out, &mut line, &summary)?;
     out.flush()
 }
 
-fn display_bytes(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
-        _ => format!(
-            "base64:{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        ),
+/// Makes bytes from etcd safe to print on a terminal: UTF-8 text stays as it
+/// is, except control characters (C0, DEL, C1), bidirectional and other
+/// invisible formatting characters, and `\`, which are written as `\n`,
+/// `\e`, `\u{202e}`, `\\`; bytes that are not UTF-8 are written as `\xff`.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    loop {
+        let (valid, invalid) = match std::str::from_utf8(rest) {
+            Ok(text) => (text, None),
+            Err(error) => {
+                let (head, tail) = rest.split_at(error.valid_up_to());
+                let bad = error.error_len().unwrap_or(tail.len());
+                (
+                    std::str::from_utf8(head).unwrap_or_default(),
+                    Some(tail.split_at(bad.min(tail.len()))),
+                )
+            }
+        };
+        for ch in valid.chars() {
+            match ch {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{1b}' => out.push_str("\\e"),
+                ch if ch.is_control() || is_invisible_format(ch) => {
+                    out.push_str(&format!("\\u{{{:x}}}", ch as u32));
+                }
+                ch => out.push(ch),
+            }
+        }
+        match invalid {
+            None => return out,
+            Some((bad, tail)) => {
+                for byte in bad {
+                    out.push_str(&format!("\\x{byte:02x}"));
+                }
+                rest = tail;
+            }
+        }
     }
+}
+
+/// Characters that change how the text around them is shown without being
+/// seen themselves (bidi overrides and isolates, zero-width, BOM).
+fn is_invisible_format(ch: char) -> bool {
+    matches!(ch,
+        '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
+
+fn display_bytes(bytes: &[u8]) -> String {
+    escape(bytes)
+}
+
+/// A string from etcd for the table, escaped.
+fn display(text: &str) -> String {
+    escape(text.as_bytes())
 }
 
 /// Writes the human-readable report: summary table, findings, read errors.
@@ -496,7 +414,10 @@ fn write_residue_table(out: &mut dyn Write, residue: &ResidueReport) -> io::Resu
                 .as_deref()
                 .map_or_else(|| "(key not recovered)".to_string(), display_bytes),
             remnant.form.as_str(),
-            remnant.kind.as_deref().unwrap_or("-"),
+            remnant
+                .kind
+                .as_deref()
+                .map_or_else(|| "-".to_string(), display),
             if remnant.plaintext {
                 "plaintext".to_string()
             } else {
@@ -533,10 +454,16 @@ pub fn write_table_deep(
     ]];
     for (group, counts) in result.groups() {
         rows.push([
-            group.resource,
+            display(&group.resource),
             group.provider.as_str().to_string(),
-            group.name.unwrap_or_else(|| "-".into()),
-            group.key_id.unwrap_or_else(|| "-".into()),
+            group
+                .name
+                .as_deref()
+                .map_or_else(|| "-".into(), display_bytes),
+            group
+                .key_id
+                .as_deref()
+                .map_or_else(|| "-".into(), display_bytes),
             counts.latest.to_string(),
             counts.history.to_string(),
         ]);
@@ -547,24 +474,10 @@ pub fn write_table_deep(
             *width = (*width).max(cell.chars().count());
         }
     }
-    writeln!(
-        out,
-        "Source: {} {} (revision {}, compacted at {})",
-        source.kind,
-        source.location,
-        source.revision,
-        source
-            .compact_revision
-            .map_or_else(|| "never".to_string(), |r| r.to_string())
-    )?;
+    write_scope_header(out, result, source)?;
     writeln!(out)?;
     if rows.len() == 1 {
-        writeln!(
-            out,
-            "No values in scope (prefix {}, resources {:?}).",
-            String::from_utf8_lossy(&result.options().prefix),
-            result.options().resources
-        )?;
+        writeln!(out, "No values in scope.")?;
     } else {
         for row in &rows {
             let line: Vec<String> = row
@@ -596,8 +509,8 @@ pub fn write_table_deep(
             let class = value.class;
             match finding {
                 Finding::Plaintext | Finding::PlaintextHistory => {
-                    if let Some(kind) = result.text(class.kind) {
-                        what = format!("{what} (kind {kind})");
+                    if let Some(kind) = class.kind {
+                        what = format!("{what} (kind {})", display_bytes(result.string(kind)));
                     }
                 }
                 Finding::Malformed => {
@@ -609,22 +522,23 @@ pub fn write_table_deep(
                     what = format!(
                         "{what}: {}{}",
                         class.provider.as_str(),
-                        result
-                            .text(class.name)
-                            .map_or_else(String::new, |name| format!(" {name}"))
+                        class.name.map_or_else(String::new, |name| format!(
+                            " {}",
+                            display_bytes(result.string(name))
+                        ))
                     );
                 }
                 Finding::StaleKeyId => {
-                    if let Some(key_id) = result.text(class.key_id) {
-                        what = format!("{what}: key_id {key_id}");
+                    if let Some(key_id) = class.key_id {
+                        what = format!("{what}: key_id {}", display_bytes(result.string(key_id)));
                     }
                 }
                 Finding::VerifyFailed => {
                     if let Some(failure) = value.verify_failure {
                         what = format!("{what}: {}", failure.describe());
                     }
-                    if let Some(key_id) = result.text(class.key_id) {
-                        what = format!("{what} (key_id {key_id})");
+                    if let Some(key_id) = class.key_id {
+                        what = format!("{what} (key_id {})", display_bytes(result.string(key_id)));
                     }
                 }
             }
@@ -657,7 +571,7 @@ pub fn write_table_deep(
     if !result.read_errors().is_empty() {
         writeln!(out, "\nRead errors ({}):", result.read_errors().len())?;
         for error in result.read_errors() {
-            writeln!(out, "  {error}")?;
+            writeln!(out, "  {}", display(error))?;
         }
     }
     let encrypted = result
@@ -678,6 +592,61 @@ pub fn write_table_deep(
     out.flush()
 }
 
+/// The table's header: what was examined, so a table pasted into a ticket
+/// says what it proves.
+fn write_scope_header(
+    out: &mut dyn Write,
+    result: &ScanResult,
+    source: &SourceInfo,
+) -> io::Result<()> {
+    let scope = scope(result, source);
+    let identity = &source.identity;
+    let id = match (&identity.sha256, &identity.cluster_id) {
+        (Some(sha256), _) => format!(", sha256 {sha256}"),
+        (None, Some(cluster)) => format!(
+            ", cluster {cluster}{}",
+            identity
+                .member_id
+                .as_deref()
+                .map_or_else(String::new, |member| format!(" member {member}"))
+        ),
+        (None, None) if source.kind == "file" => ", sha256 not computed (--skip-checksum)".into(),
+        (None, None) => String::new(),
+    };
+    writeln!(
+        out,
+        "Source: {} {}{id}",
+        source.kind,
+        display(&source.location)
+    )?;
+    writeln!(
+        out,
+        "Revision {}, compacted at {}; etcd-inspect {}",
+        source.revision,
+        source
+            .compact_revision
+            .map_or_else(|| "never".to_string(), |r| r.to_string()),
+        env!("CARGO_PKG_VERSION")
+    )?;
+    let resources = match &scope.resources {
+        ResourceScope::All(_) => "all".to_string(),
+        ResourceScope::Only(names) => names.join(","),
+    };
+    writeln!(
+        out,
+        "Scope: prefix {}, resources {}, {}; {} keys, {} values examined",
+        display(&scope.prefix),
+        display(&resources),
+        if scope.history_examined {
+            "history examined"
+        } else {
+            "history not examined"
+        },
+        result.key_count(),
+        result.values().count()
+    )
+}
+
 fn write_stale_table(out: &mut dyn Write, result: &ScanResult) -> io::Result<()> {
     let Some(report) = stale_report(result) else {
         return Ok(());
@@ -687,14 +656,14 @@ fn write_stale_table(out: &mut dyn Write, result: &ScanResult) -> io::Result<()>
         writeln!(
             out,
             "Stale kms v2 key_ids: none (every kms v2 value is under {}).",
-            report.current.join(", ")
+            display(&report.current.join(", "))
         )?;
         return Ok(());
     }
     writeln!(
         out,
         "Stale kms v2 key_ids (current: {}): {} current values to rewrite",
-        report.current.join(", "),
+        display(&report.current.join(", ")),
         report.latest()
     )?;
     let width = report
@@ -744,7 +713,8 @@ fn write_verify_table(out: &mut dyn Write, summary: &VerifySummary) -> io::Resul
     if let Some(source) = &summary.kms_source {
         writeln!(
             out,
-            "  kms v2 seeds from {source}: {} Decrypt calls (one per distinct DEK source).",
+            "  kms v2 seeds from {}: {} Decrypt calls (one per distinct DEK source).",
+            display(source),
             summary.decrypt_calls
         )?;
     }
@@ -757,7 +727,7 @@ fn write_verify_table(out: &mut dyn Write, summary: &VerifySummary) -> io::Resul
             "  Decrypt under key_id {} failed ({}): {}",
             display_bytes(failure.key_id.as_bytes()),
             failure.failure.code(),
-            failure.detail
+            display(&failure.detail)
         )?;
     }
     if !summary.not_verified.is_empty() {
@@ -768,4 +738,31 @@ fn write_verify_table(out: &mut dyn Write, summary: &VerifySummary) -> io::Resul
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escape_leaves_no_control_or_invisible_character() {
+        assert_eq!(escape(b"/registry/secrets/a/b"), "/registry/secrets/a/b");
+        assert_eq!(
+            escape(b"a\x1b[2J\nb\r\t\\\x07\x7f"),
+            "a\\e[2J\\nb\\r\\t\\\\\\u{7}\\u{7f}"
+        );
+        assert_eq!(
+            escape("x\u{9b}y\u{202e}z\u{200b}".as_bytes()),
+            "x\\u{9b}y\\u{202e}z\\u{200b}"
+        );
+        assert_eq!(escape(b"ok\xff\xfe\xc3"), "ok\\xff\\xfe\\xc3");
+        assert_eq!(escape("héllo ✓".as_bytes()), "héllo ✓");
+        for byte in 0..=255u8 {
+            let shown = escape(&[b'a', byte, b'b']);
+            assert!(
+                !shown.chars().any(|c| c.is_control()),
+                "{byte:#x}: {shown:?}"
+            );
+        }
+    }
 }

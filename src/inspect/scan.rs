@@ -900,8 +900,8 @@ impl ScanResult {
             let key = GroupKey {
                 resource: String::from_utf8_lossy(self.strings.get(resource)).into_owned(),
                 provider: class.provider,
-                name: self.text(class.name).map(|s| s.into_owned()),
-                key_id: self.text(class.key_id).map(|s| s.into_owned()),
+                name: class.name.map(|id| self.strings.get(id).to_vec()),
+                key_id: class.key_id.map(|id| self.strings.get(id).to_vec()),
             };
             let group = groups.entry(key).or_default();
             group.latest += counts.latest;
@@ -929,10 +929,10 @@ pub struct GroupKey {
     pub resource: String,
     /// Provider.
     pub provider: Provider,
-    /// Key/provider name.
-    pub name: Option<String>,
-    /// kms v2 key_id.
-    pub key_id: Option<String>,
+    /// Key/provider name, as stored.
+    pub name: Option<Vec<u8>>,
+    /// kms v2 key_id, as stored.
+    pub key_id: Option<Vec<u8>>,
 }
 
 #[cfg(test)]

@@ -1,17 +1,27 @@
 //! The gate in front of `kube-kms key destroy`: reads the JSON Lines reports
 //! of `etcd-inspect scan --format json` (live etcd and the backups you keep)
-//! and decides whether a key_id is provably unused.
+//! with the record types that wrote them ([`crate::inspect::record`]) and
+//! decides whether a key_id is provably unused.
 //!
-//! A destroy may go ahead only when every report is complete (a summary
-//! record, no read errors), was taken after the version was disabled (its
-//! `scanned_at` is later than the keyring's `disabled_at`), and shows zero
-//! values, latest or history, under the version's key_id. Otherwise the
-//! verdict lists, per report, what still uses it (counts and the first few
-//! etcd keys) or why the report does not count.
+//! A destroy may go ahead only when every report
+//! - is complete: its last record is a summary of this schema version, every
+//!   line is a record, the value records match the summary, no read errors;
+//! - examined what matters: history examined, at least one key, the prefix
+//!   kube-apiserver writes under, and every resource the
+//!   EncryptionConfiguration encrypts with a kms v2 provider (without the
+//!   configuration, `--resources all`);
+//! - was taken after the version was disabled (its `scanned_at` is later than
+//!   the keyring's `disabled_at`);
+//! - and shows zero values, latest or history, under the version's key_id.
+//!
+//! Otherwise the verdict lists, per report, what still uses the key_id
+//! (counts and the first few etcd keys) or what the report does not cover.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use crate::inspect::record::{Record, ResourceScope, Scope, SCHEMA_VERSION};
 
 /// How many etcd keys under the key_id a report lists at most.
 pub const LISTED_KEYS: usize = 5;
@@ -37,6 +47,61 @@ pub enum ReportError {
     },
 }
 
+/// Which resources a report must cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequiredResources {
+    /// Every resource: only a `--resources all` scan covers it (no
+    /// EncryptionConfiguration given, or it names group or wildcard resources).
+    All,
+    /// These core resources (`secrets`, `configmaps`).
+    Only(Vec<String>),
+}
+
+impl RequiredResources {
+    /// What the EncryptionConfiguration's resources (those encrypted with a
+    /// kms v2 provider) require. A core resource (no `.`) must be scanned by
+    /// name. A group resource needs `--resources all`: kube-apiserver stores
+    /// some under `<prefix>/<resource>/` (deployments.apps), custom resources
+    /// under `<prefix>/<group>/<resource>/`, and a few under other names
+    /// (ingresses.networking.k8s.io under `ingress/`), so no name list is
+    /// sure to reach them. Wildcards (`*.*`, `*.apps`) need it too.
+    pub fn from_config(resources: &[String]) -> Self {
+        let mut names = Vec::new();
+        for resource in resources {
+            let name = resource.trim().trim_end_matches('.');
+            if name.contains('.') || name.contains('*') || name.is_empty() {
+                return RequiredResources::All;
+            }
+            if !names.iter().any(|known| known == name) {
+                names.push(name.to_string());
+            }
+        }
+        RequiredResources::Only(names)
+    }
+
+    /// The resources in `required` that `scope` does not cover.
+    pub fn missing(&self, scope: &ResourceScope) -> Vec<String> {
+        match (self, scope) {
+            (_, ResourceScope::All(_)) => Vec::new(),
+            (RequiredResources::All, ResourceScope::Only(_)) => vec!["all".to_string()],
+            (RequiredResources::Only(names), ResourceScope::Only(scanned)) => names
+                .iter()
+                .filter(|name| !scanned.contains(name))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// What every report must have examined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    /// kube-apiserver's `--etcd-prefix`: the report's `--prefix` must be it.
+    pub etcd_prefix: String,
+    /// The resources the report must cover.
+    pub resources: RequiredResources,
+}
+
 /// What one report says about one key_id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReportUse {
@@ -46,8 +111,20 @@ pub struct ReportUse {
     pub source: String,
     /// `scanned_at` of the summary.
     pub scanned_at: Option<SystemTime>,
-    /// Whether a summary record was found.
+    /// Whether the last record is a summary.
     pub complete: bool,
+    /// The summary's schema version (`None`: no summary of a known shape).
+    pub schema_version: Option<u32>,
+    /// The first line that is not a record of [`SCHEMA_VERSION`] (1-based).
+    pub unreadable_line: Option<usize>,
+    /// Value records in the file, and the summary's count of them.
+    pub value_records: u64,
+    /// The summary's `values`.
+    pub summary_values: u64,
+    /// What the scan examined, from the summary.
+    pub scope: Option<Scope>,
+    /// Keys in scope, from the summary.
+    pub keys: u64,
     /// Read errors or a non-zero error exit recorded in the summary.
     pub read_errors: usize,
     /// Latest values under the key_id.
@@ -55,9 +132,7 @@ pub struct ReportUse {
     /// History values under the key_id.
     pub history: u64,
     /// The first [`LISTED_KEYS`] etcd keys with a value under the key_id.
-    pub keys: Vec<String>,
-    /// A live scan without `--history` (older revisions not examined).
-    pub live_without_history: bool,
+    pub keys_listed: Vec<String>,
 }
 
 /// Reads one report and counts the values under `key_id`.
@@ -71,6 +146,7 @@ pub fn read_report(path: &Path, key_id: &str) -> Result<ReportUse, ReportError> 
         ..ReportUse::default()
     };
     let mut counted_from_values = (0u64, 0u64);
+    let key_id = key_id.as_bytes();
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|source| ReportError::Read {
             path: path.to_path_buf(),
@@ -79,49 +155,78 @@ pub fn read_report(path: &Path, key_id: &str) -> Result<ReportUse, ReportError> 
         if line.trim().is_empty() {
             continue;
         }
-        let record: serde_json::Value =
-            serde_json::from_str(&line).map_err(|_| ReportError::NotJson {
-                path: path.to_path_buf(),
-                line: index + 1,
-            })?;
-        let data = &record["data"];
-        match record["type"].as_str() {
-            Some("value") if data["provider"] == "kms-v2" && data["key_id"] == key_id => {
-                if data["latest"] == true {
-                    counted_from_values.0 += 1;
-                } else {
-                    counted_from_values.1 += 1;
+        // Anything after a summary means the summary is not the last word.
+        usage.complete = false;
+        let record: Record<'_> = match serde_json::from_str(&line) {
+            Ok(record) => record,
+            Err(_) => {
+                if index == 0 && serde_json::from_str::<serde_json::Value>(&line).is_err() {
+                    return Err(ReportError::NotJson {
+                        path: path.to_path_buf(),
+                        line: 1,
+                    });
                 }
-                if usage.keys.len() < LISTED_KEYS {
-                    if let Some(key) = data["key"].as_str() {
-                        usage.keys.push(key.to_owned());
+                // JSON of another schema version, or a line cut short.
+                usage.unreadable_line.get_or_insert(index + 1);
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if value["type"] == "summary" {
+                        usage.schema_version = Some(
+                            value["data"]["schema_version"]
+                                .as_u64()
+                                .map_or(1, |v| v.min(u64::from(u32::MAX)) as u32),
+                        );
+                    }
+                }
+                continue;
+            }
+        };
+        match record {
+            Record::Value(value) => {
+                usage.value_records += 1;
+                let under_key_id = value.provider == "kms-v2"
+                    && value.key_id.as_ref().is_some_and(|id| id.is(key_id));
+                if under_key_id {
+                    if value.latest {
+                        counted_from_values.0 += 1;
+                    } else {
+                        counted_from_values.1 += 1;
+                    }
+                    if usage.keys_listed.len() < LISTED_KEYS {
+                        usage.keys_listed.push(value.key.lossy());
                     }
                 }
             }
-            Some("summary") => {
+            Record::Residue(_) => {}
+            Record::Summary(summary) => {
+                if usage.schema_version.is_some() || usage.scope.is_some() {
+                    // A second summary: reports pasted together.
+                    usage.unreadable_line.get_or_insert(index + 1);
+                }
                 usage.complete = true;
-                usage.source = format!(
-                    "{} {}",
-                    data["source"].as_str().unwrap_or("?"),
-                    data["location"].as_str().unwrap_or("?")
-                );
-                usage.scanned_at = data["scanned_at"]
-                    .as_str()
+                usage.schema_version = Some(summary.schema_version);
+                usage.source = format!("{} {}", summary.source, summary.location);
+                usage.scanned_at = summary
+                    .scanned_at
+                    .as_deref()
                     .and_then(|text| humantime::parse_rfc3339(text).ok());
-                usage.read_errors = data["read_errors"].as_array().map_or(0, Vec::len);
-                if data["exit_code"].as_u64() == Some(2) && usage.read_errors == 0 {
+                usage.read_errors = summary.read_errors.len();
+                if summary.exit_code == 2 && usage.read_errors == 0 {
                     usage.read_errors = 1;
                 }
-                usage.live_without_history =
-                    data["source"] == "live" && data["details"]["history"] != true;
-                for group in data["groups"].as_array().into_iter().flatten() {
-                    if group["provider"] == "kms-v2" && group["key_id"] == key_id {
-                        usage.latest += group["latest"].as_u64().unwrap_or(0);
-                        usage.history += group["history"].as_u64().unwrap_or(0);
+                usage.keys = summary.keys;
+                usage.summary_values = summary.values;
+                usage.scope = Some(summary.scope);
+                usage.latest = 0;
+                usage.history = 0;
+                for group in &summary.groups {
+                    let under_key_id = group.provider == "kms-v2"
+                        && group.key_id.as_ref().is_some_and(|id| id.is(key_id));
+                    if under_key_id {
+                        usage.latest += group.latest;
+                        usage.history += group.history;
                     }
                 }
             }
-            _ => {}
         }
     }
     // The value records and the summary must agree; take the larger count.
@@ -135,25 +240,62 @@ pub fn read_report(path: &Path, key_id: &str) -> Result<ReportUse, ReportError> 
 pub enum Blocker {
     /// The report shows values under the key_id.
     InUse,
-    /// No summary record: the scan did not finish, or the file is cut.
+    /// The last record is not a summary: the scan did not finish, or the file is cut.
     Incomplete,
+    /// A line is not a record of this schema (1-based line number).
+    Unreadable(usize),
+    /// The summary is of another schema version.
+    SchemaVersion(u32),
+    /// The summary counts a different number of value records than the file holds.
+    Inconsistent {
+        /// Value records in the file.
+        records: u64,
+        /// The summary's count.
+        summary: u64,
+    },
     /// The scan recorded read errors: it may have missed values.
     ReadErrors,
     /// No `scanned_at` (a report from an older etcd-inspect).
     NoTimestamp,
     /// Taken before (or at the same second as) the disable.
     TakenBeforeDisable,
+    /// Older revisions were not examined (`--ignore-history`).
+    HistoryNotExamined,
+    /// No key in scope: the scan saw nothing (wrong prefix, empty etcd).
+    NoKeys,
+    /// The scan's `--prefix` is not kube-apiserver's prefix.
+    Prefix {
+        /// The report's prefix.
+        found: String,
+        /// The one required.
+        expected: String,
+    },
+    /// Resources the EncryptionConfiguration encrypts that the scan did not cover.
+    MissingResources(Vec<String>),
 }
 
 impl Blocker {
     /// Sentence for the refusal.
-    pub fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> String {
         match self {
-            Blocker::InUse => "values are still stored under this key_id",
-            Blocker::Incomplete => "the report has no summary record (the scan did not finish or the file is cut); scan again",
-            Blocker::ReadErrors => "the scan recorded read errors and may have missed values; fix them and scan again",
-            Blocker::NoTimestamp => "the report has no scanned_at time; scan again with this version of etcd-inspect",
-            Blocker::TakenBeforeDisable => "the scan was taken before the version was disabled; scan again now",
+            Blocker::InUse => "values are still stored under this key_id".into(),
+            Blocker::Incomplete => "the report does not end with a summary record (the scan did not finish or the file is cut); scan again".into(),
+            Blocker::Unreadable(line) => format!("line {line} is not a record of report schema version {SCHEMA_VERSION} (cut, edited, two reports pasted together, or written by another version of etcd-inspect); scan again with this version"),
+            Blocker::SchemaVersion(found) => format!("the report has schema version {found}, this gate reads version {SCHEMA_VERSION}; scan again with the etcd-inspect of this release"),
+            Blocker::Inconsistent { records, summary } => format!("the report holds {records} value records but its summary counts {summary}: the file was edited or cut; scan again"),
+            Blocker::ReadErrors => "the scan recorded read errors and may have missed values; fix them and scan again".into(),
+            Blocker::NoTimestamp => "the report has no scanned_at time; scan again with this version of etcd-inspect".into(),
+            Blocker::TakenBeforeDisable => "the scan was taken before the version was disabled; scan again now".into(),
+            Blocker::HistoryNotExamined => "history not examined (--ignore-history): older revisions may still be under this key_id; scan again without --ignore-history".into(),
+            Blocker::NoKeys => "the scan saw no key at all (wrong --prefix or --resources, or the wrong etcd); a report that examined nothing proves nothing".into(),
+            Blocker::Prefix { found, expected } => format!("the scan's --prefix is {found:?}, not kube-apiserver's prefix {expected:?} (kube-kms key destroy --etcd-prefix); scan again with --prefix {expected}"),
+            Blocker::MissingResources(missing) => {
+                if missing.iter().any(|name| name == "all") {
+                    "resources not covered: the scan must use --resources all (no --encryption-config given to the destroy, or the configuration encrypts group or wildcard resources with kms v2)".into()
+                } else {
+                    format!("resources not covered: {} (encrypted with kms v2 by the EncryptionConfiguration); scan again with --resources all or add them to --resources", missing.join(", "))
+                }
+            }
         }
     }
 }
@@ -172,26 +314,80 @@ impl GateVerdict {
     }
 }
 
-/// Evaluates reports for a version disabled at `disabled_at`.
-pub fn evaluate(reports: Vec<ReportUse>, disabled_at: SystemTime) -> GateVerdict {
+fn normalize_prefix(prefix: &str) -> &str {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/"
+    } else {
+        trimmed
+    }
+}
+
+/// What blocks one report.
+fn blockers(usage: &ReportUse, disabled_at: SystemTime, coverage: &Coverage) -> Vec<Blocker> {
+    let mut blockers = Vec::new();
+    if !usage.complete {
+        blockers.push(Blocker::Incomplete);
+    }
+    if let Some(line) = usage.unreadable_line {
+        blockers.push(Blocker::Unreadable(line));
+    }
+    match usage.schema_version {
+        Some(version) if version != SCHEMA_VERSION => {
+            blockers.push(Blocker::SchemaVersion(version));
+        }
+        _ => {}
+    }
+    if usage.complete && usage.value_records != usage.summary_values {
+        blockers.push(Blocker::Inconsistent {
+            records: usage.value_records,
+            summary: usage.summary_values,
+        });
+    }
+    if usage.read_errors > 0 {
+        blockers.push(Blocker::ReadErrors);
+    }
+    match usage.scanned_at {
+        None if usage.complete => blockers.push(Blocker::NoTimestamp),
+        Some(at) if at <= disabled_at => blockers.push(Blocker::TakenBeforeDisable),
+        _ => {}
+    }
+    if let Some(scope) = &usage.scope {
+        if !scope.history_examined {
+            blockers.push(Blocker::HistoryNotExamined);
+        }
+        if usage.keys == 0 {
+            blockers.push(Blocker::NoKeys);
+        }
+        let expected = normalize_prefix(&coverage.etcd_prefix);
+        if normalize_prefix(&scope.prefix) != expected {
+            blockers.push(Blocker::Prefix {
+                found: scope.prefix.clone(),
+                expected: expected.to_string(),
+            });
+        }
+        let missing = coverage.resources.missing(&scope.resources);
+        if !missing.is_empty() {
+            blockers.push(Blocker::MissingResources(missing));
+        }
+    }
+    if usage.latest + usage.history > 0 {
+        blockers.push(Blocker::InUse);
+    }
+    blockers
+}
+
+/// Evaluates reports for a version disabled at `disabled_at`; each must
+/// cover `coverage`.
+pub fn evaluate(
+    reports: Vec<ReportUse>,
+    disabled_at: SystemTime,
+    coverage: &Coverage,
+) -> GateVerdict {
     let reports = reports
         .into_iter()
         .map(|usage| {
-            let mut blockers = Vec::new();
-            if !usage.complete {
-                blockers.push(Blocker::Incomplete);
-            }
-            if usage.read_errors > 0 {
-                blockers.push(Blocker::ReadErrors);
-            }
-            match usage.scanned_at {
-                None if usage.complete => blockers.push(Blocker::NoTimestamp),
-                Some(at) if at <= disabled_at => blockers.push(Blocker::TakenBeforeDisable),
-                _ => {}
-            }
-            if usage.latest + usage.history > 0 {
-                blockers.push(Blocker::InUse);
-            }
+            let blockers = blockers(&usage, disabled_at, coverage);
             (usage, blockers)
         })
         .collect();
@@ -201,65 +397,283 @@ pub fn evaluate(reports: Vec<ReportUse>, disabled_at: SystemTime) -> GateVerdict
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inspect::record::{
+        AllResources, Field, GroupRecord, Identity, SummaryRecord, ValueRecord,
+    };
     use std::io::Write;
     use std::time::Duration;
 
-    fn report(dir: &Path, name: &str, lines: &[serde_json::Value]) -> PathBuf {
+    const DISABLED: &str = "2026-11-27T12:00:00Z";
+
+    fn write(dir: &Path, name: &str, records: &[Record<'_>]) -> PathBuf {
         let path = dir.join(name);
         let mut file = std::fs::File::create(&path).unwrap();
-        for line in lines {
-            writeln!(file, "{line}").unwrap();
+        for record in records {
+            writeln!(file, "{}", serde_json::to_string(record).unwrap()).unwrap();
         }
         path
     }
 
-    fn summary(scanned_at: &str, latest: u64, history: u64) -> serde_json::Value {
-        serde_json::json!({"type": "summary", "data": {
-            "scanned_at": scanned_at, "source": "file", "location": "/b.db",
-            "groups": [{"provider": "kms-v2", "key_id": "old", "latest": latest, "history": history},
-                       {"provider": "kms-v2", "key_id": "new", "latest": 9, "history": 0}],
-            "read_errors": [], "exit_code": 0}})
+    /// A complete summary of a `--resources all` scan with history, taken
+    /// after the disable, with `latest`/`history` values under key_id `old`.
+    fn summary(latest: u64, history: u64) -> SummaryRecord {
+        SummaryRecord {
+            schema_version: SCHEMA_VERSION,
+            tool: "etcd-inspect".into(),
+            tool_version: "0".into(),
+            scanned_at: Some("2026-11-27T12:05:00Z".into()),
+            source: "file".into(),
+            location: "/b.db".into(),
+            identity: Identity::default(),
+            revision: 10,
+            compact_revision: None,
+            scope: Scope {
+                prefix: "/registry".into(),
+                resources: ResourceScope::All(AllResources::All),
+                history_examined: true,
+            },
+            keys: 3,
+            values: latest + history,
+            out_of_scope: 0,
+            resources: Default::default(),
+            groups: vec![
+                GroupRecord {
+                    resource: "secrets".into(),
+                    provider: "kms-v2".into(),
+                    provider_name: None,
+                    key_id: Some(Field::Text("old".into())),
+                    latest,
+                    history,
+                },
+                GroupRecord {
+                    resource: "secrets".into(),
+                    provider: "kms-v2".into(),
+                    provider_name: None,
+                    key_id: Some(Field::Text("new".into())),
+                    latest: 0,
+                    history: 0,
+                },
+            ],
+            findings: Default::default(),
+            stale: None,
+            verify: None,
+            read_errors: Vec::new(),
+            residue: None,
+            details: Default::default(),
+            exit_code: 0,
+        }
+    }
+
+    fn value(key: &str, latest: bool) -> Record<'static> {
+        Record::Value(ValueRecord {
+            key: Field::Text(key.to_string().into()),
+            resource: Field::Text("secrets".into()),
+            revision: 5,
+            sub_revision: 0,
+            latest,
+            encrypted: true,
+            provider: "kms-v2".into(),
+            provider_name: None,
+            key_id: Some(Field::Text("old".into())),
+            dek_source_type: None,
+            kind: None,
+            api_version: None,
+            encoding: None,
+            annotation_keys: Vec::new(),
+            problem: None,
+            finding: None,
+            verify: None,
+        })
+    }
+
+    fn all() -> Coverage {
+        Coverage {
+            etcd_prefix: "/registry".into(),
+            resources: RequiredResources::All,
+        }
+    }
+
+    fn judge(path: &Path, coverage: &Coverage) -> Vec<Blocker> {
+        let disabled = humantime::parse_rfc3339(DISABLED).unwrap();
+        let verdict = evaluate(vec![read_report(path, "old").unwrap()], disabled, coverage);
+        verdict.reports.into_iter().next().unwrap().1
+    }
+
+    fn one(dir: &Path, name: &str, summary: SummaryRecord) -> PathBuf {
+        write(dir, name, &[Record::Summary(Box::new(summary))])
     }
 
     #[test]
-    fn refuses_use_old_reports_and_cut_files_and_allows_clean_later_ones() {
+    fn a_complete_clean_report_passes() {
         let dir = tempfile::tempdir().unwrap();
-        let disabled = humantime::parse_rfc3339("2026-11-27T12:00:00Z").unwrap();
-        let value = serde_json::json!({"type": "value", "data": {
-            "key": "/registry/secrets/a/b", "provider": "kms-v2", "key_id": "old", "latest": false}});
-        let used = report(
+        let clean = one(dir.path(), "clean.jsonl", summary(0, 0));
+        assert_eq!(judge(&clean, &all()), []);
+    }
+
+    #[test]
+    fn refuses_use_old_reports_and_cut_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let disabled = humantime::parse_rfc3339(DISABLED).unwrap();
+        let used = write(
             dir.path(),
             "used.jsonl",
-            &[value.clone(), summary("2026-11-27T12:05:00Z", 0, 1)],
+            &[
+                value("/registry/secrets/a/b", false),
+                Record::Summary(Box::new(summary(0, 1))),
+            ],
         );
-        let clean = report(
-            dir.path(),
-            "clean.jsonl",
-            &[summary("2026-11-27T12:05:00Z", 0, 0)],
-        );
-        let early = report(
-            dir.path(),
-            "early.jsonl",
-            &[summary("2026-11-27T11:59:00Z", 0, 0)],
-        );
-        let cut = report(dir.path(), "cut.jsonl", &[value]);
         let read = |path: &Path| read_report(path, "old").unwrap();
-        let verdict = evaluate(vec![read(&used)], disabled);
+        let verdict = evaluate(vec![read(&used)], disabled, &all());
         assert!(!verdict.allows());
         assert_eq!(verdict.reports[0].0.history, 1);
-        assert_eq!(verdict.reports[0].0.keys, ["/registry/secrets/a/b"]);
+        assert_eq!(verdict.reports[0].0.keys_listed, ["/registry/secrets/a/b"]);
         assert_eq!(verdict.reports[0].1, [Blocker::InUse]);
-        assert!(evaluate(vec![read(&clean)], disabled).allows());
-        assert!(!evaluate(vec![read(&clean), read(&early)], disabled).allows());
-        let cut_verdict = evaluate(vec![read(&cut)], disabled);
-        assert!(cut_verdict.reports[0].1.contains(&Blocker::Incomplete));
-        assert!(!evaluate(vec![], disabled).allows());
-        assert!(!evaluate(vec![read(&clean)], disabled + Duration::from_secs(3600)).allows());
-        let not_json = report(dir.path(), "table.txt", &[]);
+
+        let clean = one(dir.path(), "clean.jsonl", summary(0, 0));
+        let mut early_summary = summary(0, 0);
+        early_summary.scanned_at = Some("2026-11-27T11:59:00Z".into());
+        let early = one(dir.path(), "early.jsonl", early_summary);
+        assert!(evaluate(vec![read(&clean)], disabled, &all()).allows());
+        assert!(!evaluate(vec![read(&clean), read(&early)], disabled, &all()).allows());
+        assert!(!evaluate(vec![], disabled, &all()).allows());
+        assert!(!evaluate(
+            vec![read(&clean)],
+            disabled + Duration::from_secs(3600),
+            &all()
+        )
+        .allows());
+
+        // Cut before its summary.
+        let cut = write(
+            dir.path(),
+            "cut.jsonl",
+            &[value("/registry/secrets/a/b", true)],
+        );
+        assert!(judge(&cut, &all()).contains(&Blocker::Incomplete));
+        // Cut in the middle of its summary line.
+        let text = std::fs::read_to_string(&used).unwrap();
+        let half = dir.path().join("half.jsonl");
+        std::fs::write(&half, &text[..text.len() - 40]).unwrap();
+        let blockers = judge(&half, &all());
+        assert!(blockers.contains(&Blocker::Incomplete), "{blockers:?}");
+        // Something after the summary (reports pasted together).
+        let mut after = std::fs::read_to_string(&clean).unwrap();
+        after.push_str(&serde_json::to_string(&value("/registry/secrets/x/y", true)).unwrap());
+        after.push('\n');
+        let pasted = dir.path().join("pasted.jsonl");
+        std::fs::write(&pasted, after).unwrap();
+        let blockers = judge(&pasted, &all());
+        assert!(blockers.contains(&Blocker::Incomplete), "{blockers:?}");
+        assert!(blockers.contains(&Blocker::InUse), "{blockers:?}");
+
+        let not_json = dir.path().join("table.txt");
         std::fs::write(&not_json, "Source: file x\n").unwrap();
         assert!(matches!(
             read_report(&not_json, "old"),
             Err(ReportError::NotJson { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn refuses_partial_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut secrets_only = summary(0, 0);
+        secrets_only.scope.resources = ResourceScope::Only(vec!["secrets".into()]);
+        let path = one(dir.path(), "secrets.jsonl", secrets_only);
+        // Without an EncryptionConfiguration, only `--resources all` counts.
+        assert_eq!(
+            judge(&path, &all()),
+            [Blocker::MissingResources(vec!["all".into()])]
+        );
+        let config = |names: &[&str]| Coverage {
+            etcd_prefix: "/registry".into(),
+            resources: RequiredResources::from_config(
+                &names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            ),
+        };
+        assert_eq!(judge(&path, &config(&["secrets"])), []);
+        assert_eq!(
+            judge(&path, &config(&["secrets", "configmaps"])),
+            [Blocker::MissingResources(vec!["configmaps".into()])]
+        );
+        for wide in ["*.*", "widgets.example.com", "deployments.apps"] {
+            assert_eq!(
+                judge(&path, &config(&["secrets", wide])),
+                [Blocker::MissingResources(vec!["all".into()])],
+                "{wide}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_prefix_limited_history_ignored_and_empty_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut narrow = summary(0, 0);
+        narrow.scope.prefix = "/registry/secrets/kube-system".into();
+        let path = one(dir.path(), "narrow.jsonl", narrow);
+        assert!(matches!(judge(&path, &all())[..], [Blocker::Prefix { .. }]));
+        let mut slash = summary(0, 0);
+        slash.scope.prefix = "/registry/".into();
+        assert_eq!(judge(&one(dir.path(), "slash.jsonl", slash), &all()), []);
+
+        let mut no_history = summary(0, 0);
+        no_history.scope.history_examined = false;
+        let path = one(dir.path(), "no-history.jsonl", no_history);
+        assert_eq!(judge(&path, &all()), [Blocker::HistoryNotExamined]);
+
+        let mut empty = summary(0, 0);
+        empty.keys = 0;
+        let path = one(dir.path(), "empty.jsonl", empty);
+        assert_eq!(judge(&path, &all()), [Blocker::NoKeys]);
+    }
+
+    #[test]
+    fn refuses_other_schema_versions_and_edited_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut future = summary(0, 0);
+        future.schema_version = SCHEMA_VERSION + 1;
+        let path = one(dir.path(), "future.jsonl", future);
+        assert_eq!(
+            judge(&path, &all()),
+            [Blocker::SchemaVersion(SCHEMA_VERSION + 1)]
+        );
+
+        // A report of schema 1 (before typed fields): bare strings, no scope.
+        let old = dir.path().join("v1.jsonl");
+        std::fs::write(
+            &old,
+            concat!(
+                r#"{"type":"value","data":{"key":"/registry/secrets/a/b","provider":"kms-v2","key_id":"old","latest":true}}"#,
+                "\n",
+                r#"{"type":"summary","data":{"scanned_at":"2026-11-27T12:05:00Z","source":"file","location":"/b.db","groups":[],"read_errors":[],"exit_code":0}}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let blockers = judge(&old, &all());
+        assert!(
+            blockers.contains(&Blocker::SchemaVersion(1)),
+            "{blockers:?}"
+        );
+        assert!(blockers.contains(&Blocker::Incomplete), "{blockers:?}");
+
+        // Value records dropped from a report whose summary counts them.
+        let mut counted = summary(0, 0);
+        counted.values = 4;
+        let path = one(dir.path(), "edited.jsonl", counted);
+        assert_eq!(
+            judge(&path, &all()),
+            [Blocker::Inconsistent {
+                records: 0,
+                summary: 4
+            }]
+        );
+    }
+
+    #[test]
+    fn key_ids_that_are_not_utf8_are_matched_as_bytes() {
+        let field = Field::from_bytes(b"old\xff");
+        assert!(!field.is(b"old"));
+        assert!(Field::from_bytes(b"old").is(b"old"));
     }
 }

@@ -139,7 +139,10 @@ fn deep_scan_finds_plaintext_left_in_free_pages_until_defrag() {
         assert_eq!(offset / page_size, page, "{remnant}");
     }
     // Keys are recovered from the KeyValue records, and they are real ones.
-    let keys: Vec<&str> = plaintext.iter().filter_map(|r| r["key"].as_str()).collect();
+    let keys: Vec<&str> = plaintext
+        .iter()
+        .filter_map(|r| r["key"]["text"].as_str())
+        .collect();
     assert!(!keys.is_empty(), "no key recovered: {plaintext:?}");
     let written: Vec<String> = (0..SECRETS).map(key).collect();
     for key in &keys {

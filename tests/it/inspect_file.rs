@@ -62,6 +62,11 @@ fn opt_str(value: &Value) -> Option<String> {
     value.as_str().map(str::to_string)
 }
 
+/// A string field of a record (`{"text": ...}`; `None` for null or bytes).
+fn opt_text(value: &Value) -> Option<String> {
+    value["text"].as_str().map(str::to_string)
+}
+
 #[test]
 fn every_fixture_matches_its_json() {
     for fixture in all_fixtures() {
@@ -76,7 +81,12 @@ fn every_fixture_matches_its_json() {
         let mut by_key: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
         for value in &values {
             by_key
-                .entry(value["key"].as_str().unwrap_or_default().to_string())
+                .entry(
+                    value["key"]["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
                 .or_default()
                 .push(value);
         }
@@ -106,13 +116,13 @@ fn every_fixture_matches_its_json() {
                     );
                     if want_latest.name.is_some() {
                         assert_eq!(
-                            opt_str(&got["provider_name"]),
+                            opt_text(&got["provider_name"]),
                             want_latest.name,
                             "{name}: name of {key}"
                         );
                     }
                     assert_eq!(
-                        opt_str(&got["key_id"]),
+                        opt_text(&got["key_id"]),
                         want_latest.key_id,
                         "{name}: key_id of {key}"
                     );
@@ -131,7 +141,7 @@ fn every_fixture_matches_its_json() {
                         assert_eq!(&got_keys, want_keys, "{name}: annotations of {key}");
                     }
                     if want_latest.provider == "identity" {
-                        let kind = got["kind"].as_str().unwrap_or_default();
+                        let kind = got["kind"]["text"].as_str().unwrap_or_default();
                         assert!(
                             ["Secret", "ConfigMap"].contains(&kind),
                             "{name}: kind of {key}: {kind}"
@@ -182,7 +192,7 @@ fn every_fixture_matches_its_json() {
 }
 
 fn opt_str_ref(value: &Value) -> Option<String> {
-    value.as_str().map(str::to_string)
+    value["text"].as_str().map(str::to_string)
 }
 
 #[test]
@@ -213,7 +223,7 @@ fn default_scan_reports_plaintext_secrets_and_history() {
         let got_plaintext: Vec<String> = values
             .iter()
             .filter(|v| v["finding"] == "plaintext")
-            .map(|v| v["key"].as_str().unwrap_or_default().to_string())
+            .map(|v| v["key"]["text"].as_str().unwrap_or_default().to_string())
             .collect();
         let got_history = values
             .iter()
@@ -221,7 +231,10 @@ fn default_scan_reports_plaintext_secrets_and_history() {
             .count();
         assert_eq!(got_plaintext, want_plaintext, "{name}");
         assert_eq!(got_history, want_history, "{name}");
-        assert!(values.iter().all(|v| v["resource"] == "secrets"), "{name}");
+        assert!(
+            values.iter().all(|v| v["resource"]["text"] == "secrets"),
+            "{name}"
+        );
         let want_code = if want_plaintext.is_empty() && want_history == 0 {
             0
         } else {
@@ -310,7 +323,7 @@ fn policies_set_findings_and_exit_codes() {
     assert!(values
         .iter()
         .filter(|v| v["finding"] == "stale-key-id")
-        .all(|v| v["key_id"] == "fixture-kek-1"));
+        .all(|v| v["key_id"]["text"] == "fixture-kek-1"));
     // Table output names the findings.
     let table = run(&[
         "scan",
@@ -355,7 +368,7 @@ fn policies_set_findings_and_exit_codes() {
     // Other resources by group.
     let (_, values, _) = scan_json(&mixed, &["--resources", "example.com/widgets"]);
     assert_eq!(values.len(), 1);
-    assert_eq!(values[0]["resource"], "widgets.example.com");
+    assert_eq!(values[0]["resource"]["text"], "widgets.example.com");
     assert_eq!(values[0]["encoding"], "json");
 }
 
@@ -645,7 +658,9 @@ fn every_prefix_truncation_is_an_error() {
 }
 
 #[test]
-fn broken_pipe_exits_quietly() {
+/// A closed pipe stops the output quietly; the exit code is still the
+/// scan's (plaintext: 1), never 0 (issue 14 §4; was 0 before).
+fn broken_pipe_exits_quietly_with_the_scan_code() {
     let path = fixtures::fixture_dir().join("apiserver/plaintext.db");
     let mut child = Command::new(BIN)
         .args([
@@ -663,7 +678,7 @@ fn broken_pipe_exits_quietly() {
         .unwrap();
     drop(child.stdout.take());
     let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(output.status.code(), Some(1));
     assert!(
         output.stderr.is_empty(),
         "{}",
@@ -672,7 +687,9 @@ fn broken_pipe_exits_quietly() {
 }
 
 #[test]
-fn non_utf8_keys_are_base64_in_json() {
+/// Schema 2 (issue 14 §4): a key that is not UTF-8 is `{"bytes": base64}`,
+/// never a bare string that reads like text; a UTF-8 key is `{"text": ...}`.
+fn non_utf8_keys_are_marked_bytes_in_json() {
     use kube_kms::inspect::report::{self, SourceInfo};
     let mut scan = Scan::new(ScanOptions::default());
     scan.observe(Observed::Put {
@@ -685,7 +702,13 @@ fn non_utf8_keys_are_base64_in_json() {
     report::write_json(&mut out, &result, &SourceInfo::default()).unwrap();
     let first: Value =
         serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
-    assert_eq!(first["data"]["key"], "L3JlZ2lzdHJ5L3NlY3JldHMvbnMv//4=");
-    assert_eq!(first["data"]["key_encoding"], "base64");
+    assert_eq!(
+        first["data"]["key"],
+        serde_json::json!({"bytes": "L3JlZ2lzdHJ5L3NlY3JldHMvbnMv//4="})
+    );
+    assert_eq!(
+        first["data"]["resource"],
+        serde_json::json!({"text": "secrets"})
+    );
     assert_eq!(first["data"]["finding"], "plaintext");
 }

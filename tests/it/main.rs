@@ -27,4 +27,5 @@ mod pkcs11;
 mod rotation_e2e;
 mod server;
 mod server_process;
+mod verdict;
 mod verify_fixtures;

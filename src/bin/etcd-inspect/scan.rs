@@ -10,6 +10,7 @@ use kube_kms::inspect::encryption_config::{EncryptionConfig, KeyedProvider};
 use kube_kms::inspect::live::{self, LiveSource};
 use kube_kms::inspect::mvcc::{self, FileScanOptions};
 use kube_kms::inspect::progress::Progress;
+use kube_kms::inspect::record::{self, Identity};
 use kube_kms::inspect::report::{self, SourceInfo};
 use kube_kms::inspect::residue::{self, ResidueReport, ResidueScope};
 use kube_kms::inspect::scan::{RequiredProvider, ResourceFilter, Scan, ScanOptions};
@@ -50,7 +51,9 @@ pub(crate) struct ScanArgs {
     /// Output format (default: table).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-    /// Do not report plaintext in older revisions.
+    /// Do not examine older revisions: a live scan reads the latest values
+    /// only; a file scan does not report plaintext in older revisions. The
+    /// report then says "history not examined" (and the destroy gate refuses it).
     #[arg(long)]
     ignore_history: bool,
     /// Report current values not under this provider (identity, aescbc, aesgcm,
@@ -98,8 +101,9 @@ pub(crate) struct ScanArgs {
     /// Live: keys per range request.
     #[arg(long, default_value_t = kube_kms::inspect::live::DEFAULT_PAGE_SIZE)]
     page_size: i64,
-    /// Live: also examine older revisions etcd still serves (until compaction).
-    #[arg(long)]
+    /// Live: read older revisions etcd still serves (until compaction). The
+    /// default; with --ignore-history, read them but do not judge them.
+    #[arg(long, hide = true)]
     history: bool,
     /// Live: CA bundle to verify etcd's server certificate.
     #[arg(long, value_name = "PATH")]
@@ -113,9 +117,14 @@ pub(crate) struct ScanArgs {
     /// Live: etcd user (with --password).
     #[arg(long)]
     user: Option<String>,
-    /// Live: etcd password (or ETCDCTL_PASSWORD).
+    /// Live: etcd password. Visible in the process list: prefer
+    /// --password-file or the ETCDCTL_PASSWORD environment variable.
     #[arg(long, env = "ETCDCTL_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// Live: file holding the etcd password (one trailing newline is
+    /// ignored); takes precedence over --password and ETCDCTL_PASSWORD.
+    #[arg(long, value_name = "PATH")]
+    password_file: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
@@ -225,7 +234,9 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
     let written = if args.emit_stale {
         verify::stale_objects(&result)
             .iter()
-            .try_for_each(|name| writeln!(out, "{name}"))
+            // Kubernetes names never hold what `escape` changes; a crafted
+            // etcd key that does is shown escaped, never raw.
+            .try_for_each(|name| writeln!(out, "{}", report::escape(name.as_bytes())))
     } else {
         match args.format {
             Format::Json => report::write_json_deep(&mut out, &result, &source, residue),
@@ -235,14 +246,19 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
     .and_then(|()| out.flush());
     match written {
         Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
+        // The reader went away (`| head`): stop writing, but the exit code
+        // still says what the scan found.
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => return Ok(code),
         Err(error) => return Err(error).context("writing the report"),
     }
     if args.emit_stale || !(is_terminal && args.format == Format::Table) {
         // The table on a terminal already lists them; otherwise tell stderr,
         // where a pipeline's user looks for errors.
         for error in result.read_errors() {
-            eprintln!("etcd-inspect: read error: {error}");
+            eprintln!(
+                "etcd-inspect: read error: {}",
+                report::escape(error.as_bytes())
+            );
         }
     }
     Ok(code)
@@ -291,6 +307,27 @@ fn live_range(prefix: &str, resources: &ResourceFilter) -> Vec<u8> {
     }
 }
 
+/// The etcd password: --password-file, else --password or ETCDCTL_PASSWORD.
+fn password(args: &ScanArgs) -> anyhow::Result<Option<SecretBytes>> {
+    if let Some(path) = &args.password_file {
+        let mut bytes = zeroize::Zeroizing::new(
+            std::fs::read(path)
+                .with_context(|| format!("--password-file {}: cannot read it", path.display()))?,
+        );
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        return Ok(Some(SecretBytes::copy_from(&bytes)));
+    }
+    Ok(args
+        .password
+        .as_ref()
+        .map(|password| SecretBytes::copy_from(password.as_bytes())))
+}
+
 fn scan_live(args: &ScanArgs, scan: &mut Scan) -> anyhow::Result<SourceInfo> {
     let source = LiveSource {
         endpoints: args.endpoints.clone(),
@@ -298,13 +335,10 @@ fn scan_live(args: &ScanArgs, scan: &mut Scan) -> anyhow::Result<SourceInfo> {
         cert: args.cert.clone(),
         key: args.key.clone(),
         user: args.user.clone(),
-        password: args
-            .password
-            .as_ref()
-            .map(|password| SecretBytes::copy_from(password.as_bytes())),
+        password: password(args)?,
         prefix: live_range(&args.prefix, &ResourceFilter::parse(&args.resources)),
         page_size: args.page_size,
-        history: args.history,
+        history: args.history || !args.ignore_history,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -332,8 +366,15 @@ fn scan_live(args: &ScanArgs, scan: &mut Scan) -> anyhow::Result<SourceInfo> {
     Ok(SourceInfo {
         kind: "live",
         location: args.endpoints.join(","),
+        identity: Identity {
+            cluster_id: Some(format!("{:016x}", summary.cluster_id)),
+            member_id: Some(format!("{:016x}", summary.member_id)),
+            endpoints: Some(args.endpoints.join(",")),
+            ..Identity::default()
+        },
         revision: summary.revision,
         compact_revision: summary.compact_revision,
+        history_examined: summary.history,
         details,
         scanned_at: None,
     })
@@ -405,8 +446,15 @@ fn scan_file(
     let source = SourceInfo {
         kind: "file",
         location: path.display().to_string(),
+        identity: Identity {
+            sha256: summary.sha256.map(|digest| record::hex(&digest)),
+            ..Identity::default()
+        },
         revision: summary.revision,
         compact_revision: summary.compact_revision,
+        // Every revision in the file is read; --ignore-history only stops
+        // judging the older ones, and the scope says so.
+        history_examined: true,
         details,
         scanned_at: None,
     };

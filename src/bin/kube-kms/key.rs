@@ -74,12 +74,8 @@ pub(crate) struct VersionArgs {
 pub(crate) struct DestroyArgs {
     #[command(flatten)]
     version: VersionArgs,
-    /// JSON Lines reports of `etcd-inspect scan --format json` (the live etcd
-    /// and every backup you keep), each taken after the version was disabled.
-    /// The destroy goes ahead only if every one shows zero values (latest or
-    /// history) under the version's key_id.
-    #[arg(long, value_name = "FILE", num_args = 1..)]
-    scan_report: Vec<PathBuf>,
+    #[command(flatten)]
+    gate: GateArgs,
     /// Destroy without proof that the key_id is unused (data under it is lost).
     #[arg(long)]
     force: bool,
@@ -87,6 +83,27 @@ pub(crate) struct DestroyArgs {
     /// until then `aws kms cancel-key-deletion` can still undo the destroy.
     #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(i32).range(7..=30))]
     aws_pending_window_days: i32,
+}
+
+/// The proof `key destroy` asks for.
+#[derive(clap::Args)]
+pub(crate) struct GateArgs {
+    /// JSON Lines reports of `etcd-inspect scan --format json` (the live etcd
+    /// and every backup you keep), each taken after the version was disabled.
+    /// The destroy goes ahead only if every one is complete, examined history,
+    /// at least one key, --etcd-prefix and the resources encrypted with kms v2
+    /// (see --encryption-config), and shows zero values (latest or history)
+    /// under the version's key_id.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    scan_report: Vec<PathBuf>,
+    /// kube-apiserver's EncryptionConfiguration: reports must cover every
+    /// resource it encrypts with a kms v2 provider. Without it, reports must
+    /// be `--resources all` scans.
+    #[arg(long, value_name = "PATH")]
+    encryption_config: Option<PathBuf>,
+    /// kube-apiserver's --etcd-prefix: reports must have scanned exactly it.
+    #[arg(long, value_name = "PREFIX", default_value = "/registry")]
+    etcd_prefix: String,
 }
 
 /// Options of `key list`.
@@ -257,14 +274,14 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
                     id: version,
                     backend,
                 },
-            scan_report,
+            gate,
             force,
             ..
         }) => {
             let store = KeyStore::open(&backend)?;
             let target = store.gate_target(version)?;
             let selector = store.selector(&backend);
-            let judged = match destroy_gate(target, &selector, version, &scan_report, force)? {
+            let judged = match destroy_gate(target, &selector, version, &gate, force)? {
                 GateVerdict::Refused(refusal) => {
                     eprintln!("{refusal}");
                     return Ok(ExitCode::from(1));
@@ -390,9 +407,10 @@ fn destroy_gate(
     target: Option<GateTarget>,
     selector: &str,
     version: u32,
-    reports: &[PathBuf],
+    gate: &GateArgs,
     force: bool,
 ) -> anyhow::Result<GateVerdict> {
+    let reports = &gate.scan_report;
     let Some(target) = target else {
         // The destroy itself reports the unknown version.
         return Ok(GateVerdict::Proceed { disabled_at: None });
@@ -407,7 +425,7 @@ fn destroy_gate(
         Some(format!(
             "refusing to destroy version {version} ({key_id}) without proof that nothing uses it.\n\
              Disable it, then scan the live etcd and every backup you keep, and pass the reports:\n  \
-             etcd-inspect scan --endpoints URL --history --resources all --format json > live.jsonl\n  \
+             etcd-inspect scan --endpoints URL --resources all --format json > live.jsonl\n  \
              etcd-inspect scan --file BACKUP.db --resources all --format json > backup.jsonl\n  \
              kube-kms key destroy {version} {selector} --scan-report live.jsonl backup.jsonl\n\
              (--force destroys without proof; data under {key_id} is then lost for good)",
@@ -415,21 +433,25 @@ fn destroy_gate(
     } else {
         let mut usages = Vec::new();
         for report in reports {
-            let usage = keyring::destroy_gate::read_report(report, &key_id)?;
-            if usage.live_without_history {
-                eprintln!(
-                    "kube-kms: note: {}: a live scan without --history: older revisions were not examined",
-                    report.display()
-                );
-            }
-            usages.push(usage);
+            usages.push(keyring::destroy_gate::read_report(report, &key_id)?);
         }
+        let coverage = keyring::destroy_gate::Coverage {
+            etcd_prefix: gate.etcd_prefix.clone(),
+            resources: match &gate.encryption_config {
+                Some(path) => {
+                    let config =
+                        kube_kms::inspect::encryption_config::EncryptionConfig::load(path)?;
+                    keyring::destroy_gate::RequiredResources::from_config(config.kms_v2_resources())
+                }
+                None => keyring::destroy_gate::RequiredResources::All,
+            },
+        };
         match target.disabled_at {
             None => Some(format!(
                 "refusing to destroy version {version} ({key_id}): the keyring does not record when it was disabled (it was disabled by an older kube-kms, or is not disabled). Run `kube-kms key enable {version}` and `kube-kms key disable {version}`, scan again, and pass the new reports",
             )),
             Some(disabled_at) => {
-                let verdict = keyring::destroy_gate::evaluate(usages, disabled_at);
+                let verdict = keyring::destroy_gate::evaluate(usages, disabled_at, &coverage);
                 if verdict.allows() {
                     None
                 } else {
@@ -444,7 +466,7 @@ fn destroy_gate(
                         text.push_str(&format!(
                             "\n  {} ({}, scanned at {}): {} latest, {} history values under {key_id}",
                             usage.path.display(),
-                            usage.source,
+                            kube_kms::inspect::report::escape(usage.source.as_bytes()),
                             usage.scanned_at.map_or_else(
                                 || "unknown".to_string(),
                                 |at| humantime::format_rfc3339(at).to_string()
@@ -455,8 +477,11 @@ fn destroy_gate(
                         for blocker in blockers {
                             text.push_str(&format!("\n    - {}", blocker.describe()));
                         }
-                        for key in &usage.keys {
-                            text.push_str(&format!("\n    {key}"));
+                        for key in &usage.keys_listed {
+                            text.push_str(&format!(
+                                "\n    {}",
+                                kube_kms::inspect::report::escape(key.as_bytes())
+                            ));
                         }
                     }
                     text.push_str("\nRewrite the objects still under it (docs/rotation.md), scan again, and pass the new reports.");

@@ -158,7 +158,7 @@ async fn run_async(command: KeyCommand, aws: AwsKmsArgs) -> anyhow::Result<ExitC
         }
         KeyCommand::Destroy(DestroyArgs {
             version: VersionArgs { id, .. },
-            scan_report,
+            gate,
             force,
             aws_pending_window_days,
         }) => {
@@ -168,7 +168,7 @@ async fn run_async(command: KeyCommand, aws: AwsKmsArgs) -> anyhow::Result<ExitC
                 state: v.state,
                 disabled_at: v.disabled_at,
             });
-            let judged = match destroy_gate(target, &selector, id, &scan_report, force)? {
+            let judged = match destroy_gate(target, &selector, id, &gate, force)? {
                 GateVerdict::Refused(refusal) => {
                     eprintln!("{refusal}");
                     return Ok(ExitCode::from(1));
