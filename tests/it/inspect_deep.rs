@@ -332,7 +332,7 @@ fn deep_scan_finds_the_pem_key_of_a_tls_secret_whose_header_was_overwritten() {
         assert!(!stdout.contains(&key_line), "the private key was printed");
         let record = residue
             .iter()
-            .any(|r| r["key"] == tls_key && r["plaintext"] == true);
+            .any(|r| r["key"]["text"] == tls_key && r["plaintext"] == true);
         if !record {
             break (code, residue, summary);
         }
