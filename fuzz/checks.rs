@@ -577,3 +577,40 @@ pub fn encryption_config(data: &[u8]) {
         }
     }
 }
+
+// ---------------------------------------------------------------- scan reports
+
+/// The destroy gate's report reader on arbitrary bytes: never panics, and
+/// whenever the gate would let a report through, no line of it that is a
+/// kms v2 value record under the key_id (read independently, as plain JSON)
+/// was missed.
+pub fn scan_report(data: &[u8]) {
+    use kube_kms::keyring::destroy_gate::{self, Coverage, RequiredResources};
+    const KEY_ID: &str = "fixture-kek-1";
+    let path = std::path::Path::new("fuzz.jsonl");
+    let Ok(usage) = destroy_gate::read_records(data, path, KEY_ID) else {
+        return;
+    };
+    let coverage = Coverage {
+        etcd_prefix: "/registry".to_string(),
+        resources: RequiredResources::All,
+    };
+    let verdict = destroy_gate::evaluate(vec![usage], std::time::UNIX_EPOCH, &coverage);
+    if !verdict.allows() {
+        return;
+    }
+    let text = String::from_utf8_lossy(data);
+    for line in text.lines() {
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let data = &record["data"];
+        let under_key_id = record["type"] == "value"
+            && data["provider"] == "kms-v2"
+            && data["key_id"]["text"] == KEY_ID;
+        assert!(
+            !under_key_id,
+            "the gate allowed a report using {KEY_ID}: {line}"
+        );
+    }
+}

@@ -141,13 +141,22 @@ pub fn read_report(path: &Path, key_id: &str) -> Result<ReportUse, ReportError> 
         path: path.to_path_buf(),
         source,
     })?;
+    read_records(std::io::BufReader::new(file), path, key_id)
+}
+
+/// [`read_report`] on any reader (`path` names it in errors).
+pub fn read_records(
+    reader: impl BufRead,
+    path: &Path,
+    key_id: &str,
+) -> Result<ReportUse, ReportError> {
     let mut usage = ReportUse {
         path: path.to_path_buf(),
         ..ReportUse::default()
     };
     let mut counted_from_values = (0u64, 0u64);
     let key_id = key_id.as_bytes();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+    for (index, line) in reader.lines().enumerate() {
         let line = line.map_err(|source| ReportError::Read {
             path: path.to_path_buf(),
             source,

@@ -62,6 +62,11 @@ fn decrypt_request_inputs() {
 }
 
 #[test]
+fn scan_report_inputs() {
+    assert!(run_inputs("scan_report", checks::scan_report) >= 3);
+}
+
+#[test]
 fn encryption_config_inputs() {
     assert!(run_inputs("encryption_config", checks::encryption_config) >= 3);
 }
