@@ -22,6 +22,7 @@ mod inspect_live_cli;
 mod inspect_writer;
 mod key_cli;
 mod keyring_backend;
+mod monitoring;
 mod ops;
 mod pkcs11;
 mod rotation_e2e;
