@@ -12,6 +12,7 @@ mod deploy;
 mod fault_keyring;
 mod fault_plugin;
 mod fuzz_regressions;
+mod grpc_clients;
 mod ha;
 mod inspect_deep;
 mod inspect_file;
