@@ -4,8 +4,9 @@
 # plugin, plaintext left in older revisions...) or, if ALLOWED_KEY_IDS is set, under
 # a key_id not in that list.
 #
-# Run it from cron/a systemd timer on the host that keeps the backups, or from the
-# CronJob in deploy/etcd-inspect-cronjob.yaml (which carries a copy of this script).
+# Run it from cron/a systemd timer on the host that keeps the backups. The CronJob in
+# deploy/etcd-inspect-cronjob.yaml does the same in a cluster (the same selection of
+# the newest backup, then etcd-inspect from the kube-kms image, which has no shell).
 #
 # Settings (environment):
 #   BACKUP_DIR        directory with the backups        (default /var/lib/etcd-backup)

@@ -1088,7 +1088,7 @@ fn encryption_config_path_agrees_across_all_files() {
 }
 
 #[test]
-fn placeholder_image_is_marked_and_the_same_everywhere() {
+fn image_is_the_one_tools_image_makes_and_the_same_everywhere() {
     let pod = static_pod();
     let plugin_image = text_at(STATIC_POD, static_pod_container(&pod), "image");
     let cronjob = cronjob();
@@ -1098,12 +1098,11 @@ fn placeholder_image_is_marked_and_the_same_everywhere() {
         "spec.jobTemplate.spec.template.spec.containers.0.image",
     );
     assert_eq!(plugin_image, job_image);
-    for file in [STATIC_POD, CRONJOB] {
-        assert!(
-            read(file).contains("PLACEHOLDER"),
-            "{file} must say the image is a placeholder"
-        );
-    }
+    assert_eq!(
+        plugin_image,
+        format!("localhost/kube-kms:{}", env!("CARGO_PKG_VERSION")),
+        "the tag tools/image gives the image"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1117,34 +1116,91 @@ fn cronjob() -> Value {
         .expect("a CronJob document")
 }
 
-#[test]
-fn cronjob_carries_the_backup_check_script_unchanged() {
-    let documents = yaml_documents(CRONJOB);
-    let config_map = documents
+/// The CronJob's pod spec, its init container (picks the newest backup) and
+/// its container (scans it).
+fn cronjob_pod(cronjob: &Value) -> (&Value, &Value, &Value) {
+    let pod = at(CRONJOB, cronjob, "spec.jobTemplate.spec.template.spec");
+    let init = list_at(CRONJOB, pod, "initContainers");
+    assert_eq!(init.len(), 1, "one init container: select-backup");
+    let containers = list_at(CRONJOB, pod, "containers");
+    assert_eq!(containers.len(), 1);
+    (pod, &init[0], &containers[0])
+}
+
+fn env_of(container: &Value) -> Vec<(String, String)> {
+    list_at(CRONJOB, container, "env")
         .iter()
-        .find(|d| d.get("kind").and_then(Value::as_str) == Some("ConfigMap"))
-        .expect("a ConfigMap document with the script");
-    // The key has dots, so no dotted path here.
-    let embedded = at(CRONJOB, config_map, "data")
-        .get("etcd-inspect-backup-check.sh")
-        .and_then(Value::as_str)
-        .expect("ConfigMap data key etcd-inspect-backup-check.sh");
-    assert_eq!(
-        embedded,
-        read(BACKUP_SCRIPT),
-        "the ConfigMap's script differs from {BACKUP_SCRIPT}: copy it over"
-    );
-    let config_map_name = text_at(CRONJOB, config_map, "metadata.name");
+        .map(|e| {
+            (
+                text_at(CRONJOB, e, "name").to_owned(),
+                text_at(CRONJOB, e, "value").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn env_value(env: &[(String, String)], name: &str) -> String {
+    env.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{CRONJOB}: env {name} missing"))
+}
+
+/// Runs the init container's selection (its `sh -c` script, with `sh` here)
+/// on `backup_dir`, linking the choice at `selected`; returns (exit code, stderr).
+fn run_cronjob_selection(backup_dir: &Path, selected: &Path) -> (i32, String) {
     let cronjob = cronjob();
-    let spec = at(CRONJOB, &cronjob, "spec.jobTemplate.spec.template.spec");
-    let script_volume = list_at(CRONJOB, spec, "volumes")
-        .iter()
-        .find(|v| v.get("configMap").is_some())
-        .expect("the script volume");
-    assert_eq!(
-        text_at(CRONJOB, script_volume, "configMap.name"),
-        config_map_name
-    );
+    let (_, init, _) = cronjob_pod(&cronjob);
+    let command = strings(CRONJOB, list_at(CRONJOB, init, "command"));
+    assert_eq!(command[..2], ["/bin/sh", "-c"], "{command:?}");
+    let env = env_of(init);
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(&command[2])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("BACKUP_DIR", backup_dir)
+        .env("BACKUP_PATTERN", env_value(&env, "BACKUP_PATTERN"))
+        .env("SELECTED", selected)
+        .output()
+        .expect("run the CronJob's selection with sh");
+    (
+        output.status.code().expect("exited"),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cronjob_selection_links_the_newest_backup_and_fails_without_one() {
+    let links = tempfile::tempdir().expect("tempdir");
+    let selected = links.path().join("newest.db");
+    for (oldest_first, newest) in [
+        (["plaintext.db", "kmsv2-rotated.db"], "kmsv2-rotated.db"),
+        (["kmsv2-rotated.db", "plaintext.db"], "plaintext.db"),
+    ] {
+        let backups = backup_dir_with(&oldest_first);
+        std::fs::write(backups.path().join("notes.txt"), "not a backup").expect("write");
+        let (code, stderr) = run_cronjob_selection(backups.path(), &selected);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            std::fs::read_link(&selected).expect("a link"),
+            backups.path().join(newest),
+            "{stderr}"
+        );
+        // The scan container's verdict on the link is the backup's.
+        let scan = Command::new(etcd_inspect())
+            .args(["scan", "--require-provider", "kms-v2:fixture-kms", "--file"])
+            .arg(&selected)
+            .output()
+            .expect("scan");
+        let expected = if newest == "plaintext.db" { 1 } else { 0 };
+        assert_eq!(scan.status.code(), Some(expected), "{newest}");
+    }
+    let empty = tempfile::tempdir().expect("tempdir");
+    std::fs::write(empty.path().join("notes.txt"), "not a backup").expect("write");
+    let (code, stderr) = run_cronjob_selection(empty.path(), &links.path().join("none.db"));
+    assert_eq!(code, 2, "no backup fails the Job: {stderr}");
+    assert!(stderr.contains("no backup matching '*.db'"), "{stderr}");
 }
 
 #[test]
@@ -1161,67 +1217,75 @@ fn cronjob_fails_on_findings_and_reads_backups_read_only() {
         0,
         "findings are not retried away"
     );
-    let pod = at(CRONJOB, job, "template.spec");
+    let (pod, init, container) = cronjob_pod(&cronjob);
     assert_eq!(text_at(CRONJOB, pod, "restartPolicy"), "Never");
     assert_eq!(
         text_at(CRONJOB, pod, "securityContext.seccompProfile.type"),
         "RuntimeDefault"
     );
-    let containers = list_at(CRONJOB, pod, "containers");
-    assert_eq!(containers.len(), 1);
-    let container = &containers[0];
+    // The scan: etcd-inspect itself (the image has no shell), on the link the
+    // init container made, requiring the provider; its exit code is the Job's.
     let command = strings(CRONJOB, list_at(CRONJOB, container, "command"));
-    assert!(
-        command
-            .iter()
-            .any(|c| c.ends_with("/etcd-inspect-backup-check.sh")),
-        "the Job runs the backup check script: {command:?}"
-    );
-    let security = at(CRONJOB, container, "securityContext");
+    assert_eq!(command[..2], ["/usr/local/bin/etcd-inspect", "scan"]);
+    let init_env = env_of(init);
+    let selected = env_value(&init_env, "SELECTED");
+    assert_eq!(single_flag(CRONJOB, &command, "--file"), selected);
     assert_eq!(
-        strings(CRONJOB, list_at(CRONJOB, security, "capabilities.drop")),
-        ["ALL"]
+        single_flag(CRONJOB, &command, "--require-provider"),
+        format!("kms-v2:{PROVIDER}")
     );
-    assert!(bool_at(CRONJOB, security, "readOnlyRootFilesystem"));
-    assert!(!bool_at(CRONJOB, security, "allowPrivilegeEscalation"));
-    for path in ["resources.requests.memory", "resources.limits.memory"] {
-        at(CRONJOB, container, path);
+    for c in [init, container] {
+        let security = at(CRONJOB, c, "securityContext");
+        assert_eq!(
+            strings(CRONJOB, list_at(CRONJOB, security, "capabilities.drop")),
+            ["ALL"]
+        );
+        assert!(bool_at(CRONJOB, security, "readOnlyRootFilesystem"));
+        assert!(!bool_at(CRONJOB, security, "allowPrivilegeEscalation"));
+        for path in ["resources.requests.memory", "resources.limits.memory"] {
+            at(CRONJOB, c, path);
+        }
     }
-    let env: Vec<(String, String)> = list_at(CRONJOB, container, "env")
-        .iter()
-        .map(|e| {
-            (
-                text_at(CRONJOB, e, "name").to_owned(),
-                text_at(CRONJOB, e, "value").to_owned(),
-            )
-        })
-        .collect();
-    let env_value = |name: &str| {
-        env.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("{CRONJOB}: env {name} missing"))
+    // The backup directory is mounted read-only from the node, at the same
+    // path in both containers (the link points into it).
+    let backup_dir = env_value(&init_env, "BACKUP_DIR");
+    let mount_of = |c: &Value, path: &str| -> (String, bool) {
+        let mount = list_at(CRONJOB, c, "volumeMounts")
+            .iter()
+            .find(|m| m.get("mountPath").and_then(Value::as_str) == Some(path))
+            .unwrap_or_else(|| panic!("{CRONJOB}: {path} is not mounted"));
+        (
+            text_at(CRONJOB, mount, "name").to_owned(),
+            mount.get("readOnly").and_then(Value::as_bool) == Some(true),
+        )
     };
-    assert_eq!(env_value("REQUIRE_PROVIDER"), format!("kms-v2:{PROVIDER}"));
-    // The backup directory the script scans is mounted read-only from the node.
-    let backup_dir = env_value("BACKUP_DIR");
-    let mount = list_at(CRONJOB, container, "volumeMounts")
-        .iter()
-        .find(|m| m.get("mountPath").and_then(Value::as_str) == Some(backup_dir.as_str()))
-        .expect("the backup directory is mounted");
-    assert!(bool_at(CRONJOB, mount, "readOnly"));
-    let volume_name = text_at(CRONJOB, mount, "name");
+    let (init_volume, init_read_only) = mount_of(init, &backup_dir);
+    let (scan_volume, scan_read_only) = mount_of(container, &backup_dir);
+    assert!(
+        init_read_only && scan_read_only,
+        "backups are mounted read-only"
+    );
+    assert_eq!(init_volume, scan_volume);
     let volume = list_at(CRONJOB, pod, "volumes")
         .iter()
-        .find(|v| v.get("name").and_then(Value::as_str) == Some(volume_name))
+        .find(|v| v.get("name").and_then(Value::as_str) == Some(init_volume.as_str()))
         .expect("backup volume");
     assert_eq!(text_at(CRONJOB, volume, "hostPath.path"), backup_dir);
-    // The script's defaults match what the Job sets.
+    let selected_dir = parent_dir(&selected);
+    let (link_volume, _) = mount_of(init, &selected_dir);
+    let (scan_link_volume, link_read_only) = mount_of(container, &selected_dir);
+    assert_eq!(link_volume, scan_link_volume);
+    assert!(link_read_only, "the scan only reads the link");
+    // The script's defaults match what the Job uses.
     let script = read(BACKUP_SCRIPT);
     assert!(
         script.contains(&format!("${{BACKUP_DIR:-{backup_dir}}}")),
         "script default BACKUP_DIR"
     );
+    assert!(script.contains(&format!(
+        "${{BACKUP_PATTERN:-{}}}",
+        env_value(&init_env, "BACKUP_PATTERN")
+    )));
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod fault_plugin;
 mod fuzz_regressions;
 mod grpc_clients;
 mod ha;
+mod image;
 mod inspect_deep;
 mod inspect_file;
 mod inspect_file_vs_live;
