@@ -26,6 +26,7 @@ mod key_cli;
 mod keyring_backend;
 mod monitoring;
 mod ops;
+mod package;
 mod pkcs11;
 mod rotation_e2e;
 mod server;
