@@ -7,6 +7,7 @@
 
 mod aws_kms;
 mod bundle;
+mod cli_reference;
 mod common;
 mod deploy;
 mod fault_keyring;
