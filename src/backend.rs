@@ -151,10 +151,23 @@ pub(crate) fn self_test_canary() -> Result<SecretBytes, String> {
 }
 
 /// A self-test through `backend`'s own Encrypt and Decrypt paths: a random
-/// canary wrapped under the primary must unwrap to the same bytes. For
-/// backends whose every call already goes to the root of trust (the file
-/// backend tests one snapshot instead, before it serves it).
-pub(crate) async fn self_test_round_trip<B: KeyBackend>(backend: &B) -> Result<(), String> {
+/// canary wrapped under the primary must unwrap to the same bytes, within
+/// `limit` (a hung root of trust fails the self-test rather than stalling
+/// it). For backends whose every call already goes to the root of trust
+/// (the file backend tests one snapshot instead, before it serves it).
+pub(crate) async fn self_test_round_trip<B: KeyBackend>(
+    backend: &B,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, round_trip(backend)).await {
+        Ok(verdict) => verdict,
+        Err(_) => Err(format!(
+            "self-test: wrap and unwrap did not finish within {limit:?}"
+        )),
+    }
+}
+
+async fn round_trip<B: KeyBackend>(backend: &B) -> Result<(), String> {
     let canary = self_test_canary()?;
     let wrapped = backend
         .wrap(canary.expose_secret())

@@ -279,12 +279,15 @@ impl AwsKmsBackend {
         for (name, value) in blob::encryption_context(&key_id) {
             request = request.encryption_context(name, value);
         }
-        let output = request.send().await.map_err(|error| {
-            BackendError::Unavailable(format!(
-                "AWS KMS Encrypt under {key_id} failed: {}",
-                DisplayErrorContext(&error)
-            ))
-        })?;
+        let output = self
+            .bounded("Encrypt", request.send())
+            .await?
+            .map_err(|error| {
+                BackendError::Unavailable(format!(
+                    "AWS KMS Encrypt under {key_id} failed: {}",
+                    DisplayErrorContext(&error)
+                ))
+            })?;
         let ciphertext_blob = output.ciphertext_blob().ok_or_else(|| {
             BackendError::Unavailable("AWS KMS Encrypt answered without CiphertextBlob".into())
         })?;
@@ -315,9 +318,9 @@ impl AwsKmsBackend {
         for (name, value) in blob::encryption_context(key_id) {
             request = request.encryption_context(name, value);
         }
-        let mut output = request
-            .send()
-            .await
+        let mut output = self
+            .bounded("Decrypt", request.send())
+            .await?
             .map_err(|error| decrypt_error(key_id, error))?;
         match output.plaintext.take() {
             Some(plaintext) => Ok(SecretBytes::new(plaintext.into_inner())),
@@ -351,7 +354,20 @@ impl AwsKmsBackend {
             return;
         }
         *last = Some(Instant::now());
-        match ring::fetch(&self.client, &self.config.alias_prefix, false).await {
+        let limit = self.fetch_timeout();
+        let fetched = tokio::time::timeout(
+            limit,
+            ring::fetch(&self.client, &self.config.alias_prefix, false),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(RingError::Kms {
+                operation: "ListAliases/DescribeKey",
+                code: None,
+                detail: format!("no answer within {limit:?}"),
+            })
+        });
+        match fetched {
             Ok(ring) => match Snapshot::from_ring(&ring) {
                 Ok(fresh) => {
                     if fresh.keys.contains_key(key_id) {
@@ -369,8 +385,39 @@ impl AwsKmsBackend {
         }
     }
 
+    /// Awaits one KMS call for at most the call timeout (the SDK enforces
+    /// it too; this also covers what happens outside its operation timer).
+    async fn bounded<T>(
+        &self,
+        operation: &str,
+        call: impl Future<Output = T>,
+    ) -> Result<T, BackendError> {
+        let limit = self.config.call_timeout + Duration::from_millis(250);
+        tokio::time::timeout(limit, call).await.map_err(|_| {
+            BackendError::Unavailable(format!("AWS KMS {operation}: no answer within {limit:?}"))
+        })
+    }
+
+    /// The longest a ring fetch may take: ListAliases plus one DescribeKey
+    /// per known version, each bounded by the call timeout.
+    fn fetch_timeout(&self) -> Duration {
+        let calls = u32::try_from(self.snapshot.load().fingerprint.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(2);
+        self.config
+            .call_timeout
+            .saturating_mul(calls)
+            .max(Duration::from_secs(5))
+    }
+
+    /// The longest a self-test may take: an Encrypt and a Decrypt (each
+    /// bounded by the call timeout) and a refresh of the ring.
+    pub fn self_test_timeout(&self) -> Duration {
+        self.config.call_timeout.saturating_mul(3)
+    }
+
     async fn run_self_test(&self) {
-        let verdict = super::self_test_round_trip(self).await;
+        let verdict = super::self_test_round_trip(self, self.self_test_timeout()).await;
         self.healthz.store(Arc::new(super::health_text(verdict)));
     }
 
@@ -411,12 +458,7 @@ impl AwsKmsBackend {
         self.runtime.spawn(async move {
             let _ = sender.send(ring::fetch(&client, &prefix, false).await);
         });
-        // ListAliases plus one DescribeKey per version, each bounded by call_timeout.
-        let calls = u32::try_from(self.snapshot.load().fingerprint.len())
-            .unwrap_or(u32::MAX)
-            .saturating_add(2);
-        let limit = self.config.call_timeout.saturating_mul(calls);
-        match receiver.recv_timeout(limit.max(Duration::from_secs(5))) {
+        match receiver.recv_timeout(self.fetch_timeout()) {
             Ok(Ok(ring)) => Ok(ring),
             Ok(Err(error)) => Err(BackendError::Unavailable(format!(
                 "reading the kube-kms keys under {} failed: {error}",

@@ -12,7 +12,15 @@
 //! and the key_id, so a ciphertext presented under another key_id fails.
 //!
 //! Calls to the token block, so they run on tokio's blocking threads, at most
-//! [`MAX_IN_FLIGHT`] at once, each on a session borrowed from the pool.
+//! [`MAX_IN_FLIGHT`] at once, each on a session borrowed from the pool. The
+//! turn (a semaphore permit) moves into the blocking closure and is released
+//! only when the token call returns: a caller that gives up (its timeout, or
+//! kube-apiserver cancelling at its 3 s deadline) does not free a turn while
+//! a thread still blocks in the token, so a hung token ties up at most
+//! [`MAX_IN_FLIGHT`] threads and sessions. Each call, waiting for a turn
+//! included, is bounded by the call timeout; one that runs out answers
+//! Unavailable and marks the backend unhealthy. A self-test is bounded by
+//! [`Pkcs11Backend::self_test_timeout`].
 //! Status reads only memory: the primary's key_id from the last reload, and
 //! the verdict of the last self-test (or of the last call that found the
 //! token broken). Reload (polled by the server) re-reads the state records,
@@ -23,6 +31,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use cryptoki::error::{Error as CryptokiError, RvError};
@@ -63,7 +72,13 @@ pub struct Pkcs11Config {
     pub token_label: String,
     /// The file holding the user PIN.
     pub pin_file: PathBuf,
+    /// Upper bound of one token call, the wait for a free session included.
+    pub call_timeout: Duration,
 }
+
+/// The call timeout used when none is configured: under kube-apiserver's
+/// default 3 s KMS timeout.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What can go wrong with the token. Messages name the token and the PKCS#11
 /// function that failed; none carries the PIN or key material.
@@ -137,8 +152,7 @@ pub enum Pkcs11Error {
 
 /// Opens `config`'s token: loads the module, reads the PIN, logs in.
 pub fn open_token(config: &Pkcs11Config) -> Result<Token, Pkcs11Error> {
-    let pin = read_pin_file(&config.pin_file)?;
-    Token::open(&config.module, &config.token_label, pin)
+    Token::open(&config.module, &config.token_label, &config.pin_file)
 }
 
 fn aad(key_id: &str) -> Vec<u8> {
@@ -268,6 +282,7 @@ pub struct Pkcs11Backend {
     snapshot: ArcSwap<Snapshot>,
     healthz: ArcSwap<Arc<str>>,
     turns: Arc<Semaphore>,
+    call_timeout: Duration,
     /// Serializes reloads; holds the lookalike objects the last read ignored
     /// (to log them when they change, not on every poll).
     reloading: Mutex<Vec<store::IgnoredObject>>,
@@ -297,6 +312,7 @@ impl Pkcs11Backend {
             snapshot: ArcSwap::from_pointee(snapshot),
             healthz: ArcSwap::from_pointee(Arc::from(HEALTHY)),
             turns: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            call_timeout: config.call_timeout.max(Duration::from_millis(10)),
             reloading: Mutex::new(Vec::new()),
             ignored: AtomicU64::new(0),
         };
@@ -340,20 +356,47 @@ impl Pkcs11Backend {
         self.healthz.store(Arc::new(Arc::from(reason)));
     }
 
-    /// Runs `work` on a blocking thread with a token session, when a turn is free.
+    /// The longest a self-test may take: a wrap, an unwrap and a reset.
+    pub fn self_test_timeout(&self) -> Duration {
+        self.call_timeout.saturating_mul(3)
+    }
+
+    /// Runs `work` on a blocking thread when a turn is free, within the call
+    /// timeout. The turn moves into the blocking closure: if the caller
+    /// stops waiting (timeout, cancelled request), the turn stays taken
+    /// until the token call actually returns.
     async fn on_token<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Token) -> T + Send + 'static,
     ) -> Result<T, BackendError> {
-        let _turn = self
-            .turns
-            .acquire()
-            .await
-            .map_err(|_| BackendError::Unavailable("the token pool is closed".into()))?;
+        let turns = Arc::clone(&self.turns);
         let token = Arc::clone(&self.token);
-        tokio::task::spawn_blocking(move || work(&token))
+        let call = async move {
+            let turn = turns
+                .acquire_owned()
+                .await
+                .map_err(|_| BackendError::Unavailable("the token pool is closed".into()))?;
+            tokio::task::spawn_blocking(move || {
+                let result = work(&token);
+                drop(turn);
+                result
+            })
             .await
             .map_err(|error| BackendError::Unavailable(format!("token call aborted: {error}")))
+        };
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                let busy = MAX_IN_FLIGHT - self.turns.available_permits();
+                let reason = format!(
+                    "token {:?}: no answer within the call timeout of {:?} ({busy} of {MAX_IN_FLIGHT} token calls still waiting for the token)",
+                    self.token.label(),
+                    self.call_timeout
+                );
+                self.mark_unhealthy(&reason);
+                Err(BackendError::Unavailable(reason))
+            }
+        }
     }
 
     async fn wrap_now(&self, plaintext: &[u8]) -> Result<Wrapped, BackendError> {
@@ -440,8 +483,13 @@ impl Pkcs11Backend {
 
     fn reload_now(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
         let mut last_ignored = self.lock_reloading();
-        let keys = store::read(&self.token)
-            .map_err(|error| BackendError::Unavailable(error.to_string()))?;
+        let keys = match tokio::runtime::Handle::try_current() {
+            // The server calls reload on a blocking thread: bound the read
+            // like any token call.
+            Ok(runtime) => runtime.block_on(self.on_token(store::read))?,
+            Err(_) => store::read(&self.token),
+        }
+        .map_err(|error| BackendError::Unavailable(error.to_string()))?;
         self.note_ignored(&mut last_ignored, &keys.ignored);
         if !force && keys.fingerprint() == self.snapshot.load().fingerprint {
             return Ok(ReloadOutcome::Unchanged);
@@ -476,10 +524,11 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     async fn self_test(&self) {
-        let verdict = super::self_test_round_trip(self).await;
+        let verdict = super::self_test_round_trip(self, self.self_test_timeout()).await;
         if verdict.is_err() {
-            // Start afresh next time: new sessions, a new login.
-            self.token.reset();
+            // Start afresh next time: new sessions, a new login. On a
+            // blocking thread and bounded: closing sessions is a token call.
+            let _ = self.on_token(|token| token.reset()).await;
         }
         self.healthz.store(Arc::new(super::health_text(verdict)));
     }

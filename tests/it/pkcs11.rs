@@ -894,3 +894,222 @@ async fn lookalike_public_objects_made_without_the_pin_are_ignored() {
         seed_before.as_slice()
     );
 }
+
+/// Holds POSIX write locks on every file of a SoftHSM2 token (as another
+/// process in the middle of a long write would): SoftHSM2 locks these files
+/// around its reads, so every call that touches the token store hangs until
+/// the locks go, the way a network HSM that stops answering hangs a call.
+struct TokenFreeze {
+    /// Open with the locks held; closing them releases the locks.
+    _locked: Vec<std::fs::File>,
+}
+
+impl TokenFreeze {
+    fn new(hsm: &SoftHsm) -> Self {
+        let mut files = Vec::new();
+        for slot in std::fs::read_dir(hsm.path().join("tokens")).unwrap() {
+            for entry in std::fs::read_dir(slot.unwrap().path()).unwrap() {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(entry.unwrap().path())
+                    .unwrap();
+                rustix::fs::fcntl_lock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+                files.push(file);
+            }
+        }
+        assert!(!files.is_empty());
+        Self { _locked: files }
+    }
+}
+
+/// Threads of process `pid` now.
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// Waits up to `limit` for `/readyz` to answer `code`; returns the body.
+async fn wait_readyz(port: u16, code: u16, limit: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let (got, body) = http_get(port, "/readyz");
+        if got == code {
+            return body;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "/readyz still {got} after {limit:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 15 §2: a token that stops answering (its store locked by
+/// [`TokenFreeze`]) turns healthz and /readyz red within the
+/// documented bound (self-test interval + self-test timeout, 3 x call
+/// timeout); calls that kube-apiserver abandons (its deadline) keep their
+/// turn while their thread still blocks, so the threads stuck in the token
+/// stay under the in-flight limit; all recovers when the token answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_token_is_seen_within_the_bound_and_ties_up_bounded_threads() {
+    let hsm = SoftHsm::new("kk-hang");
+    let key_id = hsm.rotate();
+    let metrics_port = etcd::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let serve = hsm
+        .serve_with(&[
+            "--pkcs11-call-timeout",
+            "500ms",
+            "--metrics-addr",
+            &metrics_addr,
+        ])
+        .await;
+    let mut client = serve.client().await;
+    assert_eq!(client.status().await.unwrap().healthz, "ok");
+    let seed_one = seed();
+    let one = client.encrypt(&seed_one, "before").await.unwrap();
+    assert_eq!(one.key_id, key_id);
+    wait_readyz(metrics_port, 200, Duration::from_secs(5)).await;
+    let threads_before = threads_of(serve.pid());
+
+    let freeze = TokenFreeze::new(&hsm);
+    let stopped = Instant::now();
+    // kube-apiserver gives up on each call (here after 100 ms) and asks again.
+    for round in 0..40 {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(100),
+            client.encrypt(&seed(), &format!("abandoned-{round}")),
+        )
+        .await;
+    }
+    // Documented bound: --self-test-interval + 3 x --pkcs11-call-timeout
+    // (0.3 s + 1.5 s here); measured from the stop, with slack for a busy
+    // machine.
+    let healthz = wait_healthz(&mut client, |h| h != "ok").await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "healthz turned after {:?}",
+        stopped.elapsed()
+    );
+    assert!(
+        healthz.contains("kk-hang") || healthz.contains("self-test"),
+        "{healthz}"
+    );
+    let body = wait_readyz(metrics_port, 503, Duration::from_secs(3)).await;
+    assert!(body.contains("self-test"), "{body}");
+    // Status answers from memory at once, and names the same key.
+    let asked = Instant::now();
+    assert_eq!(client.status().await.unwrap().key_id, key_id);
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    // Encrypt answers Unavailable within the call timeout, not never.
+    let asked = Instant::now();
+    let error = client.encrypt(&seed(), "during").await.unwrap_err();
+    assert_eq!(code(&error), tonic::Code::Unavailable);
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The abandoned calls did not each leave a thread blocked in the token.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let threads = threads_of(serve.pid());
+    assert!(
+        threads <= threads_before + kube_kms::backend::pkcs11::MAX_IN_FLIGHT + 4,
+        "{threads} threads now, {threads_before} before the token hung: abandoned calls freed their turn while still blocked"
+    );
+
+    drop(freeze);
+    wait_healthz(&mut client, |h| h == "ok").await;
+    wait_readyz(metrics_port, 200, Duration::from_secs(10)).await;
+    assert_eq!(
+        client
+            .decrypt_encrypted(&one, "after")
+            .await
+            .unwrap()
+            .expose_secret(),
+        seed_one.as_slice()
+    );
+}
+
+/// Whether the token's CKF_USER_PIN_COUNT_LOW flag is set (SoftHSM2 sets it
+/// on a failed C_Login and clears it on a successful one).
+fn pin_count_low(hsm: &SoftHsm) -> bool {
+    let token = open_in_process(hsm);
+    token
+        .context
+        .get_token_info(token.slot)
+        .unwrap()
+        .user_pin_count_low()
+}
+
+/// Issue 15 §2: after the token refuses the PIN, the plugin does not log in
+/// with it again (each try would burn one of the token's retries) until the
+/// PIN file changes; the file is re-read, and the right PIN recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pin_is_not_retried_until_the_pin_file_changes() {
+    let hsm = SoftHsm::new("kk-pin");
+    hsm.rotate();
+    let serve = hsm.serve().await;
+    let mut client = serve.client().await;
+    assert_eq!(client.status().await.unwrap().healthz, "ok");
+
+    // The token goes away (the plugin drops its sessions and its login) and
+    // comes back while the PIN file holds a wrong PIN.
+    let tokens = hsm.path().join("tokens");
+    let away = hsm.path().join("away");
+    std::fs::rename(&tokens, &away).unwrap();
+    std::fs::create_dir(&tokens).unwrap();
+    wait_healthz(&mut client, |h| h != "ok").await;
+    std::fs::write(&hsm.pin_file, "0000-wrong\n").unwrap();
+    std::fs::remove_dir(&tokens).unwrap();
+    std::fs::rename(&away, &tokens).unwrap();
+    let refused = wait_healthz(&mut client, |h| h.contains("refused")).await;
+    assert!(refused.contains("PinIncorrect"), "{refused}");
+    assert!(!refused.contains("0000-wrong") && !refused.contains(PIN));
+    assert!(
+        pin_count_low(&hsm),
+        "SoftHSM2 did not flag the failed login"
+    );
+
+    // A successful login of our own clears the flag; many self-tests later
+    // it is still clear: the plugin did not try the wrong PIN again.
+    {
+        let token = open_in_process(&hsm);
+        drop(token.session());
+    }
+    assert!(!pin_count_low(&hsm));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !pin_count_low(&hsm),
+        "the plugin logged in again with the PIN the token refused"
+    );
+    assert!(client.status().await.unwrap().healthz.contains("refused"));
+    let log = serve.stderr();
+    assert_eq!(log.matches("the token refused the PIN").count(), 1, "{log}");
+
+    // The right PIN in the file: re-read, logged in, healthy.
+    std::fs::write(&hsm.pin_file, format!("{PIN}\n")).unwrap();
+    wait_healthz(&mut client, |h| h == "ok").await;
+    assert!(!serve.stderr().contains(PIN), "the PIN leaked into the log");
+}
+
+#[test]
+fn pin_file_owned_by_another_user_is_refused_with_the_fix() {
+    let hsm = SoftHsm::new("kk-pin-owner");
+    // Tests run as root here; as anyone else, chown needs root: skip then.
+    if rustix::process::geteuid().as_raw() != 0 {
+        return;
+    }
+    std::os::unix::fs::chown(&hsm.pin_file, Some(4242), None).unwrap();
+    let output = hsm.key_output(&["list"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("owned by uid 4242") && stderr.contains("chown"),
+        "{stderr}"
+    );
+    std::os::unix::fs::chown(&hsm.pin_file, Some(0), None).unwrap();
+    hsm.key(&["list"]);
+}

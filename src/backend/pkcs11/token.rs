@@ -9,6 +9,13 @@
 //! is gone empties the pool (and forgets the slot and the cached object
 //! handles), so the next call finds the token again, opens new sessions and
 //! logs in again: that is how the plugin recovers when the token comes back.
+//!
+//! The PIN file is re-read whenever a login is needed and the file changed
+//! (device, inode, size, mtime or ctime). When the token refuses the PIN
+//! (CKR_PIN_INCORRECT, CKR_PIN_LOCKED, ...), no login is tried again with the
+//! same PIN: every try burns one of the token's PIN retries, and a token
+//! shared by every control-plane node would soon lock for all of them. Logins
+//! resume once the file changes.
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -43,11 +50,42 @@ struct Pool {
     keys: HashMap<String, ObjectHandle>,
 }
 
-/// A token found by label in a PKCS#11 module, with its PIN.
+/// What identifies one version of the PIN file: any write changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.size(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+}
+
+/// The PIN as last read, and whether the token refused it.
+struct PinState {
+    pin: AuthPin,
+    stamp: FileStamp,
+    /// Set when the token refused `pin`: the return value it gave.
+    refused: Option<RvError>,
+}
+
+/// A token found by label in a PKCS#11 module, with its PIN file.
 pub struct Token {
     module: PathBuf,
     label: String,
-    pin: AuthPin,
+    pin_file: PathBuf,
+    pin: Mutex<PinState>,
     pool: Mutex<Pool>,
 }
 
@@ -60,10 +98,14 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// Reads the user PIN from `path`: at most 4 KiB, not readable by group or
-/// others, trailing line break removed, not empty. The bytes stay in
-/// zeroizing memory.
+/// Reads the user PIN from `path`: at most 4 KiB, owned by the user the
+/// process runs as or by root, not accessible to group or others, trailing
+/// line break removed, not empty. The bytes stay in zeroizing memory.
 pub fn read_pin_file(path: &Path) -> Result<AuthPin, Pkcs11Error> {
+    read_pin(path).map(|(pin, _)| pin)
+}
+
+fn read_pin(path: &Path) -> Result<(AuthPin, FileStamp), Pkcs11Error> {
     let pin_error = |problem: String| Pkcs11Error::PinFile {
         path: path.to_path_buf(),
         problem,
@@ -75,13 +117,22 @@ pub fn read_pin_file(path: &Path) -> Result<AuthPin, Pkcs11Error> {
     if !metadata.is_file() {
         return Err(pin_error("not a regular file".into()));
     }
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me && metadata.uid() != 0 {
+        return Err(pin_error(format!(
+            "is owned by uid {}, neither the user kube-kms runs as (uid {me}) nor root, who could swap the PIN under it: run `chown {me} {}` (or root)",
+            metadata.uid(),
+            path.display()
+        )));
+    }
     if metadata.mode() & 0o077 != 0 {
         return Err(pin_error(format!(
-            "has mode {:04o}, which lets group or others read the PIN: run `chmod 600 {}`",
+            "has mode {:04o}, which lets group or others read or change the PIN: run `chmod 600 {}`",
             metadata.mode() & 0o7777,
             path.display()
         )));
     }
+    let stamp = FileStamp::of(&metadata);
     let mut bytes = Zeroizing::new(Vec::new());
     file.take(MAX_PIN_FILE + 1)
         .read_to_end(&mut bytes)
@@ -100,7 +151,20 @@ pub fn read_pin_file(path: &Path) -> Result<AuthPin, Pkcs11Error> {
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| pin_error("is not UTF-8 text".into()))?
         .to_owned();
-    Ok(AuthPin::from(text))
+    Ok((AuthPin::from(text), stamp))
+}
+
+/// Whether C_Login's `rv` says the PIN itself is wrong or unusable (so
+/// trying it again would only burn a retry).
+fn refuses_the_pin(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::PinIncorrect
+            | RvError::PinLocked
+            | RvError::PinInvalid
+            | RvError::PinLenRange
+            | RvError::PinExpired
+    )
 }
 
 /// Whether an error means the session, the login or the token is gone (so
@@ -149,13 +213,20 @@ pub(crate) enum CallError {
 }
 
 impl Token {
-    /// Loads `module`, initializes it, and checks that a token labelled
-    /// `label` is present and accepts `pin` (one session is opened and kept).
-    pub fn open(module: &Path, label: &str, pin: AuthPin) -> Result<Self, Pkcs11Error> {
+    /// Reads the PIN from `pin_file`, loads `module`, initializes it, and
+    /// checks that a token labelled `label` is present and accepts the PIN
+    /// (one session is opened and kept).
+    pub fn open(module: &Path, label: &str, pin_file: &Path) -> Result<Self, Pkcs11Error> {
+        let (pin, stamp) = read_pin(pin_file)?;
         let token = Self {
             module: module.to_path_buf(),
             label: label.to_owned(),
-            pin,
+            pin_file: pin_file.to_path_buf(),
+            pin: Mutex::new(PinState {
+                pin,
+                stamp,
+                refused: None,
+            }),
             pool: Mutex::new(Pool::default()),
         };
         let session = token.take_session()?;
@@ -254,9 +325,56 @@ impl Token {
         let session = context
             .open_rw_session(slot)
             .map_err(|error| self.failure("opening a session", error))?;
-        match session.login(UserType::User, Some(&self.pin)) {
-            Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        self.login(&session)?;
+        Ok(session)
+    }
+
+    /// Logs `session`'s application in with the PIN, re-reading the PIN file
+    /// if it changed; refuses without calling C_Login while the token's last
+    /// answer to this very PIN was that it is wrong or locked.
+    fn login(&self, session: &Session) -> Result<(), Pkcs11Error> {
+        let mut state = self
+            .pin
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::fs::metadata(&self.pin_file).map(|metadata| FileStamp::of(&metadata));
+        if now.as_ref().ok() != Some(&state.stamp) {
+            let (pin, stamp) = read_pin(&self.pin_file)?;
+            if state.refused.is_some() {
+                tracing::info!(token = %self.label, pin_file = %self.pin_file.display(), "the PIN file changed: logging in again");
+            }
+            *state = PinState {
+                pin,
+                stamp,
+                refused: None,
+            };
+        }
+        if let Some(rv) = state.refused {
+            return Err(self.pin_refused(rv));
+        }
+        match session.login(UserType::User, Some(&state.pin)) {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CryptokiError::Pkcs11(rv, _)) if refuses_the_pin(rv) => {
+                state.refused = Some(rv);
+                tracing::error!(
+                    token = %self.label,
+                    pin_file = %self.pin_file.display(),
+                    result = ?rv,
+                    "the token refused the PIN: no more logins with it until the PIN file changes"
+                );
+                Err(self.pin_refused(rv))
+            }
             Err(error) => Err(self.failure("logging in with the PIN", error)),
+        }
+    }
+
+    fn pin_refused(&self, rv: RvError) -> Pkcs11Error {
+        Pkcs11Error::PinFile {
+            path: self.pin_file.clone(),
+            problem: format!(
+                "holds a PIN that token {:?} refused (C_Login returned {rv:?}); kube-kms does not try it again, because every try uses up one of the token's PIN retries: write the right user PIN to the file (it is re-read at the next login), or have the SO unlock the token if it is locked",
+                self.label
+            ),
         }
     }
 

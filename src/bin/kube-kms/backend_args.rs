@@ -12,6 +12,7 @@
 //!   module: /usr/lib/softhsm/libsofthsm2.so
 //!   token_label: kube-kms
 //!   pin_file: /etc/kube-kms/token.pin
+//!   call_timeout: 2s
 //! aws_kms:                   # no credentials here: the AWS SDK's chain
 //!   alias_prefix: alias/kube-kms
 //!   region: eu-west-1
@@ -62,9 +63,15 @@ pub(crate) struct Pkcs11Flags {
     /// The label of the token holding the keys.
     #[arg(long, value_name = "LABEL")]
     token_label: Option<String>,
-    /// A file holding the token's user PIN (mode 0600; trailing newline ignored).
+    /// A file holding the token's user PIN (mode 0600, owned by this user or
+    /// root; trailing newline ignored). Re-read when it changes; a PIN the
+    /// token refused is not tried again until it does.
     #[arg(long, value_name = "FILE")]
     pin_file: Option<PathBuf>,
+    /// Upper bound of one token call, waiting for a free session included
+    /// (keep it under the EncryptionConfiguration's timeout) [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pkcs11_call_timeout: Option<std::time::Duration>,
 }
 
 /// The `--backend-config` file.
@@ -84,6 +91,8 @@ struct Pkcs11Section {
     module: Option<PathBuf>,
     token_label: Option<String>,
     pin_file: Option<PathBuf>,
+    #[serde(default, with = "crate::backend_aws::humantime_serde_opt")]
+    call_timeout: Option<std::time::Duration>,
 }
 
 /// Where the PKCS#11 keys are and how to log in.
@@ -92,6 +101,7 @@ pub(crate) struct Pkcs11Settings {
     pub(crate) module: PathBuf,
     pub(crate) token_label: String,
     pub(crate) pin_file: PathBuf,
+    pub(crate) call_timeout: std::time::Duration,
 }
 
 impl Pkcs11Settings {
@@ -101,6 +111,7 @@ impl Pkcs11Settings {
             module: self.module.clone(),
             token_label: self.token_label.clone(),
             pin_file: self.pin_file.clone(),
+            call_timeout: self.call_timeout,
         }
     }
 }
@@ -190,6 +201,10 @@ impl BackendArgs {
                     module,
                     token_label,
                     pin_file,
+                    call_timeout: flags
+                        .pkcs11_call_timeout
+                        .or(section.call_timeout)
+                        .unwrap_or(kube_kms::backend::pkcs11::DEFAULT_CALL_TIMEOUT),
                 }))
             }
             BackendKind::AwsKms => Ok(BackendChoice::AwsKms(

@@ -341,7 +341,7 @@ enum KeyStore {
     /// A keyring file.
     File(PathBuf),
     /// A PKCS#11 token, logged in.
-    Token(Token),
+    Token(Box<Token>),
 }
 
 impl KeyStore {
@@ -357,7 +357,7 @@ impl KeyStore {
                         config.module.display()
                     )
                 })?;
-                Ok(KeyStore::Token(token))
+                Ok(KeyStore::Token(Box::new(token)))
             }
             BackendChoice::AwsKms(_) => {
                 anyhow::bail!("this command does not support --backend aws-kms")
