@@ -3,8 +3,16 @@
 //! Backed by ring, whose SHA-256 uses the CPU's vector units: on machines
 //! without SHA extensions the portable `sha2` implementation made HKDF the
 //! largest single cost of an Encrypt or Decrypt call. Output goes straight
-//! into the caller's (zeroizing) buffer.
+//! into the caller's (zeroizing) buffer, and [`extract`]'s PRK goes straight
+//! into a [`Key256`] (no stack copy of ours is left behind).
+//!
+//! Not wiped: ring keeps no secret beyond a call, but it does not zeroize
+//! either: the HMAC tag [`extract`] reads the PRK from, and the HMAC
+//! inner/outer hash states that [`expand`] and [`extract_expand`] build from a
+//! PRK, stay in the dead stack frame until later calls overwrite it. Wiping
+//! them would mean replacing ring's SHA-256 with a slower one (see above).
 use ring::hkdf::{KeyType, Prk, Salt, HKDF_SHA256};
+use zeroize::Zeroizing;
 
 use crate::secret::Key256;
 
@@ -30,9 +38,14 @@ pub enum KdfError {
 /// it many times (RFC 5869 §2.2: HMAC-SHA256 keyed with the salt).
 pub fn extract(salt: &[u8], ikm: &[u8]) -> Key256 {
     let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, salt), ikm);
-    let mut prk = [0u8; 32];
-    prk.copy_from_slice(tag.as_ref());
-    Key256::from_array(prk)
+    // A plain `[u8; 32]` local handed to `from_array` is copied (arrays are
+    // `Copy`) and survived the call; this one is wiped when it drops, and
+    // `from_array` wipes the copy it receives.
+    let mut prk = Zeroizing::new([0u8; 32]);
+    for (out, byte) in prk.iter_mut().zip(tag.as_ref()) {
+        *out = *byte;
+    }
+    Key256::from_array(*prk)
 }
 
 /// HKDF-Extract(salt, ikm) then HKDF-Expand(info) into `out`.

@@ -65,7 +65,9 @@ impl std::fmt::Debug for SecretBytes {
 pub struct Key256(Box<[u8; 32]>);
 
 impl Key256 {
-    /// Takes a key from a buffer, zeroizing the source.
+    /// Takes a key from an array, zeroizing the parameter. Arrays are `Copy`:
+    /// a caller's named local is copied, not moved, and survives; pass an
+    /// expression, or use [`Key256::from_slice`] and wipe the source yourself.
     pub fn from_array(mut bytes: [u8; 32]) -> Self {
         let key = Self(Box::new(bytes));
         bytes.zeroize();

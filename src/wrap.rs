@@ -29,7 +29,18 @@
 //! before touching the bytes and answers every failure (short, long, unknown
 //! version, tampered, wrong key or key_id) with the same coarse
 //! [`WrapError::Unwrap`], so the error says nothing about which byte was wrong.
-//! Derived key bytes live only in zeroizing buffers.
+//!
+//! What is wiped, and what is not: derived key bytes live only in zeroizing
+//! buffers; the per-call AES-256 round keys are zeroized when the cipher drops
+//! (the `aes` crate's `zeroize` feature, asserted by a test below), and so is
+//! the GHASH key `H` that aes-gcm computes in `new` (its own `zeroize`
+//! feature). Not wiped: the copy of `H` inside GHASH's state on x86-64, where
+//! polyval 0.6 picks its backend at run time and keeps the state in a
+//! `ManuallyDrop` that never drops (the `zeroize` features of ghash and polyval
+//! are on, so the state is wiped wherever it is dropped); and the HMAC states
+//! ring builds from the PRK (see [`crate::kdf`]). Both belong to one call's
+//! stack frame and are overwritten by later calls; `H` only authenticates
+//! messages under that call's one-message key.
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use zeroize::{Zeroize, Zeroizing};
@@ -211,7 +222,8 @@ fn check_plaintext_len(plaintext: &[u8]) -> Result<(), WrapError> {
 /// The per-call AES-GCM instance and nonce derived from (KEK, salt), and the
 /// domain its format binds into the associated data.
 struct WrapCipher {
-    /// Drops with its round keys zeroized (aes-gcm's `zeroize` feature).
+    /// Drops with its AES round keys zeroized (the `aes` crate's `zeroize`
+    /// feature); GHASH's copy of `H` is not wiped on x86-64 (module docs).
     aead: Aes256Gcm,
     nonce: Nonce<aes_gcm::aes::cipher::consts::U12>,
     domain: &'static [u8],
@@ -296,6 +308,16 @@ mod tests {
 
     fn kek(byte: u8) -> Key256 {
         Key256::from_array([byte; 32])
+    }
+
+    /// Compiles only if the AES-256 inside `Aes256Gcm` wipes its round keys on
+    /// drop: without the `aes` crate's `zeroize` feature (aes-gcm's own feature
+    /// does not turn it on) it does not implement `ZeroizeOnDrop`.
+    #[test]
+    fn aes_round_keys_are_wiped_on_drop() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<aes_gcm::aes::Aes256>();
+        let _: &dyn Fn() -> Aes256Gcm = &|| Aes256Gcm::new(&[7u8; 32].into());
     }
 
     fn hex(bytes: &[u8]) -> String {

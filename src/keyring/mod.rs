@@ -28,7 +28,7 @@ pub mod ops;
 pub mod peer_check;
 pub mod store;
 
-pub use store::{create, load, modify, FileStamp, LoadedKeyring};
+pub use store::{create, load, modify, remove_stale_temps, FileStamp, LoadedKeyring};
 
 /// The lifecycle state of a KEK version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

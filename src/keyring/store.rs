@@ -13,7 +13,11 @@
 //! (mode 0600, `create_new`), which is fsynced, renamed over the keyring (or,
 //! for `create`, hard-linked to it, which fails if the path exists), and the
 //! directory is fsynced. A crash at any point leaves the old file or the new
-//! one, never a torn file; at worst a stray `.PATH.tmp-*` file remains.
+//! one, never a torn file; at worst a stray `.NAME.tmp-*` file remains, and it
+//! holds every key of the keyring. [`remove_stale_temps`] removes those (under
+//! the lock, so never a writer's live one), overwriting them with zeros
+//! before unlinking; [`create`] and [`modify`] run it under their own lock,
+//! `kube-kms serve` and the read-only `key` commands call it directly.
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -157,6 +161,7 @@ fn check_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), KeyringError>
 /// if anything is there (never overwrites).
 pub fn create(path: &Path, keyring: &Keyring) -> Result<(), KeyringError> {
     let _lock = lock(path)?;
+    scrub_temps_locked(path)?;
     if std::fs::symlink_metadata(path).is_ok() {
         return Err(KeyringError::AlreadyExists {
             path: path.to_path_buf(),
@@ -186,6 +191,7 @@ pub fn modify<T>(
     change: impl FnOnce(&mut Keyring) -> Result<T, KeyringError>,
 ) -> Result<T, KeyringError> {
     let _lock = lock(path)?;
+    scrub_temps_locked(path)?;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_symlink() {
             return Err(KeyringError::Symlink {
@@ -243,15 +249,110 @@ fn directory_of(path: &Path) -> &Path {
     }
 }
 
-fn write_temp(path: &Path, contents: &[u8]) -> Result<PathBuf, KeyringError> {
-    let mut random = [0u8; 6];
-    getrandom::getrandom(&mut random).map_err(KeyringError::Random)?;
-    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+/// The prefix of the temp files of the keyring at `path`: `.NAME.tmp-`.
+fn temp_prefix(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "keyring".into());
-    let temp = directory_of(path).join(format!(".{name}.tmp-{}-{suffix}", std::process::id()));
+    format!(".{name}.tmp-")
+}
+
+/// Removes the temp files a crashed writer left next to the keyring at `path`
+/// (`.NAME.tmp-*`, regular files owned by the effective uid: nobody else's),
+/// overwriting each with zeros and syncing before the unlink, since each holds
+/// every key. Takes the keyring's lock, so a writer's live temp file is never
+/// touched. Returns how many were removed. Does nothing (and creates no lock
+/// file) when the keyring's directory does not exist or is read-only.
+pub fn remove_stale_temps(path: &Path) -> Result<usize, KeyringError> {
+    let directory = directory_of(path);
+    if !directory.is_dir() {
+        return Ok(0);
+    }
+    // A read-only mount (the static pod mounts the keyring's directory so)
+    // holds no temp file this side could have left, and cannot be cleaned.
+    let _lock = match lock(path) {
+        Ok(lock) => lock,
+        Err(KeyringError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+        {
+            return Ok(0)
+        }
+        Err(error) => return Err(error),
+    };
+    scrub_temps_locked(path)
+}
+
+fn scrub_temps_locked(path: &Path) -> Result<usize, KeyringError> {
+    let directory = directory_of(path);
+    let prefix = temp_prefix(path);
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(io_error("cannot list directory", directory)(error)),
+    };
+    let euid = rustix::process::geteuid().as_raw();
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(io_error("cannot list directory", directory))?;
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let temp = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&temp) else {
+            continue;
+        };
+        if !meta.file_type().is_file() || meta.uid() != euid {
+            tracing::warn!(file = %temp.display(), "not removing a keyring temp file that is not a regular file of ours");
+            continue;
+        }
+        overwrite_with_zeros(&temp, meta.size());
+        std::fs::remove_file(&temp)
+            .map_err(io_error("cannot remove stale temporary file", &temp))?;
+        tracing::warn!(file = %temp.display(), "removed a temporary keyring file left by an interrupted write");
+        removed += 1;
+    }
+    if removed > 0 {
+        sync_directory(path)?;
+    }
+    Ok(removed)
+}
+
+/// Best effort: on a filesystem that writes in place (ext4, xfs) the old
+/// blocks are overwritten; copy-on-write filesystems and SSD remapping may
+/// keep them (docs/threat-model.md).
+fn overwrite_with_zeros(temp: &Path, size: u64) {
+    let Ok(mut file) = OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(temp)
+    else {
+        return;
+    };
+    let zeros = [0u8; 4096];
+    let mut left = size.min(MAX_FILE_SIZE);
+    while left > 0 {
+        let chunk = usize::try_from(left.min(4096)).unwrap_or(4096);
+        if file
+            .write_all(zeros.get(..chunk).unwrap_or(&zeros))
+            .is_err()
+        {
+            return;
+        }
+        left -= chunk as u64;
+    }
+    let _ = file.sync_all();
+}
+
+fn write_temp(path: &Path, contents: &[u8]) -> Result<PathBuf, KeyringError> {
+    let mut random = [0u8; 6];
+    getrandom::getrandom(&mut random).map_err(KeyringError::Random)?;
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let temp = directory_of(path).join(format!(
+        "{}{}-{suffix}",
+        temp_prefix(path),
+        std::process::id()
+    ));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -309,6 +410,25 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["keyring.json", "keyring.json.lock"]);
+    }
+
+    #[test]
+    fn stale_temps_are_removed_by_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        create(&path, &Keyring::initial(SystemTime::now()).unwrap()).unwrap();
+        // What a writer killed between write_temp and rename leaves behind.
+        let contents = format::serialize(&load(&path).unwrap().keyring).unwrap();
+        let stale = write_temp(&path, &contents).unwrap();
+        let other = dir.path().join(".other.json.tmp-1-abcdef");
+        std::fs::write(&other, b"not ours").unwrap();
+        modify(&path, |ring| ring.rotate(SystemTime::now())).unwrap();
+        assert!(!stale.exists(), "stale temp file survived a write");
+        assert!(other.exists(), "another keyring's temp file was removed");
+        let stale = write_temp(&path, &contents).unwrap();
+        assert_eq!(remove_stale_temps(&path).unwrap(), 1);
+        assert!(!stale.exists());
+        assert_eq!(remove_stale_temps(&path).unwrap(), 0);
     }
 
     #[test]

@@ -32,5 +32,6 @@ mod pkcs11;
 mod rotation_e2e;
 mod server;
 mod server_process;
+mod trust;
 mod verdict;
 mod verify_fixtures;

@@ -193,7 +193,7 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
         KeyCommand::List(ListArgs { backend, format }) => {
             let mut ignored = None;
             let versions = match KeyStore::open(&backend)? {
-                KeyStore::File(path) => keyring::load(&path)?.keyring.metadata(),
+                KeyStore::File(path) => load_keyring(&path)?.keyring.metadata(),
                 KeyStore::Token(token) => {
                     let keys = store::read(&token)?;
                     for object in &keys.ignored {
@@ -377,7 +377,7 @@ impl KeyStore {
     fn gate_target(&self, id: u32) -> anyhow::Result<Option<GateTarget>> {
         Ok(match self {
             KeyStore::File(path) => {
-                let loaded = keyring::load(path)?;
+                let loaded = load_keyring(path)?;
                 loaded.keyring.version(id).map(|v| GateTarget {
                     key_id: v.key_id().to_owned(),
                     state: v.state(),
@@ -503,6 +503,29 @@ fn destroy_gate(
 
 fn token_hint() -> &'static str {
     " (running plugins on this token pick up the change within their reload poll interval)"
+}
+
+/// Loads the keyring at `path` for a command that does not write it, after
+/// removing the temp files a crashed writer left next to it (each holds every
+/// key). Writing commands get the same cleanup inside `keyring::modify`/`create`.
+pub(crate) fn load_keyring(path: &std::path::Path) -> anyhow::Result<keyring::LoadedKeyring> {
+    remove_stale_temps(path);
+    Ok(keyring::load(path)?)
+}
+
+/// Removes stale `.NAME.tmp-*` files next to the keyring; a failure (e.g. a
+/// read-only directory) is reported and does not stop the command.
+pub(crate) fn remove_stale_temps(path: &std::path::Path) {
+    match keyring::store::remove_stale_temps(path) {
+        Ok(0) => {}
+        Ok(removed) => eprintln!(
+            "kube-kms: removed {removed} temporary keyring file(s) left next to {} by an interrupted write (each held every key)",
+            path.display()
+        ),
+        Err(error) => eprintln!(
+            "kube-kms: warning: could not check for temporary keyring files left by an interrupted write: {error}"
+        ),
+    }
 }
 
 fn reload_hint() -> &'static str {

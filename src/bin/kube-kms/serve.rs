@@ -45,6 +45,11 @@ pub(crate) struct ServeArgs {
     /// run on separate blocking threads either way.
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
+    /// Lock all of the process' memory (mlockall: current and future pages)
+    /// so keys are never written to swap. Needs CAP_IPC_LOCK or a large enough
+    /// RLIMIT_MEMLOCK; `serve` refuses to start when the lock fails.
+    #[arg(long)]
+    mlock: bool,
     #[command(flatten)]
     log: LogArgs,
     /// Serve /metrics (Prometheus), /livez and /readyz over HTTP on this
@@ -120,8 +125,35 @@ pub(crate) fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()>
     installed.map_err(|error| anyhow::anyhow!("cannot install the logger: {error}"))
 }
 
+/// Before any key is loaded: no core dumps (RLIMIT_CORE 0, hard limit too, so
+/// nothing in the process can raise it again), not dumpable (no core dump even
+/// if the limit were raised, and no ptrace or /proc/PID/mem access by other
+/// processes of the same uid without CAP_SYS_PTRACE), and with `--mlock`, no
+/// page ever swapped out.
+fn harden_process(mlock: bool) -> anyhow::Result<()> {
+    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
+    setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )
+    .context("cannot set RLIMIT_CORE to 0 (no core dumps)")?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)
+        .context("cannot make the process non-dumpable (prctl PR_SET_DUMPABLE 0)")?;
+    if mlock {
+        use rustix::mm::{mlockall, MlockAllFlags};
+        mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE).context(
+            "--mlock: cannot lock the process' memory (mlockall); grant CAP_IPC_LOCK or raise RLIMIT_MEMLOCK (e.g. LimitMEMLOCK=infinity in systemd), or drop --mlock",
+        )?;
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.log.init()?;
+    harden_process(args.mlock)?;
     let mut builder = match args.threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         0 => tokio::runtime::Builder::new_multi_thread(),
@@ -143,6 +175,16 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     match args.backend.resolve()? {
         BackendChoice::File(path) => {
+            // Non-fatal: the keyring's directory may be read-only here.
+            match kube_kms::keyring::store::remove_stale_temps(&path) {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::warn!(removed, keyring = %path.display(), "removed temporary keyring files left by an interrupted write (each held every key)")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not check for temporary keyring files left by an interrupted write")
+                }
+            }
             let backend = FileBackend::open(&path)
                 .with_context(|| format!("cannot open the keyring {}", path.display()))?;
             serve_with(backend, &args).await

@@ -106,7 +106,7 @@ pub(crate) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Protection::passphrase_file(path)?,
         None => Protection::recipients(&args.recipient)?,
     };
-    let loaded = keyring::load(&args.keyring.keyring)?;
+    let loaded = super::load_keyring(&args.keyring.keyring)?;
     let exported = bundle::export(&loaded.keyring, &args.ids, &protection)?;
     bundle::write_new(&args.out, &exported.bundle)?;
     println!(
@@ -125,6 +125,7 @@ pub(crate) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         (None, None) => anyhow::bail!("give --identity FILE or --passphrase-file FILE"),
     };
     let path = &args.keyring.keyring;
+    super::remove_stale_temps(path);
     let opened = bundle::open_file(&args.bundle, &unlock)?;
     let outcome = bundle::import(path, &opened)?;
     let mut out = std::io::stdout().lock();
@@ -166,7 +167,7 @@ pub(crate) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let loaded = keyring::load(&args.keyring.keyring)?;
+    let loaded = super::load_keyring(&args.keyring.keyring)?;
     let report = runtime()?.block_on(peer_check::check(
         &loaded.keyring,
         &args.peers,
@@ -252,7 +253,7 @@ pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     let path = &args.keyring.keyring;
     if !args.peers.is_empty() {
-        let loaded = keyring::load(path)?;
+        let loaded = super::load_keyring(path)?;
         let version = loaded.keyring.version(args.id).with_context(|| {
             format!(
                 "there is no version {} in keyring {}",
