@@ -22,7 +22,8 @@
 //! the configured names and matches them exactly first. kms v2 provider names
 //! cannot contain `:` (kube-apiserver rejects them).
 
-use super::pb::{self, PbError};
+use super::pb;
+use super::unknown;
 
 /// Which provider wrote a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -331,9 +332,9 @@ fn classify_plaintext(value: &[u8]) -> Classification<'_> {
     };
     if let Some(unknown) = value.strip_prefix(PROTOBUF_MAGIC) {
         classification.encoding = Some(Encoding::Protobuf);
-        if let Ok((api_version, kind)) = type_meta(unknown) {
-            classification.api_version = api_version;
-            classification.kind = kind;
+        if let Ok(unknown) = unknown::parse(unknown) {
+            classification.api_version = unknown.api_version;
+            classification.kind = unknown.kind;
         }
     } else if value.starts_with(CBOR_MAGIC) {
         classification.encoding = Some(Encoding::Cbor);
@@ -347,27 +348,6 @@ fn classify_plaintext(value: &[u8]) -> Classification<'_> {
         classification.encoding = Some(Encoding::Other);
     }
     classification
-}
-
-type TypeMeta<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
-
-/// apiVersion and kind from a `runtime.Unknown` (`typeMeta = 1 {apiVersion = 1, kind = 2}`).
-fn type_meta(unknown: &[u8]) -> Result<TypeMeta<'_>, PbError> {
-    let mut result = (None, None);
-    for field in pb::Reader::new(unknown) {
-        let field = field?;
-        if field.number == 1 {
-            for inner in pb::Reader::new(field.bytes()?) {
-                let inner = inner?;
-                match inner.number {
-                    1 => result.0 = Some(inner.bytes()?),
-                    2 => result.1 = Some(inner.bytes()?),
-                    _ => {}
-                }
-            }
-        }
-    }
-    Ok(result)
 }
 
 fn classify_kms_v2(rest: &[u8]) -> Classification<'_> {

@@ -58,4 +58,5 @@ pub mod record;
 pub mod report;
 pub mod residue;
 pub mod scan;
+pub mod unknown;
 pub mod verify;

@@ -33,9 +33,9 @@ use memchr::memmem::{Finder, FinderRev};
 
 use super::bbolt::{BboltError, Database, PageSet, ReadAt};
 use super::classify::{Classifier, Provider, PROTOBUF_MAGIC};
-use super::pb;
 use super::scan::{resource_of, ResourceFilter};
 use super::verify::object::resource_for_kind;
+use super::{pb, unknown};
 
 /// Bytes read at once (several unreachable pages close together).
 const CHUNK_SIZE: u64 = 4 << 20;
@@ -498,18 +498,10 @@ pub fn envelope_kind(bytes: &[u8]) -> Option<&[u8]> {
         return None;
     }
     let type_meta = type_meta.bytes().ok()?;
-    let mut kind = None;
-    for field in pb::Reader::new(type_meta) {
-        let field = field.ok()?;
-        match field.number {
-            1 => {
-                field.bytes().ok()?;
-            }
-            2 => kind = Some(field.bytes().ok()?),
-            _ => return None,
-        }
-    }
-    let kind = kind.filter(|kind| {
+    let meta = unknown::type_meta(type_meta)
+        .ok()
+        .filter(|meta| meta.conforms)?;
+    let kind = meta.kind.filter(|kind| {
         !kind.is_empty()
             && kind.len() <= 253
             && kind.first().is_some_and(u8::is_ascii_uppercase)

@@ -10,7 +10,7 @@
 //! which has no MAC, this check is what tells a wrong key from a right one.
 
 use crate::inspect::classify::{CBOR_MAGIC, PROTOBUF_MAGIC};
-use crate::inspect::pb;
+use crate::inspect::{pb, unknown};
 
 /// What the value under a key must decrypt to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,36 +100,16 @@ pub fn check_object(plaintext: &[u8], expected: ExpectedObject) -> Result<(), Ob
     }
 }
 
-/// The kind of a `runtime.Unknown` whose every field parses, whose `raw` is a
-/// non-empty protobuf message and whose kind is non-empty.
+/// The kind of a `runtime.Unknown` whose every field parses and is one the
+/// schema declares, whose `raw` is a non-empty protobuf message and whose kind
+/// is non-empty.
 fn protobuf_kind(unknown: &[u8]) -> Option<&[u8]> {
-    let mut kind: Option<&[u8]> = None;
-    let mut raw: Option<&[u8]> = None;
-    for field in pb::Reader::new(unknown) {
-        let field = field.ok()?;
-        match field.number {
-            1 => {
-                for inner in pb::Reader::new(field.bytes().ok()?) {
-                    let inner = inner.ok()?;
-                    match inner.number {
-                        1 => {
-                            inner.bytes().ok()?;
-                        }
-                        2 => kind = Some(inner.bytes().ok()?),
-                        _ => return None,
-                    }
-                }
-            }
-            2 => raw = Some(field.bytes().ok()?),
-            3 | 4 => {
-                field.bytes().ok()?;
-            }
-            _ => return None,
-        }
-    }
-    let raw = raw.filter(|raw| !raw.is_empty())?;
+    let unknown = unknown::parse(unknown)
+        .ok()
+        .filter(|unknown| unknown.conforms)?;
+    let raw = unknown.raw.filter(|raw| !raw.is_empty())?;
     pb::validate(raw).ok()?;
-    kind.filter(|kind| !kind.is_empty())
+    unknown.kind.filter(|kind| !kind.is_empty())
 }
 
 /// Deepest JSON nesting accepted (recursion bound).
