@@ -134,6 +134,13 @@ pub trait KeyBackend: Send + Sync + 'static {
         VersionCounts::default()
     }
 
+    /// How many changed key sources were refused as a rollback (a version
+    /// being served dropped, or the write counter lowered). Backends without
+    /// the check report 0.
+    fn rollbacks_refused(&self) -> u64 {
+        0
+    }
+
     /// How many objects that look like this backend's keys or key records
     /// were ignored at the last look because they are not trusted (e.g.
     /// public objects in a PKCS#11 token). Cheap (no I/O).

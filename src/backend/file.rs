@@ -5,9 +5,17 @@
 //! so Status and Encrypt agree even while a reload swaps in a new keyring.
 //! Wrapping and unwrapping take microseconds and run inline. A reload that
 //! fails leaves the previous snapshot serving.
+//!
+//! Rollback: a reload that would drop a version the snapshot serves (its
+//! key_id gone from the file), or whose file has a lower `generation` than the
+//! one serving (a backup restored over the live file), is refused like a
+//! broken file: the previous snapshot keeps serving, the reload error turns
+//! `/readyz` red, and [`KeyBackend::rollbacks_refused`] counts it (once per
+//! file). [`FileBackend::allow_rollback`] lets it through, with a warning.
 use std::collections::{BTreeMap, HashMap};
 use std::future::{ready, Future};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -34,6 +42,7 @@ struct Snapshot {
     keys: HashMap<Box<str>, Slot>,
     stamp: FileStamp,
     counts: VersionCounts,
+    generation: u64,
 }
 
 impl Snapshot {
@@ -71,6 +80,7 @@ impl Snapshot {
             keys,
             stamp,
             counts,
+            generation: keyring.generation(),
         })
     }
 
@@ -99,6 +109,32 @@ impl Snapshot {
                 .unwrap(key_id, ciphertext)
                 .map_err(|_| BackendError::DecryptFailed),
         }
+    }
+
+    /// Why replacing this snapshot with `next` would be a rollback, if it would.
+    fn rollback_to(&self, next: &Keyring) -> Option<String> {
+        if next.generation() < self.generation {
+            return Some(format!(
+                "its generation {} is lower than the serving keyring's {} (an older copy of the file, e.g. restored from a backup)",
+                next.generation(),
+                self.generation
+            ));
+        }
+        let mut dropped: Vec<&str> = self
+            .keys
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Usable(_)))
+            .map(|(key_id, _)| &**key_id)
+            .filter(|key_id| !next.versions().iter().any(|v| v.key_id() == *key_id))
+            .collect();
+        if dropped.is_empty() {
+            return None;
+        }
+        dropped.sort_unstable();
+        Some(format!(
+            "it lacks {} that the plugin serves (seeds wrapped under them would no longer decrypt)",
+            dropped.join(", ")
+        ))
     }
 
     /// Wraps and unwraps a random canary; `Ok` or the reason it failed.
@@ -131,8 +167,12 @@ pub struct FileBackend {
     path: PathBuf,
     snapshot: ArcSwap<Snapshot>,
     healthz: ArcSwap<Arc<str>>,
-    /// Serializes reloads so two of them cannot interleave their swaps.
-    reloading: Mutex<()>,
+    /// Serializes reloads so two of them cannot interleave their swaps; holds
+    /// the stamp of the last file refused as a rollback (counted once).
+    reloading: Mutex<Option<FileStamp>>,
+    /// Accept rollbacks (`serve --allow-keyring-rollback`).
+    allow_rollback: bool,
+    rollbacks_refused: AtomicU64,
 }
 
 impl std::fmt::Debug for FileBackend {
@@ -161,8 +201,17 @@ impl FileBackend {
             path,
             snapshot: ArcSwap::from_pointee(snapshot),
             healthz: ArcSwap::from_pointee(verdict),
-            reloading: Mutex::new(()),
+            reloading: Mutex::new(None),
+            allow_rollback: false,
+            rollbacks_refused: AtomicU64::new(0),
         })
+    }
+
+    /// Accept reloads that drop a served version or lower the generation
+    /// (`serve --allow-keyring-rollback`), logging a warning each time.
+    pub fn allow_rollback(mut self, allow: bool) -> Self {
+        self.allow_rollback = allow;
+        self
     }
 
     /// The keyring file this backend serves.
@@ -171,7 +220,7 @@ impl FileBackend {
     }
 
     fn reload_now(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
-        let _guard = self
+        let mut refused = self
             .reloading
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -185,6 +234,20 @@ impl FileBackend {
         }
         let loaded = keyring::load(&self.path)
             .map_err(|error| BackendError::Unavailable(error.to_string()))?;
+        if let Some(reason) = current.rollback_to(&loaded.keyring) {
+            if self.allow_rollback {
+                tracing::warn!(keyring = %self.path.display(), %reason, "accepting a keyring rollback (--allow-keyring-rollback)");
+            } else {
+                if *refused != Some(loaded.stamp) {
+                    *refused = Some(loaded.stamp);
+                    self.rollbacks_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(BackendError::Unavailable(format!(
+                    "new keyring {} refused as a rollback: {reason}; the previous keyring keeps serving. Restore the newer file, or restart with --allow-keyring-rollback if this is intended",
+                    self.path.display()
+                )));
+            }
+        }
         let fresh = Snapshot::from_keyring(&loaded.keyring, loaded.stamp)?;
         let verdict = fresh.self_test();
         if let Err(reason) = &verdict {
@@ -233,6 +296,10 @@ impl KeyBackend for FileBackend {
 
     fn version_counts(&self) -> VersionCounts {
         self.snapshot.load().counts
+    }
+
+    fn rollbacks_refused(&self) -> u64 {
+        self.rollbacks_refused.load(Ordering::Relaxed)
     }
 }
 

@@ -705,6 +705,7 @@ fn create_from(path: &Path, bundle: &Bundle) -> Result<ImportOutcome, BundleErro
         });
     };
     let mut keyring = Keyring {
+        generation: 0,
         versions: bundle
             .versions
             .iter()
@@ -767,6 +768,7 @@ mod tests {
         let only_v1 = open(&export(&source, &[1], &protection).unwrap().bundle, &unlock).unwrap();
         assert_eq!(only_v1.primary_at_export, Some(1));
         let mut target = Keyring {
+            generation: 0,
             versions: only_v1.versions,
         };
         target.versions[0].state = KeyState::Primary;

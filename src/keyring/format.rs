@@ -3,6 +3,7 @@
 //! ```json
 //! {
 //!   "format": "kube-kms-keyring/v1",
+//!   "generation": 7,
 //!   "versions": [
 //!     {
 //!       "id": 1,
@@ -14,6 +15,9 @@
 //!   ]
 //! }
 //! ```
+//!
+//! `generation` counts the writes (absent in files written before it existed,
+//! read as 0); see [`super::Keyring::generation`].
 //!
 //! Parsing never copies key material out of the caller's (zeroizing) buffer
 //! except into [`Key256`]: `material` is deserialized as a string borrowed from
@@ -42,6 +46,8 @@ const MAX_MATERIAL_TEXT: usize = 64;
 struct FileIn<'a> {
     #[serde(borrow)]
     format: Cow<'a, str>,
+    #[serde(default)]
+    generation: u64,
     #[serde(borrow)]
     versions: Vec<VersionIn<'a>>,
 }
@@ -91,6 +97,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for MaterialText<'a> {
 #[derive(serde::Serialize)]
 struct FileOut<'a> {
     format: &'static str,
+    generation: u64,
     versions: Vec<VersionOut<'a>>,
 }
 
@@ -132,7 +139,10 @@ pub fn parse(bytes: &[u8]) -> Result<Keyring, KeyringError> {
         versions.push(parse_version(version)?);
     }
     versions.sort_by_key(|v| v.id);
-    let keyring = Keyring { versions };
+    let keyring = Keyring {
+        versions,
+        generation: file.generation,
+    };
     keyring.validate()?;
     Ok(keyring)
 }
@@ -202,6 +212,14 @@ fn decode_material(id: u32, text: &str) -> Result<Key256, KeyringError> {
 
 /// Writes a keyring as pretty JSON into a zeroizing buffer, after validating it.
 pub fn serialize(keyring: &Keyring) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+    serialize_as(keyring, keyring.generation)
+}
+
+/// [`serialize`] with `generation` written instead of the keyring's own.
+pub(crate) fn serialize_as(
+    keyring: &Keyring,
+    generation: u64,
+) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
     keyring.validate()?;
     let encoded: Vec<Option<Zeroizing<String>>> = keyring
         .versions
@@ -216,6 +234,7 @@ pub fn serialize(keyring: &Keyring) -> Result<Zeroizing<Vec<u8>>, KeyringError> 
         .collect();
     let out = FileOut {
         format: FORMAT,
+        generation,
         versions: keyring
             .versions
             .iter()

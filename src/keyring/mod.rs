@@ -174,9 +174,19 @@ impl VersionInfo {
 #[derive(Debug)]
 pub struct Keyring {
     pub(crate) versions: Vec<KeyVersion>,
+    /// How many times the file was written (`generation` in the file; 0 for
+    /// files written before the field existed). [`store`] bumps it on every
+    /// write; a reload that sees it go down is a rollback.
+    pub(crate) generation: u64,
 }
 
 impl Keyring {
+    /// The write counter: bumped by every `create`/`modify`, so a file
+    /// restored from an older backup has a lower one.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// All versions, ordered by id.
     pub fn versions(&self) -> &[KeyVersion] {
         &self.versions

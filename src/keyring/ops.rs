@@ -146,6 +146,7 @@ impl Keyring {
     /// A new keyring: version 1, primary, with a fresh random KEK.
     pub fn initial(now: SystemTime) -> Result<Keyring, KeyringError> {
         let keyring = Keyring {
+            generation: 0,
             versions: vec![new_version(1, KeyState::Primary, now)?],
         };
         keyring.validate()?;

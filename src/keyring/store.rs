@@ -167,7 +167,10 @@ pub fn create(path: &Path, keyring: &Keyring) -> Result<(), KeyringError> {
             path: path.to_path_buf(),
         });
     }
-    let contents = format::serialize(keyring).map_err(|error| error.at(path))?;
+    // Written as one more than the given generation, like every write: a new
+    // keyring is at generation 1 (0 means "written before the counter").
+    let contents = format::serialize_as(keyring, keyring.generation.saturating_add(1))
+        .map_err(|error| error.at(path))?;
     let temp = write_temp(path, &contents)?;
     let linked = std::fs::hard_link(&temp, path);
     let removed = std::fs::remove_file(&temp);
@@ -201,6 +204,7 @@ pub fn modify<T>(
     }
     let mut loaded = load(path)?;
     let outcome = change(&mut loaded.keyring).map_err(|error| error.at(path))?;
+    loaded.keyring.generation = loaded.keyring.generation.saturating_add(1);
     let contents = format::serialize(&loaded.keyring).map_err(|error| error.at(path))?;
     let temp = write_temp(path, &contents)?;
     if let Err(error) = std::fs::rename(&temp, path) {

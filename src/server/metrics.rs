@@ -13,6 +13,7 @@
 //! | `kube_kms_keyring_versions` | gauge | `state` |
 //! | `kube_kms_backend_ignored_objects` | gauge | |
 //! | `kube_kms_keyring_reloads_total` | counter | `result` (`success`, `failure`) |
+//! | `kube_kms_keyring_rollbacks_refused_total` | counter | |
 //! | `kube_kms_keyring_last_reload_success_timestamp_seconds` | gauge | |
 //! | `kube_kms_self_tests_total` | counter | `result` (`pass`, `fail`) |
 //! | `kube_kms_self_test_ok` | gauge | |
@@ -210,6 +211,12 @@ impl<B: KeyBackend> Collector for ServerCollector<B> {
                 (&[("result", "success")], snapshot.reloads_ok),
                 (&[("result", "failure")], snapshot.reloads_failed),
             ],
+        )?;
+        counter(
+            &mut encoder,
+            "kube_kms_keyring_rollbacks_refused",
+            "Changed keyrings refused as a rollback (a served version dropped, or the generation lowered); the previous keyring kept serving.",
+            &[(&[], self.backend.rollbacks_refused())],
         )?;
         let last_load = if snapshot.last_reload_unix_seconds == 0 {
             self.started_unix_seconds

@@ -187,3 +187,166 @@ async fn stale_temp_files_are_removed_by_the_next_command() {
         0o600
     );
 }
+
+// ---------------------------------------------------------------------------
+// 6. Rollback of the keyring
+// ---------------------------------------------------------------------------
+
+/// One HTTP/1.1 GET: status code and body.
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the metrics listener");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("a response within 10 s")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a header end");
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    (code, body.to_owned())
+}
+
+fn primary_key_id(keyring: &Path) -> String {
+    kube_kms::keyring::load(keyring)
+        .unwrap()
+        .keyring
+        .primary()
+        .unwrap()
+        .key_id()
+        .to_owned()
+}
+
+/// Restores `backup` over the live keyring the way an operator's `cp` does.
+fn restore(backup: &Path, keyring: &Path) {
+    std::fs::write(keyring, std::fs::read(backup).unwrap()).unwrap();
+}
+
+/// A keyring backup restored over the live file (lower generation), and a
+/// hand edit that drops a served version, are refused: the newer ring keeps
+/// serving, /readyz is red, the reason is logged and counted. With
+/// `--allow-keyring-rollback` the same restore is taken.
+#[tokio::test]
+async fn restoring_an_old_keyring_is_refused_and_the_newer_one_keeps_serving() {
+    let dir = temp_dir();
+    let keyring = dir.path().join("keyring.json");
+    stdout_ok(&run(&["key", "init", "--keyring", s(&keyring)]), "key init");
+    let backup = dir.path().join("backup.json");
+    std::fs::copy(&keyring, &backup).unwrap();
+    let old_primary = primary_key_id(&keyring);
+    stdout_ok(
+        &run(&["key", "rotate", "--keyring", s(&keyring)]),
+        "key rotate",
+    );
+    let new_primary = primary_key_id(&keyring);
+    let rotated = std::fs::read(&keyring).unwrap();
+
+    let port = crate::common::etcd::free_port();
+    let port_arg = format!("127.0.0.1:{port}");
+    let args = [
+        "--keyring",
+        s(&keyring),
+        "--reload-poll-interval",
+        "50ms",
+        "--metrics-addr",
+        &port_arg,
+    ];
+    let mut serve = Serve::spawn(dir.path(), &args, None);
+    serve.wait_ready().await;
+    let mut client = KmsClient::connect_path(&serve.socket).await.unwrap();
+    assert_eq!(client.status().await.unwrap().key_id, new_primary);
+    assert_eq!(http_get(port, "/readyz").await.0, 200);
+
+    restore(&backup, &keyring);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = http_get(port, "/readyz").await;
+        if code != 200 {
+            assert!(body.contains("rollback"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed green after the restore"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.status().await.unwrap().key_id, new_primary);
+    let wrapped = client.encrypt(&plugin::seed(), "trust").await.unwrap();
+    assert_eq!(
+        wrapped.key_id, new_primary,
+        "Encrypt wrapped under the restored ring"
+    );
+    let (_, metrics) = http_get(port, "/metrics").await;
+    assert!(
+        metrics.contains("kube_kms_keyring_rollbacks_refused_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        serve.log().contains("refused as a rollback"),
+        "{}",
+        serve.log()
+    );
+
+    // The newer file back: accepted again, /readyz green.
+    std::fs::write(&keyring, &rotated).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(port, "/readyz").await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed red with the newer file back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(serve);
+
+    // The intended case: the operator says so.
+    let mut serve = Serve::spawn(
+        dir.path(),
+        &[
+            "--keyring",
+            s(&keyring),
+            "--reload-poll-interval",
+            "50ms",
+            "--allow-keyring-rollback",
+        ],
+        None,
+    );
+    serve.wait_ready().await;
+    let mut client = KmsClient::connect_path(&serve.socket).await.unwrap();
+    restore(&backup, &keyring);
+    plugin::wait_for_key_id(&mut client, &old_primary, Duration::from_secs(10)).await;
+    assert!(
+        serve.log().contains("accepting a keyring rollback"),
+        "{}",
+        serve.log()
+    );
+}
+
+/// The generation counter: every write bumps it; files without it read as 0.
+#[test]
+fn every_write_bumps_the_generation() {
+    let dir = temp_dir();
+    let keyring = dir.path().join("keyring.json");
+    stdout_ok(&run(&["key", "init", "--keyring", s(&keyring)]), "key init");
+    let generation = |path: &Path| kube_kms::keyring::load(path).unwrap().keyring.generation();
+    assert_eq!(generation(&keyring), 1);
+    stdout_ok(&run(&["key", "add", "--keyring", s(&keyring)]), "key add");
+    stdout_ok(
+        &run(&["key", "promote", "2", "--keyring", s(&keyring)]),
+        "key promote",
+    );
+    assert_eq!(generation(&keyring), 3);
+    let text = std::fs::read_to_string(&keyring).unwrap();
+    let legacy: String = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("\"generation\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&keyring, legacy).unwrap();
+    assert_eq!(generation(&keyring), 0);
+}

@@ -50,6 +50,12 @@ pub(crate) struct ServeArgs {
     /// RLIMIT_MEMLOCK; `serve` refuses to start when the lock fails.
     #[arg(long)]
     mlock: bool,
+    /// Accept a changed keyring file that lacks a version being served, or
+    /// whose generation is lower than the serving one's (a backup restored over
+    /// the live file). Without it such a reload is refused: the previous
+    /// keyring keeps serving and /readyz turns red. `--backend file` only.
+    #[arg(long)]
+    allow_keyring_rollback: bool,
     #[command(flatten)]
     log: LogArgs,
     /// Serve /metrics (Prometheus), /livez and /readyz over HTTP on this
@@ -186,7 +192,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
             }
             let backend = FileBackend::open(&path)
-                .with_context(|| format!("cannot open the keyring {}", path.display()))?;
+                .with_context(|| format!("cannot open the keyring {}", path.display()))?
+                .allow_rollback(args.allow_keyring_rollback);
             serve_with(backend, &args).await
         }
         BackendChoice::Pkcs11(settings) => {
