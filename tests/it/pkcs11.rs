@@ -1113,3 +1113,70 @@ fn pin_file_owned_by_another_user_is_refused_with_the_fix() {
     std::os::unix::fs::chown(&hsm.pin_file, Some(0), None).unwrap();
     hsm.key(&["list"]);
 }
+
+/// Issue 15 §3: two `kube-kms key rotate --backend pkcs11` at once, twenty
+/// times: every version each of them reported survives, with distinct
+/// numbers and key_ids, and exactly one primary (the commands serialize on a
+/// lock object in the token).
+#[test]
+fn concurrent_rotations_on_a_token_lose_no_key() {
+    let hsm = SoftHsm::new("kk-race");
+    let first = hsm.rotate();
+    let mut made = vec![first];
+    for _round in 0..20 {
+        let rotations: Vec<_> = (0..2)
+            .map(|_| {
+                Command::new(KUBE_KMS)
+                    .args(["key", "rotate"])
+                    .args(hsm.flags())
+                    .env("SOFTHSM2_CONF", &hsm.conf)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for rotation in rotations {
+            let output = rotation.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            // "rotated: version N (KEY_ID) ... is now primary; ..."
+            let key_id = stdout
+                .split_once('(')
+                .and_then(|(_, rest)| rest.split_once(')'))
+                .map(|(key_id, _)| key_id.to_owned())
+                .unwrap_or_else(|| panic!("no key_id in {stdout}"));
+            made.push(key_id);
+        }
+    }
+    let listed = hsm.key_ids();
+    assert_eq!(listed.len(), 41, "{listed:?}");
+    let listed_ids: std::collections::BTreeSet<&str> =
+        listed.iter().map(|(key_id, _)| key_id.as_str()).collect();
+    assert_eq!(listed_ids.len(), 41, "key_ids are not distinct: {listed:?}");
+    for key_id in &made {
+        assert!(
+            listed_ids.contains(key_id.as_str()),
+            "{key_id} vanished: {listed:?}"
+        );
+    }
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|(_, state)| state == "primary")
+            .count(),
+        1,
+        "{listed:?}"
+    );
+    // No lock object is left behind.
+    let token = open_in_process(&hsm);
+    let session = token.session();
+    let locks = session
+        .find_objects(&[Attribute::Application(b"kube-kms-lock".to_vec())])
+        .unwrap();
+    assert!(locks.is_empty(), "{} lock objects left", locks.len());
+}

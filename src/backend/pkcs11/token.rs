@@ -229,9 +229,44 @@ impl Token {
             }),
             pool: Mutex::new(Pool::default()),
         };
-        let session = token.take_session()?;
+        // One opening at a time on this node, and not while a `kube-kms key`
+        // command changes the token (it holds the same lock): some tokens
+        // (SoftHSM2) fail a login or miss the token while another process
+        // writes it, and a login itself may write.
+        let local = token.lock_locally()?;
+        // SoftHSM2 may not list a token for the moment another process
+        // rewrites its files: look again a few times before saying it is
+        // not there.
+        let mut attempts = 0;
+        let session = loop {
+            match token.take_session() {
+                Err(Pkcs11Error::NoToken { .. }) if attempts < 10 => {
+                    attempts += 1;
+                    token.reset();
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                result => break result?,
+            }
+        };
         token.give_back(session);
+        drop(local);
         Ok(token)
+    }
+
+    /// Takes an exclusive `flock` on the PIN file, waiting for it: the
+    /// node-local half of the lock that serializes the `kube-kms key`
+    /// commands changing the token (see `store`). Released when the file
+    /// is dropped.
+    pub(crate) fn lock_locally(&self) -> Result<std::fs::File, Pkcs11Error> {
+        let pin_error = |problem: String| Pkcs11Error::PinFile {
+            path: self.pin_file.clone(),
+            problem,
+        };
+        let file = std::fs::File::open(&self.pin_file)
+            .map_err(|error| pin_error(format!("cannot be opened to lock it: {error}")))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|error| pin_error(format!("cannot be locked: {error}")))?;
+        Ok(file)
     }
 
     /// The token's label.
