@@ -57,6 +57,7 @@ pub mod progress;
 pub mod record;
 pub mod report;
 pub mod residue;
+pub mod resource;
 pub mod scan;
 pub mod unknown;
 pub mod verify;

@@ -33,8 +33,7 @@ use memchr::memmem::{Finder, FinderRev};
 
 use super::bbolt::{BboltError, Database, PageSet, ReadAt};
 use super::classify::{Classifier, Provider, PROTOBUF_MAGIC};
-use super::scan::{resource_of, ResourceFilter};
-use super::verify::object::resource_for_kind;
+use super::resource::{resource_of, ResourceFilter};
 use super::{pb, unknown};
 
 /// Bytes read at once (several unreachable pages close together).
@@ -442,20 +441,7 @@ impl<'s> Scanner<'s> {
     /// (kind `Secret` is resource `secrets`, `Deployment` is
     /// `deployments.apps`).
     fn kind_in_scope(&self, kind: &[u8]) -> bool {
-        match &self.scope.resources {
-            ResourceFilter::All => true,
-            ResourceFilter::Only(_) => {
-                let kind = String::from_utf8_lossy(kind);
-                let resource = resource_for_kind(&kind)
-                    .map_or_else(|| plural_of(kind.as_bytes()), str::to_string);
-                let plural = resource.split('.').next().unwrap_or_default();
-                let resources = &self.scope.resources;
-                resources.includes(&resource)
-                    || matches!(resources, ResourceFilter::Only(names) if names
-                        .iter()
-                        .any(|name| name.split('.').next() == Some(plural)))
-            }
-        }
+        self.scope.resources.includes_kind(kind)
     }
 }
 
@@ -465,26 +451,6 @@ fn field_header_len(record: &[u8], offset: usize) -> Option<usize> {
     let tag_len = bytes.iter().position(|&b| b < 0x80)? + 1;
     let len_len = bytes.get(tag_len..)?.iter().position(|&b| b < 0x80)? + 1;
     Some(tag_len + len_len)
-}
-
-/// The lowercase plural of a kind not in the built-in table, as
-/// kube-apiserver guesses resources (`NetworkPolicy` -> `networkpolicies`);
-/// kinds already plural stay so (`Endpoints` -> `endpoints`, as Kubernetes'
-/// unpluralized suffixes).
-fn plural_of(kind: &[u8]) -> String {
-    let lower = String::from_utf8_lossy(kind).to_ascii_lowercase();
-    if lower.ends_with("endpoints") {
-        return lower;
-    }
-    if let Some(stem) = lower.strip_suffix('y') {
-        if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) {
-            return format!("{stem}ies");
-        }
-    }
-    if lower.ends_with('s') || lower.ends_with("ch") || lower.ends_with('x') {
-        return format!("{lower}es");
-    }
-    format!("{lower}s")
 }
 
 /// The kind of a plaintext protobuf envelope starting at `bytes[0]`
@@ -654,15 +620,6 @@ mod tests {
         let scope = scope_only("deployments.apps");
         assert!(Scanner::new(&scope, 4096).kind_in_scope(b"Deployment"));
         assert!(!Scanner::new(&scope, 4096).kind_in_scope(b"Secret"));
-    }
-
-    #[test]
-    fn plurals_follow_kube_naming() {
-        assert_eq!(plural_of(b"Endpoints"), "endpoints");
-        assert_eq!(plural_of(b"Secret"), "secrets");
-        assert_eq!(plural_of(b"NetworkPolicy"), "networkpolicies");
-        assert_eq!(plural_of(b"Ingress"), "ingresses");
-        assert_eq!(plural_of(b"Gateway"), "gateways");
     }
 
     proptest! {

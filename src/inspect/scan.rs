@@ -8,57 +8,20 @@
 //! Observations may arrive in any order; everything that depends on order is
 //! decided in [`Scan::finish`].
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::classify::{
     Classification, Classifier, DekSourceType, Encoding, Malformation, Provider,
 };
 use super::intern::{FastMap, Interner};
+use super::resource::resource_name;
+pub use super::resource::{resource_of, ResourceFilter};
 use super::verify::pool::VerifyPool;
 use super::verify::{object::expected_for_resource, VerifyFailure, VerifySummary};
 use super::{ObservationSink, Observed, Revision};
 
 /// Default key prefix of kube-apiserver.
 pub const DEFAULT_PREFIX: &str = "/registry";
-
-/// Which resources are in scope.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResourceFilter {
-    /// Every key under the prefix.
-    All,
-    /// Only these resources (`secrets`, `configmaps`, `widgets.example.com`).
-    Only(Vec<String>),
-}
-
-impl ResourceFilter {
-    /// Parses `all` or a comma-separated list. `group/resource` is accepted for
-    /// `resource.group`.
-    pub fn parse(list: &str) -> Self {
-        let names: Vec<String> = list
-            .split(',')
-            .map(str::trim)
-            .filter(|name| !name.is_empty())
-            .map(|name| match name.split_once('/') {
-                Some((group, resource)) => format!("{resource}.{group}"),
-                None => name.to_string(),
-            })
-            .collect();
-        if names.iter().any(|name| name == "all") {
-            ResourceFilter::All
-        } else {
-            ResourceFilter::Only(names)
-        }
-    }
-
-    /// True if `resource` (`secrets`, `widgets.example.com`) is in scope.
-    pub fn includes(&self, resource: &str) -> bool {
-        match self {
-            ResourceFilter::All => true,
-            ResourceFilter::Only(names) => names.iter().any(|name| name == resource),
-        }
-    }
-}
 
 /// A `--require-provider` policy: a provider, optionally with its name
 /// (`kms-v2:kube-kms`).
@@ -592,37 +555,6 @@ fn push_tied_runs(
     }
 }
 
-/// The resource a key belongs to, by kube-apiserver's key layout (see
-/// `storage.md`): `<prefix>/<resource>/...`, `<prefix>/<group>/<resource>/...`
-/// for groups (a first segment with a dot), reported as `resource.group`, and
-/// the historical odd paths (`services/specs`, `services/endpoints`,
-/// `minions`, `controllers`). `None` for keys outside the prefix.
-pub fn resource_of(key: &[u8], prefix: &[u8]) -> Option<String> {
-    resource_name(key, prefix).map(Cow::into_owned)
-}
-
-/// [`resource_of`], borrowing from the key in the usual case (a UTF-8 first
-/// segment that is the resource itself): no allocation per new key.
-fn resource_name<'k>(key: &'k [u8], prefix: &[u8]) -> Option<Cow<'k, str>> {
-    let rest = key.strip_prefix(prefix)?.strip_prefix(b"/")?;
-    let mut segments = rest.split(|&b| b == b'/');
-    let first = String::from_utf8_lossy(segments.next()?);
-    if first.is_empty() {
-        return None;
-    }
-    let second = segments.next().map(String::from_utf8_lossy);
-    Some(match (first.as_ref(), second.as_deref()) {
-        ("services", Some("specs")) => Cow::Borrowed("services"),
-        ("services", Some("endpoints")) => Cow::Borrowed("endpoints"),
-        ("minions", _) => Cow::Borrowed("nodes"),
-        ("controllers", _) => Cow::Borrowed("replicationcontrollers"),
-        (group, Some(resource)) if group.contains('.') && !resource.is_empty() => {
-            Cow::Owned(format!("{resource}.{group}"))
-        }
-        _ => first,
-    })
-}
-
 /// One value as reported: borrowed from the [`ScanResult`].
 #[derive(Debug, Clone, Copy)]
 pub struct ValueView<'r> {
@@ -985,37 +917,6 @@ mod tests {
         expected.sort();
         assert_eq!(sorted, expected);
         assert!(sorted_ids(&Interner::default()).is_empty());
-    }
-
-    #[test]
-    fn resources_from_keys() {
-        let p = b"/registry";
-        let r = |key: &str| resource_of(key.as_bytes(), p);
-        assert_eq!(r("/registry/secrets/ns/a").as_deref(), Some("secrets"));
-        assert_eq!(
-            r("/registry/services/specs/ns/a").as_deref(),
-            Some("services")
-        );
-        assert_eq!(
-            r("/registry/services/endpoints/ns/a").as_deref(),
-            Some("endpoints")
-        );
-        assert_eq!(r("/registry/minions/n1").as_deref(), Some("nodes"));
-        assert_eq!(
-            r("/registry/controllers/ns/rc").as_deref(),
-            Some("replicationcontrollers")
-        );
-        assert_eq!(
-            r("/registry/apiextensions.k8s.io/customresourcedefinitions/x").as_deref(),
-            Some("customresourcedefinitions.apiextensions.k8s.io")
-        );
-        assert_eq!(r("/registryx/secrets/a"), None);
-        assert_eq!(r("compact_rev_key"), None);
-        assert_eq!(
-            ResourceFilter::parse("secrets, example.com/widgets"),
-            ResourceFilter::Only(vec!["secrets".into(), "widgets.example.com".into()])
-        );
-        assert_eq!(ResourceFilter::parse("all"), ResourceFilter::All);
     }
 
     #[test]

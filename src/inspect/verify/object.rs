@@ -10,6 +10,7 @@
 //! which has no MAC, this check is what tells a wrong key from a right one.
 
 use crate::inspect::classify::{CBOR_MAGIC, PROTOBUF_MAGIC};
+use crate::inspect::resource::kind_of_resource;
 use crate::inspect::{pb, unknown};
 
 /// What the value under a key must decrypt to.
@@ -22,53 +23,9 @@ pub enum ExpectedObject {
     AnyKind,
 }
 
-/// Kinds of the built-in resources (as [`crate::inspect::scan::resource_of`]
-/// names them) that are usually encrypted or commonly stored.
-const KINDS: &[(&str, &str)] = &[
-    ("secrets", "Secret"),
-    ("configmaps", "ConfigMap"),
-    ("serviceaccounts", "ServiceAccount"),
-    ("pods", "Pod"),
-    ("services", "Service"),
-    ("endpoints", "Endpoints"),
-    ("nodes", "Node"),
-    ("namespaces", "Namespace"),
-    ("events", "Event"),
-    ("limitranges", "LimitRange"),
-    ("resourcequotas", "ResourceQuota"),
-    ("persistentvolumes", "PersistentVolume"),
-    ("persistentvolumeclaims", "PersistentVolumeClaim"),
-    ("replicationcontrollers", "ReplicationController"),
-    ("podtemplates", "PodTemplate"),
-    ("deployments.apps", "Deployment"),
-    ("replicasets.apps", "ReplicaSet"),
-    ("statefulsets.apps", "StatefulSet"),
-    ("daemonsets.apps", "DaemonSet"),
-    ("jobs.batch", "Job"),
-    ("cronjobs.batch", "CronJob"),
-    (
-        "customresourcedefinitions.apiextensions.k8s.io",
-        "CustomResourceDefinition",
-    ),
-];
-
-/// The resource of a built-in `kind` (`Secret` → `secrets`, `Deployment` →
-/// `deployments.apps`): the one table of kinds, shared with the deep scan.
-pub fn resource_for_kind(kind: &str) -> Option<&'static str> {
-    KINDS
-        .iter()
-        .find(|(_, known)| *known == kind)
-        .map(|(resource, _)| *resource)
-}
-
 /// What a value of `resource` must decrypt to.
 pub fn expected_for_resource(resource: &[u8]) -> ExpectedObject {
-    KINDS
-        .iter()
-        .find(|(name, _)| name.as_bytes() == resource)
-        .map_or(ExpectedObject::AnyKind, |(_, kind)| {
-            ExpectedObject::Kind(kind)
-        })
+    kind_of_resource(resource).map_or(ExpectedObject::AnyKind, ExpectedObject::Kind)
 }
 
 /// Why a plaintext is not the object expected (deliberately coarse).

@@ -1,0 +1,211 @@
+//! Kubernetes resources as the auditor names them, in one place: the etcd
+//! key → resource mapping (kube-apiserver's key layout, `storage.md`), the
+//! built-in Kind ↔ resource table, the plural kube-apiserver guesses for other
+//! kinds, and the `--resources` filter built on them.
+
+use std::borrow::Cow;
+
+/// Which resources are in scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceFilter {
+    /// Every key under the prefix.
+    All,
+    /// Only these resources (`secrets`, `configmaps`, `widgets.example.com`).
+    Only(Vec<String>),
+}
+
+impl ResourceFilter {
+    /// Parses `all` or a comma-separated list. `group/resource` is accepted for
+    /// `resource.group`.
+    pub fn parse(list: &str) -> Self {
+        let names: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(|name| match name.split_once('/') {
+                Some((group, resource)) => format!("{resource}.{group}"),
+                None => name.to_string(),
+            })
+            .collect();
+        if names.iter().any(|name| name == "all") {
+            ResourceFilter::All
+        } else {
+            ResourceFilter::Only(names)
+        }
+    }
+
+    /// True if `resource` (`secrets`, `widgets.example.com`) is in scope.
+    pub fn includes(&self, resource: &str) -> bool {
+        match self {
+            ResourceFilter::All => true,
+            ResourceFilter::Only(names) => names.iter().any(|name| name == resource),
+        }
+    }
+
+    /// True if objects of `kind` belong to a resource in scope (kind `Secret`
+    /// is resource `secrets`, `Deployment` is `deployments.apps`; a kind
+    /// outside the table matches by its plural whatever the group).
+    pub fn includes_kind(&self, kind: &[u8]) -> bool {
+        match self {
+            ResourceFilter::All => true,
+            ResourceFilter::Only(names) => {
+                let resource = resource_for_any_kind(kind);
+                let plural = resource.split('.').next().unwrap_or_default();
+                self.includes(&resource)
+                    || names
+                        .iter()
+                        .any(|name| name.split('.').next() == Some(plural))
+            }
+        }
+    }
+}
+
+/// The resource a key belongs to, by kube-apiserver's key layout (see
+/// `storage.md`): `<prefix>/<resource>/...`, `<prefix>/<group>/<resource>/...`
+/// for groups (a first segment with a dot), reported as `resource.group`, and
+/// the historical odd paths (`services/specs`, `services/endpoints`,
+/// `minions`, `controllers`). `None` for keys outside the prefix.
+pub fn resource_of(key: &[u8], prefix: &[u8]) -> Option<String> {
+    resource_name(key, prefix).map(Cow::into_owned)
+}
+
+/// [`resource_of`], borrowing from the key in the usual case (a UTF-8 first
+/// segment that is the resource itself): no allocation per new key.
+pub(crate) fn resource_name<'k>(key: &'k [u8], prefix: &[u8]) -> Option<Cow<'k, str>> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix(b"/")?;
+    let mut segments = rest.split(|&b| b == b'/');
+    let first = String::from_utf8_lossy(segments.next()?);
+    if first.is_empty() {
+        return None;
+    }
+    let second = segments.next().map(String::from_utf8_lossy);
+    Some(match (first.as_ref(), second.as_deref()) {
+        ("services", Some("specs")) => Cow::Borrowed("services"),
+        ("services", Some("endpoints")) => Cow::Borrowed("endpoints"),
+        ("minions", _) => Cow::Borrowed("nodes"),
+        ("controllers", _) => Cow::Borrowed("replicationcontrollers"),
+        (group, Some(resource)) if group.contains('.') && !resource.is_empty() => {
+            Cow::Owned(format!("{resource}.{group}"))
+        }
+        _ => first,
+    })
+}
+
+/// Kinds of the built-in resources (as [`resource_of`] names them) that are usually encrypted or commonly stored.
+const KINDS: &[(&str, &str)] = &[
+    ("secrets", "Secret"),
+    ("configmaps", "ConfigMap"),
+    ("serviceaccounts", "ServiceAccount"),
+    ("pods", "Pod"),
+    ("services", "Service"),
+    ("endpoints", "Endpoints"),
+    ("nodes", "Node"),
+    ("namespaces", "Namespace"),
+    ("events", "Event"),
+    ("limitranges", "LimitRange"),
+    ("resourcequotas", "ResourceQuota"),
+    ("persistentvolumes", "PersistentVolume"),
+    ("persistentvolumeclaims", "PersistentVolumeClaim"),
+    ("replicationcontrollers", "ReplicationController"),
+    ("podtemplates", "PodTemplate"),
+    ("deployments.apps", "Deployment"),
+    ("replicasets.apps", "ReplicaSet"),
+    ("statefulsets.apps", "StatefulSet"),
+    ("daemonsets.apps", "DaemonSet"),
+    ("jobs.batch", "Job"),
+    ("cronjobs.batch", "CronJob"),
+    (
+        "customresourcedefinitions.apiextensions.k8s.io",
+        "CustomResourceDefinition",
+    ),
+];
+
+/// The resource of a built-in `kind` (`Secret` → `secrets`, `Deployment` →
+/// `deployments.apps`): the one table of kinds, shared by the deep scan and verification.
+pub fn resource_for_kind(kind: &str) -> Option<&'static str> {
+    KINDS
+        .iter()
+        .find(|(_, known)| *known == kind)
+        .map(|(resource, _)| *resource)
+}
+
+/// The kind of a built-in `resource` (`secrets` → `Secret`), when the table
+/// knows it.
+pub fn kind_of_resource(resource: &[u8]) -> Option<&'static str> {
+    KINDS
+        .iter()
+        .find(|(name, _)| name.as_bytes() == resource)
+        .map(|(_, kind)| *kind)
+}
+
+/// The resource of any `kind`: the table's, else kube-apiserver's guess
+/// ([`plural_of`]).
+pub fn resource_for_any_kind(kind: &[u8]) -> String {
+    let kind = String::from_utf8_lossy(kind);
+    resource_for_kind(&kind).map_or_else(|| plural_of(kind.as_bytes()), str::to_string)
+}
+
+/// The lowercase plural of a kind not in the built-in table, as
+/// kube-apiserver guesses resources (`NetworkPolicy` -> `networkpolicies`);
+/// kinds already plural stay so (`Endpoints` -> `endpoints`, as Kubernetes'
+/// unpluralized suffixes).
+fn plural_of(kind: &[u8]) -> String {
+    let lower = String::from_utf8_lossy(kind).to_ascii_lowercase();
+    if lower.ends_with("endpoints") {
+        return lower;
+    }
+    if let Some(stem) = lower.strip_suffix('y') {
+        if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) {
+            return format!("{stem}ies");
+        }
+    }
+    if lower.ends_with('s') || lower.ends_with("ch") || lower.ends_with('x') {
+        return format!("{lower}es");
+    }
+    format!("{lower}s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_from_keys() {
+        let p = b"/registry";
+        let r = |key: &str| resource_of(key.as_bytes(), p);
+        assert_eq!(r("/registry/secrets/ns/a").as_deref(), Some("secrets"));
+        assert_eq!(
+            r("/registry/services/specs/ns/a").as_deref(),
+            Some("services")
+        );
+        assert_eq!(
+            r("/registry/services/endpoints/ns/a").as_deref(),
+            Some("endpoints")
+        );
+        assert_eq!(r("/registry/minions/n1").as_deref(), Some("nodes"));
+        assert_eq!(
+            r("/registry/controllers/ns/rc").as_deref(),
+            Some("replicationcontrollers")
+        );
+        assert_eq!(
+            r("/registry/apiextensions.k8s.io/customresourcedefinitions/x").as_deref(),
+            Some("customresourcedefinitions.apiextensions.k8s.io")
+        );
+        assert_eq!(r("/registryx/secrets/a"), None);
+        assert_eq!(r("compact_rev_key"), None);
+        assert_eq!(
+            ResourceFilter::parse("secrets, example.com/widgets"),
+            ResourceFilter::Only(vec!["secrets".into(), "widgets.example.com".into()])
+        );
+        assert_eq!(ResourceFilter::parse("all"), ResourceFilter::All);
+    }
+
+    #[test]
+    fn plurals_follow_kube_naming() {
+        assert_eq!(plural_of(b"Endpoints"), "endpoints");
+        assert_eq!(plural_of(b"Secret"), "secrets");
+        assert_eq!(plural_of(b"NetworkPolicy"), "networkpolicies");
+        assert_eq!(plural_of(b"Ingress"), "ingresses");
+        assert_eq!(plural_of(b"Gateway"), "gateways");
+    }
+}
