@@ -59,5 +59,6 @@ pub mod report;
 pub mod residue;
 pub mod resource;
 pub mod scan;
+pub mod stale;
 pub mod unknown;
 pub mod verify;

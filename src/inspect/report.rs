@@ -20,7 +20,8 @@ use super::record::{
 };
 use super::residue::ResidueReport;
 use super::scan::{Finding, ResourceFilter, ScanResult};
-use super::verify::{stale_report, VerifySummary};
+use super::stale::stale_report;
+use super::verify::VerifySummary;
 
 /// Exit code: nothing wrong.
 pub const EXIT_CLEAN: u8 = 0;

@@ -165,6 +165,24 @@ fn plural_of(kind: &[u8]) -> String {
     format!("{lower}s")
 }
 
+/// `namespace/name` or `name` from an etcd key: the last two segments after
+/// the resource's directory (see `storage.md` for the layouts).
+pub fn object_name(key: &[u8], prefix: &[u8]) -> Option<String> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix(b"/")?;
+    let text = std::str::from_utf8(rest).ok()?;
+    let segments: Vec<&str> = text.split('/').collect();
+    let directory = match segments.as_slice() {
+        ["services", "specs" | "endpoints", ..] => 2,
+        [group, _, ..] if group.contains('.') => 2,
+        _ => 1,
+    };
+    match segments.get(directory..)? {
+        [name] => Some((*name).to_string()),
+        [namespace, name] => Some(format!("{namespace}/{name}")),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +225,27 @@ mod tests {
         assert_eq!(plural_of(b"NetworkPolicy"), "networkpolicies");
         assert_eq!(plural_of(b"Ingress"), "ingresses");
         assert_eq!(plural_of(b"Gateway"), "gateways");
+    }
+
+    #[test]
+    fn object_names_from_keys() {
+        let p = b"/registry";
+        assert_eq!(
+            object_name(b"/registry/secrets/ns/a", p).as_deref(),
+            Some("ns/a")
+        );
+        assert_eq!(
+            object_name(b"/registry/namespaces/ns", p).as_deref(),
+            Some("ns")
+        );
+        assert_eq!(
+            object_name(b"/registry/example.com/widgets/ns/w", p).as_deref(),
+            Some("ns/w")
+        );
+        assert_eq!(
+            object_name(b"/registry/services/specs/ns/s", p).as_deref(),
+            Some("ns/s")
+        );
+        assert_eq!(object_name(b"/other/secrets/ns/a", p), None);
     }
 }

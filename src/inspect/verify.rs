@@ -14,8 +14,6 @@
 //! [`pool::VerifyPool`] runs verification on worker threads, so the scan
 //! engine (a synchronous sink, also driven from inside the live source's
 //! tokio runtime) only copies ciphertext into bounded batches.
-//! [`stale_report`] and [`stale_objects`] read the stale-key report out of a
-//! finished scan.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +21,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::classify::{decode_encrypted_object, Classifier, Provider};
 use super::encryption_config::{EncryptionConfig, KeyedProvider};
-use super::scan::{Finding, GroupCounts, ScanResult};
 use crate::envelope;
 use crate::secret::SecretBytes;
 
@@ -444,83 +441,6 @@ pub struct VerifySummary {
     pub unwrap_failures: Vec<UnwrapFailure>,
 }
 
-/// Stale kms v2 values: under a key_id other than the current one(s).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StaleReport {
-    /// The current key_id(s).
-    pub current: Vec<String>,
-    /// Values (latest and history) by stale key_id.
-    pub by_key_id: BTreeMap<String, GroupCounts>,
-}
-
-impl StaleReport {
-    /// Latest values under a stale key_id (the objects to rewrite).
-    pub fn latest(&self) -> u64 {
-        self.by_key_id.values().map(|counts| counts.latest).sum()
-    }
-}
-
-/// The stale-key report of a scan run with a current key_id
-/// ([`super::scan::ScanOptions::allowed_key_ids`]); `None` without one.
-pub fn stale_report(result: &ScanResult) -> Option<StaleReport> {
-    let allowed = result.options().allowed_key_ids.as_ref()?;
-    let mut report = StaleReport {
-        current: allowed
-            .iter()
-            .map(|id| String::from_utf8_lossy(id).into_owned())
-            .collect(),
-        by_key_id: BTreeMap::new(),
-    };
-    for value in result.values() {
-        if value.class.provider != Provider::KmsV2 {
-            continue;
-        }
-        let key_id = value.class.key_id.map_or(&[][..], |id| result.string(id));
-        if allowed.iter().any(|allowed| allowed.as_slice() == key_id) {
-            continue;
-        }
-        let counts = report
-            .by_key_id
-            .entry(String::from_utf8_lossy(key_id).into_owned())
-            .or_default();
-        if value.latest {
-            counts.latest += 1;
-        } else {
-            counts.history += 1;
-        }
-    }
-    Some(report)
-}
-
-/// The objects to rewrite: `namespace/name` (or `name` for cluster-scoped
-/// resources) of every latest value under a stale key_id, in key order.
-pub fn stale_objects(result: &ScanResult) -> Vec<String> {
-    let prefix = result.options().prefix.clone();
-    result
-        .values()
-        .filter(|value| value.latest && value.finding == Some(Finding::StaleKeyId))
-        .filter_map(|value| object_name(value.key, &prefix))
-        .collect()
-}
-
-/// `namespace/name` or `name` from an etcd key: the last two segments after
-/// the resource's directory (see `storage.md` for the layouts).
-fn object_name(key: &[u8], prefix: &[u8]) -> Option<String> {
-    let rest = key.strip_prefix(prefix)?.strip_prefix(b"/")?;
-    let text = std::str::from_utf8(rest).ok()?;
-    let segments: Vec<&str> = text.split('/').collect();
-    let directory = match segments.as_slice() {
-        ["services", "specs" | "endpoints", ..] => 2,
-        [group, _, ..] if group.contains('.') => 2,
-        _ => 1,
-    };
-    match segments.get(directory..)? {
-        [name] => Some((*name).to_string()),
-        [namespace, name] => Some(format!("{namespace}/{name}")),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,27 +524,5 @@ mod tests {
 
     fn expected_for_secrets() -> ExpectedObject {
         object::expected_for_resource(b"secrets")
-    }
-
-    #[test]
-    fn object_names_from_keys() {
-        let p = b"/registry";
-        assert_eq!(
-            object_name(b"/registry/secrets/ns/a", p).as_deref(),
-            Some("ns/a")
-        );
-        assert_eq!(
-            object_name(b"/registry/namespaces/ns", p).as_deref(),
-            Some("ns")
-        );
-        assert_eq!(
-            object_name(b"/registry/example.com/widgets/ns/w", p).as_deref(),
-            Some("ns/w")
-        );
-        assert_eq!(
-            object_name(b"/registry/services/specs/ns/s", p).as_deref(),
-            Some("ns/s")
-        );
-        assert_eq!(object_name(b"/other/secrets/ns/a", p), None);
     }
 }

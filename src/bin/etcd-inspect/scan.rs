@@ -14,9 +14,10 @@ use kube_kms::inspect::record::{self, Identity};
 use kube_kms::inspect::report::{self, SourceInfo};
 use kube_kms::inspect::residue::{self, ResidueReport, ResidueScope};
 use kube_kms::inspect::scan::{RequiredProvider, ResourceFilter, Scan, ScanOptions};
+use kube_kms::inspect::stale;
 use kube_kms::inspect::verify::plugin::PluginUnwrapper;
 use kube_kms::inspect::verify::pool::VerifyPool;
-use kube_kms::inspect::verify::{self, DekUnwrapper, Verifier};
+use kube_kms::inspect::verify::{DekUnwrapper, Verifier};
 use kube_kms::inspect::ObservationSink;
 use kube_kms::secret::SecretBytes;
 use serde_json::json;
@@ -232,7 +233,7 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
     let is_terminal = stdout.is_terminal();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let written = if args.emit_stale {
-        verify::stale_objects(&result)
+        stale::stale_objects(&result)
             .iter()
             // Kubernetes names never hold what `escape` changes; a crafted
             // etcd key that does is shown escaped, never raw.
