@@ -489,9 +489,33 @@ async fn fetched_version(client: &Client, prefix: &str, id: u32) -> Result<AwsVe
     ring.version(id).cloned()
 }
 
+/// How many times a rotation that lost the race for a version number tries
+/// the next one.
+const ROTATE_ATTEMPTS: u32 = 8;
+
 /// Adds version N+1 and makes it primary; the old primary stays enabled.
+///
+/// The alias `P/vN` is the compare-and-swap: `CreateAlias` fails when it
+/// exists, so of two rotations at once only one gets version N+1; the other
+/// schedules its unused new key for deletion, reads the ring again and tries
+/// N+2 (up to [`ROTATE_ATTEMPTS`] times). No version's key_id is lost.
 pub async fn rotate(client: &Client, prefix: &str) -> Result<Rotation, RingError> {
     validate_prefix(prefix)?;
+    let mut attempt = 1;
+    loop {
+        match rotate_once(client, prefix).await {
+            Err(RingError::Race { .. }) if attempt < ROTATE_ATTEMPTS => {
+                attempt += 1;
+                let mut pause = [0u8; 1];
+                let _ = getrandom::getrandom(&mut pause);
+                tokio::time::sleep(Duration::from_millis(20 + u64::from(pause[0]))).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn rotate_once(client: &Client, prefix: &str) -> Result<Rotation, RingError> {
     let ring = fetch(client, prefix, false).await?;
     let previous = ring.primary().cloned().ok_or_else(|| no_primary(&ring))?;
     let highest = ring.versions.keys().next_back().copied().unwrap_or(0);

@@ -65,12 +65,23 @@ async fn run_async(command: KeyCommand, aws: AwsKmsArgs) -> anyhow::Result<ExitC
     let selector = aws.selector();
     let message = match command {
         KeyCommand::Rotate(_) => {
-            if ring::fetch(&client, prefix, false)
+            let empty = ring::fetch(&client, prefix, false)
                 .await?
                 .versions
-                .is_empty()
-            {
-                let primary = ring::init(&client, prefix).await?;
+                .is_empty();
+            // Another rotation may create version 1 first: then rotate on it.
+            let created = if empty {
+                match ring::init(&client, prefix).await {
+                    Ok(primary) => Some(primary),
+                    Err(ring::RingError::Race { .. } | ring::RingError::AlreadyExists { .. }) => {
+                        None
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            } else {
+                None
+            };
+            if let Some(primary) = created {
                 format!(
                     "created version 1 under {prefix} in AWS KMS: {} is primary (KMS key {})",
                     describe(&primary),
