@@ -2,77 +2,18 @@
 //! classification string becomes a `u32` id, so a record of a value is a few
 //! integers however long its key.
 //!
-//! Owns the seeded fast hasher of the scan's tables and [`Interner`], which
+//! Owns the choice of hasher for the scan's tables (seeded foldhash) and
+//! [`Interner`], which
 //! keeps all strings back to back in one buffer: interning a new key costs no
 //! allocation of its own (one `Vec<u8>` per key, twice, was 13% of a file
 //! scan), and looking up a known one allocates nothing.
 
 use std::collections::HashMap;
 
-/// A fast hasher for the interning tables (SipHash was 8% of a file scan).
-/// Seeded per process from std's random keys, so crafted keys in a backup
-/// cannot aim for collisions.
-#[derive(Clone, Copy)]
-pub(super) struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-        }
-        for &byte in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
-        }
-    }
-
-    fn write_u32(&mut self, value: u32) {
-        self.write_u64(u64::from(value));
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        // Final avalanche so the low bits used by the table depend on every input bit.
-        let mut hash = self.0;
-        hash ^= hash >> 33;
-        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        hash ^ (hash >> 33)
-    }
-}
-
-/// Builds [`FastHasher`]s with this process's seed.
-#[derive(Clone, Copy)]
-pub(super) struct FastState(u64);
-
-impl Default for FastState {
-    fn default() -> Self {
-        use std::hash::BuildHasher as _;
-        Self(std::collections::hash_map::RandomState::new().hash_one(0x6b6b_u64))
-    }
-}
-
-impl std::fmt::Debug for FastState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FastState")
-    }
-}
-
-impl std::hash::BuildHasher for FastState {
-    type Hasher = FastHasher;
-    fn build_hasher(&self) -> FastHasher {
-        FastHasher(self.0)
-    }
-}
+/// The hasher of the scan's tables: foldhash (SipHash was 8% of a file scan),
+/// seeded at random per table, so crafted keys in a backup cannot aim for
+/// collisions.
+pub(super) type FastState = foldhash::fast::RandomState;
 
 /// A `HashMap` with the seeded fast hasher.
 pub(super) type FastMap<K, V> = HashMap<K, V, FastState>;
@@ -139,11 +80,8 @@ impl std::fmt::Debug for Interner {
 impl Interner {
     /// The table hash of `bytes` (for [`Interner::find`] and [`Interner::insert`]).
     pub(super) fn hash(&self, bytes: &[u8]) -> u64 {
-        use std::hash::{BuildHasher as _, Hasher as _};
-        let mut hasher = self.state.build_hasher();
-        hasher.write(bytes);
-        hasher.write_usize(bytes.len());
-        hasher.finish()
+        use std::hash::BuildHasher as _;
+        self.state.hash_one(bytes)
     }
 
     /// The id of `bytes` (whose hash is `hash`), if interned.
