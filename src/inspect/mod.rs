@@ -46,8 +46,10 @@ pub trait ObservationSink {
     fn read_error(&mut self, message: String);
 }
 
+pub mod aligned;
 pub mod bbolt;
 pub mod classify;
+pub mod cputime;
 pub mod encryption_config;
 mod intern;
 pub mod live;

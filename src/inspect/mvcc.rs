@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use super::bbolt::{self, BboltError, Database, ReadAt, TrailerStatus};
+use super::cputime;
 use super::pb::{self, PbError};
 use super::{ObservationSink, Observed, Revision};
 
@@ -206,6 +207,23 @@ pub struct FileSummary {
     /// The pages reachable from the current meta page (for the deep scan of
     /// the others, [`super::residue::scan`]).
     pub reachable: bbolt::PageSet,
+    /// CPU time of each thread of the scan.
+    pub cpu: ScanCpu,
+}
+
+/// CPU time of each thread of a file scan (`None`: not measurable here, see
+/// [`super::cputime`]). The scan's wall time is about the largest of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanCpu {
+    /// The walk: parsing pages, decoding revisions, classifying values
+    /// (and reading, without a read-ahead thread).
+    pub walk: Option<std::time::Duration>,
+    /// The read-ahead threads, which read the walk's next chunks (zero when
+    /// the checksum thread keeps the other core busy instead).
+    pub read_ahead: std::time::Duration,
+    /// The snapshot checksum thread: reading the whole image and its SHA-256
+    /// (`None` when not checked).
+    pub checksum: Option<std::time::Duration>,
 }
 
 /// Scans the etcd backup at `path` into `sink`. See [`scan_source`].
@@ -256,20 +274,32 @@ pub fn scan_source<R: ReadAt + Sync>(
         summary: FileSummary::default(),
         first_page_error: None,
     };
+    let mut cpu = ScanCpu::default();
     let (walk, trailer) = std::thread::scope(|scope| {
-        let verifier = options
-            .verify_trailer
-            .then(|| scope.spawn(|| db.hash_file()));
+        let verifier = options.verify_trailer.then(|| {
+            scope.spawn(|| {
+                let cpu = cputime::thread_cpu_time();
+                let hashed = db.hash_file();
+                (hashed, cputime::thread_cpu_since(cpu))
+            })
+        });
         // With the checksum thread busy on the second core, the walk reads
         // on its own thread: a read-ahead thread would only take turns with
         // the hash, which is the longer of the two.
+        let walk_cpu = cputime::thread_cpu_time();
         let walk = db.walk_with(&mut visitor, verifier.is_none());
+        cpu.walk = cputime::thread_cpu_since(walk_cpu);
         let trailer = verifier.map(|handle| {
-            handle.join().unwrap_or(Err(BboltError::Page {
-                pgid: 0,
-                offset: 0,
-                problem: "checksum thread died".to_string(),
-            }))
+            let (status, checksum_cpu) = handle.join().unwrap_or((
+                Err(BboltError::Page {
+                    pgid: 0,
+                    offset: 0,
+                    problem: "checksum thread died".to_string(),
+                }),
+                None,
+            ));
+            cpu.checksum = checksum_cpu;
+            status
         });
         (walk, trailer)
     });
@@ -317,6 +347,8 @@ pub fn scan_source<R: ReadAt + Sync>(
     summary.reachable = walk.reachable;
     summary.txid = db.meta().txid;
     summary.bytes_read = walk.bytes_read;
+    cpu.read_ahead = walk.read_ahead_cpu;
+    summary.cpu = cpu;
     summary.file_size = db.file_size();
     summary.meta_fallback = db.meta_fallback().map(str::to_string);
     Ok(summary)

@@ -31,6 +31,7 @@
 
 use memchr::memmem::{Finder, FinderRev};
 
+use super::aligned::AlignedBuf;
 use super::bbolt::{BboltError, Database, PageSet, ReadAt};
 use super::classify::{Classifier, Provider, PROTOBUF_MAGIC};
 use super::resource::{resource_of, ResourceFilter};
@@ -174,7 +175,7 @@ pub fn scan<R: ReadAt>(
             _ => ranges.push((slack_start, image_end)),
         }
     }
-    let mut buf = Vec::new();
+    let mut buf = AlignedBuf::new();
     for (from, to) in ranges {
         // Each window reports the remnants starting in its middle part: the
         // OVERLAP bytes before it are context (a PEM block's BEGIN line, a
@@ -184,7 +185,7 @@ pub fn scan<R: ReadAt>(
         let mut report_from = from;
         loop {
             let len = (to - window).min(CHUNK_SIZE);
-            buf.resize(len as usize, 0);
+            buf.resize(len as usize);
             db.read_image(window, &mut buf)?;
             report.bytes_read += len;
             let last = window + len == to;

@@ -712,3 +712,40 @@ fn non_utf8_keys_are_marked_bytes_in_json() {
     );
     assert_eq!(first["data"]["finding"], "plaintext");
 }
+
+/// `--timings` reports the wall time and each scan thread's CPU time on
+/// stderr (tools/bench-inspect prints them), and changes nothing on stdout.
+#[test]
+fn timings_report_each_threads_cpu_time() {
+    let snapshot = all_fixtures()
+        .into_iter()
+        .find(|fixture| std::fs::read(&fixture.db).unwrap().len() % 512 == 32)
+        .expect("a snapshot fixture");
+    let path = snapshot.db.to_str().unwrap();
+    let plain = run(&["scan", "--file", path, "--format", "json"]);
+    let timed = run(&["scan", "--file", path, "--format", "json", "--timings"]);
+    assert_eq!(timed.status.code(), plain.status.code());
+    let stderr = String::from_utf8_lossy(&timed.stderr);
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with("etcd-inspect: timings: wall "))
+        .unwrap_or_else(|| panic!("no timings line in {stderr}"));
+    assert!(line.contains(", CPU: walk "), "{line}");
+    assert!(line.contains(" ms, read-ahead "), "{line}");
+    assert!(line.contains(" ms, checksum "), "{line}");
+    assert!(!line.contains("checksum not run"), "{line}");
+    // Same report apart from the scan's timestamp.
+    let lines = |output: &Output| {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.contains("scanned_at"))
+            .count()
+    };
+    assert_eq!(lines(&timed), lines(&plain));
+    let skipped = run(&["scan", "--file", path, "--skip-checksum", "--timings"]);
+    assert!(
+        String::from_utf8_lossy(&skipped.stderr).contains("checksum not run"),
+        "{}",
+        String::from_utf8_lossy(&skipped.stderr)
+    );
+}

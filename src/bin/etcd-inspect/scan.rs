@@ -95,6 +95,10 @@ pub(crate) struct ScanArgs {
     /// of a file scan's time).
     #[arg(long)]
     skip_checksum: bool,
+    /// File: print the scan's wall time and each of its threads' CPU time
+    /// (walk, read-ahead, checksum) on stderr when it is done.
+    #[arg(long)]
+    timings: bool,
     /// File: also examine every page the current meta page does not reach
     /// (free pages, slack) for remnants of values in scope.
     #[arg(long)]
@@ -416,6 +420,7 @@ fn scan_file(
     let options = FileScanOptions {
         verify_trailer: !args.skip_checksum,
     };
+    let started = std::time::Instant::now();
     let scanned = if io::stderr().is_terminal() {
         let mut progress = Progress::new(scan, io::stderr(), "file");
         mvcc::scan_file(path, &mut progress, options)
@@ -423,6 +428,23 @@ fn scan_file(
         mvcc::scan_file(path, scan as &mut dyn ObservationSink, options)
     };
     let summary = scanned.with_context(|| format!("scanning {}", path.display()))?;
+    if args.timings {
+        let ms = |cpu: Option<std::time::Duration>| {
+            cpu.map_or("unknown".to_string(), |cpu| {
+                format!("{:.1} ms", cpu.as_secs_f64() * 1e3)
+            })
+        };
+        eprintln!(
+            "etcd-inspect: timings: wall {}, CPU: walk {}, read-ahead {}, checksum {}",
+            ms(Some(started.elapsed())),
+            ms(summary.cpu.walk),
+            ms(Some(summary.cpu.read_ahead)),
+            summary
+                .cpu
+                .checksum
+                .map_or("not run".to_string(), |cpu| ms(Some(cpu))),
+        );
+    }
     let mut details = serde_json::Map::new();
     details.insert("file_size".into(), json!(summary.file_size));
     details.insert("page_size".into(), json!(summary.page_size));
