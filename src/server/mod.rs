@@ -26,7 +26,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::backend::KeyBackend;
-use crate::proto::v2::key_management_service_server::KeyManagementServiceServer;
+use crate::proto::v2::key_management_service_server::{
+    KeyManagementService, KeyManagementServiceServer,
+};
 
 pub mod health;
 mod http;
@@ -171,14 +173,12 @@ impl<B: KeyBackend> Server<B> {
             tracing::info!(address = %http_address, "serving /metrics, /livez and /readyz");
         }
 
-        let service = KeyManagementServiceServer::new(service::KmsService::new(
+        let service = kms_service(service::KmsService::new(
             Arc::clone(&self.backend),
             Arc::clone(&self.stats),
-        ))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        ));
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tonic::transport::Server::builder()
+        let serving = transport()
             .add_service(service)
             .add_service(health_service)
             .serve_with_incoming_shutdown(incoming, async {
@@ -214,6 +214,39 @@ impl<B: KeyBackend> Server<B> {
         tracing::info!("stopped");
         result.map_err(ServerError::from)
     }
+}
+
+/// The gRPC transport every kube-kms server is built on ([`Server::run`],
+/// [`serve_baseline`]): one place for HTTP/2 settings and layers.
+fn transport() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+}
+
+/// `service` as `v2.KeyManagementService`, with the message bounds.
+fn kms_service<S: KeyManagementService>(service: S) -> KeyManagementServiceServer<S> {
+    KeyManagementServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+/// Serves `service` (any `v2.KeyManagementService`) on `listener` the way
+/// [`Server::run`] serves the real one: same transport, message bounds,
+/// accept loop and health service, but no backend, counters, logs or
+/// background tasks. The plugin benchmark (benches/plugin.rs) runs a no-op
+/// service on it as its baseline, so the two differ only by what a call does
+/// in kube-kms' own code. Runs until the listener fails.
+pub async fn serve_baseline<S: KeyManagementService>(
+    listener: SocketListener,
+    service: S,
+) -> Result<(), ServerError> {
+    let (incoming, _socket_file) = listener.into_parts();
+    let (_reporter, health_service) = tonic_health::server::health_reporter();
+    transport()
+        .add_service(kms_service(service))
+        .add_service(health_service)
+        .serve_with_incoming(incoming)
+        .await
+        .map_err(ServerError::from)
 }
 
 /// Aborts the background tasks when the server stops, however it stops.
