@@ -543,7 +543,7 @@ async fn cold_start(setup: &PluginSetup, dir: &Path, count: usize) -> Result<()>
                 (cpu.saturating_sub(cpu0), switches.saturating_sub(switches0))
             })
             .collect();
-        per_thread.sort_by(|a, b| b.0.cmp(&a.0));
+        per_thread.sort_by_key(|thread| std::cmp::Reverse(thread.0));
         let cpu: Duration = per_thread.iter().map(|(cpu, _)| *cpu).sum();
         let switches: u64 = per_thread.iter().map(|(_, switches)| *switches).sum();
         let busiest: Vec<String> = per_thread

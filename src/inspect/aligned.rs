@@ -89,7 +89,7 @@ mod tests {
     use super::*;
 
     fn aligned(buf: &AlignedBuf) -> bool {
-        buf.as_ptr() as usize % ALIGN == 0
+        (buf.as_ptr() as usize).is_multiple_of(ALIGN)
     }
 
     #[test]

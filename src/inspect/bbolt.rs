@@ -1493,7 +1493,7 @@ mod tests {
             use std::sync::atomic::Ordering::Relaxed;
             if buf.len() >= 4096 {
                 self.reads.fetch_add(1, Relaxed);
-                if buf.as_ptr() as usize % 4096 != 0 {
+                if !(buf.as_ptr() as usize).is_multiple_of(4096) {
                     self.misaligned.fetch_add(1, Relaxed);
                 }
             }
