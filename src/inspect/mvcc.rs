@@ -8,6 +8,16 @@
 //! revision in the `key` bucket and hand each to an [`ObservationSink`] as an
 //! [`Observed::Put`] or [`Observed::Delete`]. Entries come in physical page
 //! order, not revision order; the sink sorts history out.
+// A parser of untrusted bytes: no panics, no unchecked indexing (tests may).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 use std::path::Path;
 

@@ -28,6 +28,16 @@
 //! with [`Database::read_pages`] in coalesced chunks (the reachable set comes
 //! from [`Database::walk`]); values are never retained or printed, only where
 //! they are and what they are.
+// A parser of untrusted bytes: no panics, no unchecked indexing (tests may).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 use memchr::memmem::{Finder, FinderRev};
 
