@@ -60,6 +60,9 @@ const CHUNK_SIZE: u64 = 256 << 10;
 const HASH_BLOCK: usize = 256 << 10;
 /// Chunks the read-ahead thread may have filled before the walk takes them.
 const READ_AHEAD: usize = 2;
+/// Times the image a walk may read while it coalesces nearby pages into one
+/// read (files written by bbolt need about one).
+const REREAD_BUDGET: u64 = 3;
 /// Deepest bucket/branch nesting accepted (bbolt trees are a few levels deep).
 const MAX_DEPTH: u32 = 64;
 /// bbolt's largest key (`MaxKeySize`).
@@ -1127,8 +1130,15 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
 
     /// Groups the (sorted) pending pages of a round into chunks of at most
     /// `chunk_size` bytes (a page bigger than that gets a chunk of its own).
+    /// The pages between pending pages are read too (one large read beats
+    /// many small ones), until the walk has read [`REREAD_BUDGET`] times the
+    /// image: a file whose levels interleave would otherwise be read once
+    /// per level. After that each pending page is read alone, and as each
+    /// page is pending once and accepted overflow runs are disjoint, the
+    /// total stays linear in the file's size.
     fn plan_chunks(&self, batch: &[Pending]) -> Vec<PlannedChunk> {
         let page_size = self.db.page_size;
+        let bridge = self.stats.bytes_read < self.db.image_size.saturating_mul(REREAD_BUDGET);
         let mut plan = Vec::new();
         let mut index = 0;
         while let Some(first) = batch.get(index) {
@@ -1136,7 +1146,7 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
             let mut end = start + 1;
             let mut last = index + 1;
             while let Some(pending) = batch.get(last) {
-                if (pending.pgid + 1 - start) * page_size > self.chunk_size {
+                if !bridge || (pending.pgid + 1 - start) * page_size > self.chunk_size {
                     break;
                 }
                 end = pending.pgid + 1;

@@ -325,3 +325,33 @@ fn write_hostile_regressions() {
         std::fs::write(dir.join(format!("hostile_{name}")), &craft.bytes).expect("write");
     }
 }
+
+/// 200 chains of 32 branch pages, the pages of one level 32 pages apart:
+/// each round of the walk has pages close enough to be read together, with
+/// the other levels' pages between them. Coalesced reads would read the
+/// whole file once per level; the walk stops bridging gaps once it has read
+/// a few times the file, so the total stays linear in the file's size.
+#[test]
+fn interleaved_levels_do_not_make_the_walk_read_the_file_once_per_level() {
+    let (levels, chains) = (32u64, 200u64);
+    let pages = 4 + chains * levels;
+    let mut craft = etcd_file(pages as usize, &[]);
+    let id = |chain: u64, level: u64| 4 + chain * levels + level;
+    let firsts: Vec<u64> = (0..chains).map(|chain| id(chain, 0)).collect();
+    craft.branch(3, &firsts);
+    for chain in 0..chains {
+        for level in 0..levels - 1 {
+            craft.branch(id(chain, level), &[id(chain, level + 1)]);
+        }
+        craft.leaf(id(chain, levels - 1), &[]);
+    }
+    let size = craft.bytes.len() as u64;
+    let (summary, errors) = library_scan(craft.bytes);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(summary.reachable_pages, pages);
+    assert!(
+        summary.bytes_read <= 5 * size,
+        "read {} bytes of a {size}-byte file",
+        summary.bytes_read
+    );
+}
