@@ -22,10 +22,22 @@
 //! separate, deliberate step on each node), a `disabled` one as `disabled`.
 //! Destroyed versions have no material and cannot be exported.
 //!
-//! Import into a keyring file that does not exist yet (a new node) creates it;
-//! there, and only there, the version that was primary at export becomes
-//! primary. Import into an existing keyring ([`merge`], [`import`]) only adds
-//! versions the keyring lacks. It never
+//! Authenticity: age encryption to a node's X25519 recipient proves nothing
+//! about who made the bundle (the recipient is public), so anyone could make
+//! one that opens. The exporter therefore prints the bundle's [`fingerprint`]
+//! (a hash of the whole decrypted payload: every id, key_id, state, time and
+//! key), the operator carries it to the importing node over a channel an
+//! attacker cannot write to (their terminal, the change ticket), and
+//! [`import`] refuses a bundle whose payload does not hash to it
+//! ([`check_fingerprint`]). A forged bundle made with only the public
+//! recipient would need the same keys to match.
+//!
+//! An import never changes the primary unless asked (`set_primary`).
+//! Import into a keyring file that does not exist yet (a new node) creates
+//! it, with the version named by `set_primary` as primary (required there: a
+//! keyring needs one). Import into an existing keyring ([`merge`], [`import`])
+//! only adds versions the keyring lacks, then promotes `set_primary` if given.
+//! It never
 //! removes, demotes or re-enables a local version, never brings back the
 //! material of a version destroyed locally, is idempotent, and refuses the whole
 //! bundle, changing nothing, if any version's id or key_id is held locally with
@@ -91,6 +103,15 @@ pub enum BundleError {
         path: PathBuf,
         /// What age reported, and what to do.
         reason: String,
+    },
+    /// The bundle opened, but it is not the one the exporter fingerprinted:
+    /// anyone who knows the recipient can make a bundle that opens.
+    #[error("the bundle's fingerprint is {actual}, not {expected}: it is not the bundle that was exported (anyone who knows this node's age recipient can make one that opens); nothing was imported. Check the fingerprint `kube-kms key export` printed on the exporting node")]
+    NotAuthentic {
+        /// What the operator gave.
+        expected: String,
+        /// What the bundle hashes to.
+        actual: String,
     },
     /// The bundle opened but its contents are not a valid kube-kms bundle.
     #[error("bundle {path} is invalid: {problem}")]
@@ -221,6 +242,8 @@ fn read_passphrase(path: &Path) -> Result<SecretString, BundleError> {
 pub struct Exported {
     /// The age file's bytes (no key material in clear).
     pub bundle: Vec<u8>,
+    /// The payload's [`fingerprint`], for `key import --expect-fingerprint`.
+    pub fingerprint: String,
     /// The versions it holds, as they are in the exporting keyring.
     pub versions: Vec<VersionInfo>,
 }
@@ -315,8 +338,59 @@ pub fn export(
         .map_err(|error| BundleError::Encrypt(error.to_string()))?;
     Ok(Exported {
         bundle,
+        fingerprint: fingerprint(&payload),
         versions: chosen.iter().map(|v| v.info()).collect(),
     })
+}
+
+/// Domain separation of the fingerprint hash.
+const FINGERPRINT_DOMAIN: &[u8] = b"kube-kms/bundle-fingerprint/v1\0";
+
+/// The fingerprint of a bundle payload: the first 128 bits of
+/// SHA-256(domain || payload), as 8 groups of 4 hex digits. It is computed
+/// over the decrypted payload, which holds the keys, so it cannot be matched
+/// without them; it reveals nothing usable about them (a hash of 256-bit keys).
+pub fn fingerprint(payload: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(FINGERPRINT_DOMAIN)
+        .chain_update(payload)
+        .finalize();
+    let hex: Vec<String> = digest
+        .iter()
+        .take(16)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    hex.chunks(2)
+        .map(|pair| pair.concat())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+fn normalized(fingerprint: &str) -> String {
+    fingerprint
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Refuses `bundle` unless its payload's fingerprint is `expected` (as `key
+/// export` printed it; case, dashes and spaces do not matter).
+pub fn check_fingerprint(bundle: &Bundle, expected: &str) -> Result<(), BundleError> {
+    let wanted = normalized(expected);
+    if wanted.len() != 32 {
+        return Err(BundleError::Protection(format!(
+            "--expect-fingerprint {expected:?} is not a bundle fingerprint (32 hex digits, as `kube-kms key export` prints it)"
+        )));
+    }
+    if normalized(&bundle.fingerprint) != wanted {
+        return Err(BundleError::NotAuthentic {
+            expected: expected.to_owned(),
+            actual: bundle.fingerprint.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Writes bundle bytes to a new file (mode 0600); never overwrites.
@@ -344,6 +418,8 @@ pub fn write_new(path: &Path, bundle: &[u8]) -> Result<(), BundleError> {
 #[derive(Debug)]
 pub struct Bundle {
     versions: Vec<KeyVersion>,
+    /// The payload's [`fingerprint`].
+    fingerprint: String,
     /// The id of the version that was primary where the bundle was made, if exported.
     primary_at_export: Option<u32>,
 }
@@ -352,6 +428,16 @@ impl Bundle {
     /// Metadata of the versions, with the state they will have once imported.
     pub fn metadata(&self) -> Vec<VersionInfo> {
         self.versions.iter().map(KeyVersion::info).collect()
+    }
+
+    /// The payload's [`fingerprint`].
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The version that was primary where the bundle was exported, if it holds it.
+    pub fn primary_at_export(&self) -> Option<u32> {
+        self.primary_at_export
     }
 }
 
@@ -553,6 +639,7 @@ fn parse(payload: &[u8]) -> Result<Bundle, BundleError> {
     versions.sort_by_key(|v| v.id);
     Ok(Bundle {
         versions,
+        fingerprint: fingerprint(payload),
         primary_at_export,
     })
 }
@@ -576,6 +663,8 @@ pub struct ImportOutcome {
     pub destroyed_locally: Vec<VersionInfo>,
     /// True when the keyring file did not exist and was created from the bundle.
     pub created_keyring: bool,
+    /// The version made primary (`set_primary`), if the primary changed.
+    pub promoted: Option<u32>,
 }
 
 impl ImportOutcome {
@@ -675,35 +764,63 @@ pub fn plan(keyring: &Keyring, bundle: &Bundle) -> Result<ImportOutcome, Keyring
 }
 
 /// Imports `bundle` into the keyring file at `path`, under the keyring's lock
-/// and with its atomic write. Writes nothing when nothing is to be added (so a
+/// and with its atomic write, then makes version `set_primary` primary if
+/// given. Writes nothing when nothing is to be added or promoted (so a
 /// repeated import leaves the file untouched) or when a version conflicts.
 ///
 /// When no keyring exists at `path` (a new node), it is created from the
-/// bundle, and the version that was primary where the bundle was exported
-/// becomes primary: a new node must write with the key the others use.
-pub fn import(path: &Path, bundle: &Bundle) -> Result<ImportOutcome, BundleError> {
+/// bundle with `set_primary` as primary, which is then required (a new node
+/// must write with the key the others use; the caller says which).
+/// Check the bundle's [`fingerprint`] first ([`check_fingerprint`]).
+pub fn import(
+    path: &Path,
+    bundle: &Bundle,
+    set_primary: Option<u32>,
+) -> Result<ImportOutcome, BundleError> {
     let loaded = match store::load(path) {
         Ok(loaded) => loaded,
-        Err(KeyringError::NotFound { .. }) => return create_from(path, bundle),
+        Err(KeyringError::NotFound { .. }) => return create_from(path, bundle, set_primary),
         Err(other) => return Err(other.into()),
     };
     let preview = plan(&loaded.keyring, bundle).map_err(|error| error.at(path))?;
-    if preview.is_noop() {
+    let promote = set_primary.filter(|&id| loaded.keyring.primary().map(|p| p.id) != Some(id));
+    if preview.is_noop() && promote.is_none() {
         return Ok(preview);
     }
-    Ok(store::modify(path, |keyring| merge(keyring, bundle))?)
+    Ok(store::modify(path, |keyring| {
+        let mut outcome = merge(keyring, bundle)?;
+        if let Some(id) = promote {
+            keyring.promote(id)?;
+            outcome.promoted = Some(id);
+        }
+        Ok(outcome)
+    })?)
 }
 
-fn create_from(path: &Path, bundle: &Bundle) -> Result<ImportOutcome, BundleError> {
-    let Some(primary) = bundle.primary_at_export else {
-        return Err(BundleError::Invalid {
-            path: path.to_path_buf(),
-            problem: format!(
-                "keyring {} does not exist, and the bundle holds no version that was primary at export, so it cannot start a keyring: export the current primary too (or create the keyring with `kube-kms key init` if this is a new cluster)",
-                path.display()
-            ),
-        });
+fn create_from(
+    path: &Path,
+    bundle: &Bundle,
+    set_primary: Option<u32>,
+) -> Result<ImportOutcome, BundleError> {
+    let Some(primary) = set_primary else {
+        let hint = match bundle.primary_at_export {
+            Some(id) => format!(" (version {id} was primary where the bundle was exported)"),
+            None => String::new(),
+        };
+        return Err(BundleError::Protection(format!(
+            "keyring {} does not exist: importing creates it, and a keyring needs a primary; name it with --set-primary VERSION{hint}. Nothing was imported",
+            path.display()
+        )));
     };
+    if !bundle
+        .versions
+        .iter()
+        .any(|v| v.id == primary && v.state == KeyState::Enabled)
+    {
+        return Err(BundleError::Protection(format!(
+            "--set-primary {primary}: the bundle holds no enabled version {primary}; nothing was imported"
+        )));
+    }
     let mut keyring = Keyring {
         generation: 0,
         versions: bundle
@@ -729,6 +846,7 @@ fn create_from(path: &Path, bundle: &Bundle) -> Result<ImportOutcome, BundleErro
     Ok(ImportOutcome {
         added: keyring.metadata(),
         created_keyring: true,
+        promoted: Some(primary),
         ..ImportOutcome::default()
     })
 }

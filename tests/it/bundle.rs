@@ -16,13 +16,52 @@ fn binary() -> String {
 }
 
 fn key(keyring: &Path, args: &[&str]) -> Output {
+    let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    if args.first().map(String::as_str) == Some("import") {
+        operator_checks(keyring, &mut args);
+    }
     Command::new(binary())
         .arg("key")
-        .args(args)
+        .args(&args)
         .arg("--keyring")
         .arg(keyring)
         .output()
         .expect("run kube-kms")
+}
+
+/// What a careful operator adds to `key import` (these tests are about other
+/// things; tests/it/trust.rs tests the fingerprint itself): the fingerprint
+/// the export printed (read here by opening the bundle with the legitimate
+/// key; a bundle that does not open gets a fingerprint that matches nothing),
+/// and `--set-primary` with the exporter's primary when the import creates
+/// the keyring.
+fn operator_checks(keyring: &Path, args: &mut Vec<String>) {
+    use kube_kms::keyring::bundle::{self, Unlock};
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let unlock = match (value("--identity"), value("--passphrase-file")) {
+        (_, Some(file)) => Unlock::passphrase_file(&file).ok(),
+        (Some(file), None) => Unlock::identity_file(&file).ok(),
+        _ => None,
+    };
+    let opened = unlock.and_then(|unlock| bundle::open_file(Path::new(&args[1]), &unlock).ok());
+    let fingerprint = opened
+        .as_ref()
+        .map(|b| b.fingerprint().to_owned())
+        .unwrap_or_else(|| "0000".repeat(8));
+    if !args.iter().any(|a| a == "--expect-fingerprint") {
+        args.extend(["--expect-fingerprint".to_owned(), fingerprint]);
+    }
+    let primary = opened.as_ref().and_then(|b| b.primary_at_export());
+    if let (false, Some(primary)) = (keyring.exists(), primary) {
+        if !args.iter().any(|a| a == "--set-primary") {
+            args.extend(["--set-primary".to_owned(), primary.to_string()]);
+        }
+    }
 }
 
 fn ok(keyring: &Path, args: &[&str]) -> String {

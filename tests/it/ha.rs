@@ -131,12 +131,26 @@ impl Node {
             "--recipient",
             &to.recipient,
         ]);
-        to.key(&[
+        // The fingerprint `export` printed, as an operator carries it.
+        let unlock = kube_kms::keyring::bundle::Unlock::identity_file(&to.identity)
+            .expect("the node's identity");
+        let opened =
+            kube_kms::keyring::bundle::open_file(&bundle, &unlock).expect("open the bundle");
+        let fingerprint = opened.fingerprint().to_owned();
+        let mut args = vec![
             "import",
             path_str(&bundle),
             "--identity",
             path_str(&to.identity),
-        ]);
+            "--expect-fingerprint",
+            &fingerprint,
+        ];
+        // A new node's keyring starts with the exporter's primary.
+        let primary = opened.primary_at_export().map(|id| id.to_string());
+        if let (false, Some(primary)) = (to.keyring.exists(), primary.as_deref()) {
+            args.extend(["--set-primary", primary]);
+        }
+        to.key(&args);
         std::fs::remove_file(&bundle).expect("remove bundle");
     }
 

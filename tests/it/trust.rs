@@ -350,3 +350,167 @@ fn every_write_bumps_the_generation() {
     std::fs::write(&keyring, legacy).unwrap();
     assert_eq!(generation(&keyring), 0);
 }
+
+// ---------------------------------------------------------------------------
+// 4. HA bundles must be authentic
+// ---------------------------------------------------------------------------
+
+/// The fingerprint line of `key export`'s output.
+fn printed_fingerprint(export_output: &str) -> String {
+    export_output
+        .lines()
+        .find_map(|line| line.strip_prefix("fingerprint: "))
+        .unwrap_or_else(|| panic!("no fingerprint in {export_output:?}"))
+        .trim()
+        .to_owned()
+}
+
+fn age_identity(dir: &Path) -> (PathBuf, String) {
+    use age::secrecy::ExposeSecret as _;
+    let identity = age::x25519::Identity::generate();
+    let file = dir.join("node.agekey");
+    std::fs::write(&file, format!("{}\n", identity.to_string().expose_secret())).unwrap();
+    (file, identity.to_public().to_string())
+}
+
+/// Someone who knows only a node's public age recipient makes a bundle that
+/// opens there: it is refused unless it matches the fingerprint the real
+/// export printed, so it can neither start the node's keyring nor add a key;
+/// and an import never changes the primary unless `--set-primary` says so.
+#[test]
+fn a_forged_bundle_made_with_the_public_recipient_is_refused() {
+    use kube_kms::keyring::bundle::{self, Protection};
+    let dir = temp_dir();
+    let (identity, recipient) = age_identity(dir.path());
+    let source = dir.path().join("source.json");
+    stdout_ok(&run(&["key", "init", "--keyring", s(&source)]), "key init");
+    let genuine = dir.path().join("genuine.age");
+    let exported = stdout_ok(
+        &run(&[
+            "key",
+            "export",
+            "1",
+            "--keyring",
+            s(&source),
+            "--out",
+            s(&genuine),
+            "--recipient",
+            &recipient,
+        ]),
+        "key export",
+    );
+    let fingerprint = printed_fingerprint(&exported);
+    assert!(exported.contains("--expect-fingerprint"), "{exported}");
+
+    // The forgery: the attacker's own key, "primary", to the public recipient.
+    let theirs = kube_kms::keyring::Keyring::initial(std::time::SystemTime::now()).unwrap();
+    let forged_bytes = bundle::export(
+        &theirs,
+        &[1],
+        &Protection::recipients(std::slice::from_ref(&recipient)).unwrap(),
+    )
+    .unwrap()
+    .bundle;
+    let forged = dir.path().join("forged.age");
+    bundle::write_new(&forged, &forged_bytes).unwrap();
+
+    let node = dir.path().join("node.json");
+    let import = |bundle: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "key",
+            "import",
+            s(bundle),
+            "--keyring",
+            s(&node),
+            "--identity",
+            s(&identity),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // Without the fingerprint nothing is imported at all.
+    let refused = import(&forged, &["--set-primary", "1"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--expect-fingerprint"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // With the genuine export's fingerprint, the forgery does not match.
+    let refused = import(
+        &forged,
+        &["--expect-fingerprint", &fingerprint, "--set-primary", "1"],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        error.contains("not the bundle that was exported"),
+        "{error}"
+    );
+    assert!(!node.exists(), "a forged bundle created the keyring");
+    // A new keyring needs --set-primary: the bundle's hint is not enough.
+    let refused = import(&genuine, &["--expect-fingerprint", &fingerprint]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--set-primary"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!node.exists());
+    // The genuine bundle, fingerprint typed in upper case: accepted.
+    stdout_ok(
+        &import(
+            &genuine,
+            &[
+                "--expect-fingerprint",
+                &fingerprint.to_uppercase(),
+                "--set-primary",
+                "1",
+            ],
+        ),
+        "import of the genuine bundle",
+    );
+    assert_eq!(primary_key_id(&node), primary_key_id(&source));
+
+    // Into an existing keyring: the exporter's primary does not become ours
+    // unless asked.
+    stdout_ok(
+        &run(&["key", "rotate", "--keyring", s(&source)]),
+        "key rotate",
+    );
+    let v2 = dir.path().join("v2.age");
+    let exported = stdout_ok(
+        &run(&[
+            "key",
+            "export",
+            "2",
+            "--keyring",
+            s(&source),
+            "--out",
+            s(&v2),
+            "--recipient",
+            &recipient,
+        ]),
+        "key export 2",
+    );
+    let fingerprint = printed_fingerprint(&exported);
+    let before = primary_key_id(&node);
+    stdout_ok(
+        &import(&v2, &["--expect-fingerprint", &fingerprint]),
+        "import v2",
+    );
+    assert_eq!(
+        primary_key_id(&node),
+        before,
+        "an import changed the primary"
+    );
+    let promoted = stdout_ok(
+        &import(
+            &v2,
+            &["--expect-fingerprint", &fingerprint, "--set-primary", "2"],
+        ),
+        "import v2 --set-primary 2",
+    );
+    assert!(promoted.contains("version 2 is now primary"), "{promoted}");
+    assert_eq!(primary_key_id(&node), primary_key_id(&source));
+}

@@ -55,6 +55,16 @@ pub(crate) struct ImportArgs {
     /// A file whose first line is the passphrase the bundle was exported with.
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
+    /// The fingerprint `key export` printed on the exporting node (carry it
+    /// over a channel nobody else can write to). A bundle that does not match
+    /// is refused: anyone who knows this node's age recipient can make one
+    /// that opens.
+    #[arg(long, value_name = "FINGERPRINT", required = true)]
+    expect_fingerprint: String,
+    /// Make this version primary after the import (required when the import
+    /// creates the keyring). Without it the primary never changes.
+    #[arg(long, value_name = "VERSION")]
+    set_primary: Option<u32>,
 }
 
 /// Options of `key check`.
@@ -109,11 +119,19 @@ pub(crate) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let loaded = super::load_keyring(&args.keyring.keyring)?;
     let exported = bundle::export(&loaded.keyring, &args.ids, &protection)?;
     bundle::write_new(&args.out, &exported.bundle)?;
+    let primary = exported
+        .versions
+        .iter()
+        .find(|v| v.state == KeyState::Primary)
+        .map(|v| format!(" [--set-primary {}]", v.id))
+        .unwrap_or_default();
     println!(
-        "exported {} to {} (encrypted with age; import it on each node with `kube-kms key import {} --keyring PATH`, then delete the bundle)",
+        "exported {} to {} (encrypted with age)\nfingerprint: {}\nimport it on each node with `kube-kms key import {} --keyring PATH --expect-fingerprint {}{primary}` (the fingerprint proves the bundle is this one: carry it to the other node yourself, not with the bundle), then delete the bundle",
         list_versions(&exported.versions),
         args.out.display(),
-        args.out.display()
+        exported.fingerprint,
+        args.out.display(),
+        exported.fingerprint,
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -127,7 +145,8 @@ pub(crate) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let path = &args.keyring.keyring;
     super::remove_stale_temps(path);
     let opened = bundle::open_file(&args.bundle, &unlock)?;
-    let outcome = bundle::import(path, &opened)?;
+    bundle::check_fingerprint(&opened, &args.expect_fingerprint)?;
+    let outcome = bundle::import(path, &opened, args.set_primary)?;
     let mut out = std::io::stdout().lock();
     for version in &outcome.added {
         writeln!(out, "imported {} as {}", describe(version), version.state)?;
@@ -150,8 +169,16 @@ pub(crate) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     if outcome.created_keyring {
         writeln!(
             out,
-            "created keyring {} from the bundle (the version that was primary at export is primary here)",
-            path.display()
+            "created keyring {} from the bundle; version {} is primary (--set-primary)",
+            path.display(),
+            outcome.promoted.unwrap_or_default()
+        )?;
+    } else if let Some(id) = outcome.promoted {
+        writeln!(
+            out,
+            "keyring {} updated; version {id} is now primary (--set-primary){}",
+            path.display(),
+            reload_hint()
         )?;
     } else if outcome.is_noop() {
         writeln!(out, "keyring {} unchanged", path.display())?;
