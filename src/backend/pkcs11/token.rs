@@ -35,6 +35,9 @@ use super::Pkcs11Error;
 /// Largest PIN file read (a PIN is a few dozen bytes).
 const MAX_PIN_FILE: u64 = 4096;
 
+/// How long opening the token or a key command waits for the node-local lock.
+const LOCAL_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Idle sessions kept open; more are opened under load and closed when returned.
 pub(crate) const IDLE_SESSIONS: usize = 16;
 
@@ -264,9 +267,24 @@ impl Token {
         };
         let file = std::fs::File::open(&self.pin_file)
             .map_err(|error| pin_error(format!("cannot be opened to lock it: {error}")))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|error| pin_error(format!("cannot be locked: {error}")))?;
-        Ok(file)
+        // Bounded: a command stuck on a hung token must not stop others
+        // (or `serve`) from starting for ever.
+        let started = std::time::Instant::now();
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(file),
+                Err(rustix::io::Errno::WOULDBLOCK) if started.elapsed() < LOCAL_LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(pin_error(format!(
+                        "is locked by another kube-kms process on this node (a key command changing the token) for more than {}s; run this again when it is done",
+                        LOCAL_LOCK_WAIT.as_secs()
+                    )))
+                }
+                Err(error) => return Err(pin_error(format!("cannot be locked: {error}"))),
+            }
+        }
     }
 
     /// The token's label.
