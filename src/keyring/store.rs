@@ -30,8 +30,8 @@ use super::{format, Keyring, KeyringError};
 /// Largest keyring file accepted (a keyring with thousands of versions is far smaller).
 pub const MAX_FILE_SIZE: u64 = 1 << 20;
 
-/// The identity of one version of the file: if any field differs, the file
-/// was replaced or changed.
+/// The identity of one version of a file (the keyring, a PIN file): if any
+/// field differs, the file was replaced or changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
     dev: u64,
@@ -42,7 +42,8 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
-    fn of(meta: &std::fs::Metadata) -> Self {
+    /// The stamp of an open file's (or a path's) metadata.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
         Self {
             dev: meta.dev(),
             ino: meta.ino(),

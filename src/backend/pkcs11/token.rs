@@ -31,6 +31,7 @@ use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
 use super::Pkcs11Error;
+use crate::keyring::FileStamp;
 
 /// Largest PIN file read (a PIN is a few dozen bytes).
 const MAX_PIN_FILE: u64 = 4096;
@@ -51,28 +52,6 @@ struct Pool {
     idle: Vec<Session>,
     /// key_id → handle of its secret key object (valid while the pool is).
     keys: HashMap<String, ObjectHandle>,
-}
-
-/// What identifies one version of the PIN file: any write changes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileStamp {
-    fn of(metadata: &std::fs::Metadata) -> Self {
-        Self {
-            dev: metadata.dev(),
-            ino: metadata.ino(),
-            size: metadata.size(),
-            mtime: (metadata.mtime(), metadata.mtime_nsec()),
-            ctime: (metadata.ctime(), metadata.ctime_nsec()),
-        }
-    }
 }
 
 /// The PIN as last read, and whether the token refused it.
