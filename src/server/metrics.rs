@@ -18,6 +18,7 @@
 //! | `kube_kms_self_tests_total` | counter | `result` (`pass`, `fail`) |
 //! | `kube_kms_self_test_ok` | gauge | |
 //! | `kube_kms_ready` | gauge | |
+//! | `kube_kms_callers_refused_total` | counter | |
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -254,6 +255,12 @@ impl<B: KeyBackend> Collector for ServerCollector<B> {
             "kube_kms_ready",
             "1 if /readyz answers 200: self-test passing and the keyring file loads.",
             &[(&[], i64::from(self.health.readiness().is_ok()))],
+        )?;
+        counter(
+            &mut encoder,
+            "kube_kms_callers_refused",
+            "Calls refused PERMISSION_DENIED because the caller's uid/gid (SO_PEERCRED) is neither root, the socket's owner nor allowed by --allow-uid/--allow-gid.",
+            &[(&[], snapshot.callers_refused)],
         )?;
         Ok(())
     }

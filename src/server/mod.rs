@@ -14,7 +14,16 @@
 //! `v2.KeyManagementService` and `""`). With [`Server::with_http`] it also
 //! serves `/metrics`, `/livez` and `/readyz` over HTTP.
 //!
-//! Modules: [`service`] (the RPC handlers and the one error mapping),
+//! Who may call, and how much: every call's peer credentials are checked
+//! first ([`callers`]); each connection may carry at most
+//! [`ServerOptions::max_streams_per_connection`] concurrent calls (the HTTP/2
+//! SETTINGS the client sees and a per-connection limit); at most
+//! [`ServerOptions::max_concurrent_calls`] KMS calls run at once across all
+//! connections (more wait for a slot); and every call ends after
+//! [`ServerOptions::call_timeout`] (DEADLINE_EXCEEDED). A local client can
+//! therefore neither pin the backend nor hold calls open forever.
+//!
+//! Modules: [`callers`] (the credential check), [`service`] (the RPC handlers and the one error mapping),
 //! [`socket`] (creating and removing the socket), [`stats`] (counters),
 //! [`health`] (readiness), [`metrics`] (Prometheus encoding), `http` (the
 //! operator endpoints), `tasks` (self-test and reload loops).
@@ -30,6 +39,7 @@ use crate::proto::v2::key_management_service_server::{
     KeyManagementService, KeyManagementServiceServer,
 };
 
+pub mod callers;
 pub mod health;
 mod http;
 pub mod metrics;
@@ -38,6 +48,7 @@ pub mod socket;
 pub mod stats;
 mod tasks;
 
+pub use callers::CallerPolicy;
 pub use health::Health;
 pub use socket::{SocketAddress, SocketError, SocketListener, DEFAULT_SOCKET_MODE};
 pub use stats::{Method, ServerStats, StatsSnapshot};
@@ -56,7 +67,29 @@ pub struct ServerOptions {
     /// How often the backend is asked whether its keys changed (default 1 s;
     /// `None`: only when a reload is requested through a [`ReloadHandle`]).
     pub reload_poll_interval: Option<Duration>,
+    /// Which callers besides root and the socket's owner are admitted
+    /// (default: none).
+    pub callers: CallerPolicy,
+    /// Concurrent calls (HTTP/2 streams) one connection may carry (default
+    /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`]).
+    pub max_streams_per_connection: u32,
+    /// KMS calls handled at once over all connections; more wait for a slot
+    /// within their timeout (default [`DEFAULT_MAX_CONCURRENT_CALLS`]).
+    pub max_concurrent_calls: usize,
+    /// How long one call may take, waiting for a slot included, before it
+    /// fails with DEADLINE_EXCEEDED (default [`DEFAULT_CALL_TIMEOUT`]).
+    pub call_timeout: Duration,
 }
+
+/// Default of [`ServerOptions::max_streams_per_connection`]: kube-apiserver
+/// multiplexes its calls over one connection; cold starts decrypt in bursts.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Default of [`ServerOptions::max_concurrent_calls`] (two apiservers' worth
+/// of streams, or several clients).
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 256;
+/// Default of [`ServerOptions::call_timeout`]: longer than kube-apiserver's
+/// default KMS timeout (3 s), so it only ends calls nobody waits for anymore.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -64,6 +97,10 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(5),
             self_test_interval: Duration::from_secs(10),
             reload_poll_interval: Some(Duration::from_secs(1)),
+            callers: CallerPolicy::default(),
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 }
@@ -133,6 +170,11 @@ impl<B: KeyBackend> Server<B> {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
         let address = listener.address().to_string();
+        let check = callers::CallerCheck::new(
+            &self.options.callers,
+            listener.owner_uid(),
+            Arc::clone(&self.stats),
+        );
         let (incoming, socket_file) = listener.into_parts();
         let healthz = tasks::self_test_once(&*self.backend, &self.stats, None).await;
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -176,9 +218,11 @@ impl<B: KeyBackend> Server<B> {
         let service = kms_service(service::KmsService::new(
             Arc::clone(&self.backend),
             Arc::clone(&self.stats),
+            self.options.max_concurrent_calls,
         ));
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = transport()
+        let serving = transport(&self.options)
+            .layer(tonic::service::InterceptorLayer::new(check))
             .add_service(service)
             .add_service(health_service)
             .serve_with_incoming_shutdown(incoming, async {
@@ -217,9 +261,14 @@ impl<B: KeyBackend> Server<B> {
 }
 
 /// The gRPC transport every kube-kms server is built on ([`Server::run`],
-/// [`serve_baseline`]): one place for HTTP/2 settings and layers.
-fn transport() -> tonic::transport::Server {
+/// [`serve_baseline`]): one place for the HTTP/2 settings and bounds. The
+/// caller check is layered on by each (it needs the listener's owner).
+fn transport(options: &ServerOptions) -> tonic::transport::Server {
+    let streams = options.max_streams_per_connection.max(1);
     tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(streams))
+        .concurrency_limit_per_connection(streams as usize)
+        .timeout(options.call_timeout)
 }
 
 /// `service` as `v2.KeyManagementService`, with the message bounds.
@@ -231,17 +280,24 @@ fn kms_service<S: KeyManagementService>(service: S) -> KeyManagementServiceServe
 
 /// Serves `service` (any `v2.KeyManagementService`) on `listener` the way
 /// [`Server::run`] serves the real one: same transport, message bounds,
-/// accept loop and health service, but no backend, counters, logs or
-/// background tasks. The plugin benchmark (benches/plugin.rs) runs a no-op
+/// accept loop, caller check (default policy), bounds (default options) and
+/// health service, but no backend, counters, logs or background tasks. The plugin benchmark (benches/plugin.rs) runs a no-op
 /// service on it as its baseline, so the two differ only by what a call does
 /// in kube-kms' own code. Runs until the listener fails.
 pub async fn serve_baseline<S: KeyManagementService>(
     listener: SocketListener,
     service: S,
 ) -> Result<(), ServerError> {
+    let options = ServerOptions::default();
+    let check = callers::CallerCheck::new(
+        &options.callers,
+        listener.owner_uid(),
+        Arc::new(ServerStats::default()),
+    );
     let (incoming, _socket_file) = listener.into_parts();
     let (_reporter, health_service) = tonic_health::server::health_reporter();
-    transport()
+    transport(&options)
+        .layer(tonic::service::InterceptorLayer::new(check))
         .add_service(kms_service(service))
         .add_service(health_service)
         .serve_with_incoming(incoming)

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
@@ -105,15 +106,35 @@ fn loggable(field: &str) -> &str {
     }
 }
 
-/// The gRPC service: cheap to clone (two `Arc`s).
+/// The gRPC service: cheap to clone (three `Arc`s).
 pub(crate) struct KmsService<B> {
     backend: Arc<B>,
     stats: Arc<ServerStats>,
+    /// The global bound on calls handled at once ([`crate::server::ServerOptions::max_concurrent_calls`]).
+    slots: Arc<Semaphore>,
 }
 
 impl<B> KmsService<B> {
-    pub(crate) fn new(backend: Arc<B>, stats: Arc<ServerStats>) -> Self {
-        Self { backend, stats }
+    pub(crate) fn new(
+        backend: Arc<B>,
+        stats: Arc<ServerStats>,
+        max_concurrent_calls: usize,
+    ) -> Self {
+        let slots = max_concurrent_calls.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            backend,
+            stats,
+            slots: Arc::new(Semaphore::new(slots)),
+        }
+    }
+
+    /// Waits for one of the global call slots; the transport's per-call
+    /// timeout bounds the wait. The semaphore is never closed.
+    async fn slot(&self) -> Result<SemaphorePermit<'_>, Status> {
+        self.slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the server is shutting down"))
     }
 
     /// Counts and logs a failed call, and returns what the client sees.
@@ -163,6 +184,7 @@ impl<B: KeyBackend> KeyManagementService for KmsService<B> {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        let _slot = self.slot().await?;
         let started = Instant::now();
         let status = self.backend.status();
         self.succeed(Method::Status, "", &status.key_id, started);
@@ -177,6 +199,7 @@ impl<B: KeyBackend> KeyManagementService for KmsService<B> {
         &self,
         request: Request<DecryptRequest>,
     ) -> Result<Response<DecryptResponse>, Status> {
+        let _slot = self.slot().await?;
         let started = Instant::now();
         let DecryptRequest {
             ciphertext,
@@ -218,6 +241,7 @@ impl<B: KeyBackend> KeyManagementService for KmsService<B> {
         &self,
         request: Request<EncryptRequest>,
     ) -> Result<Response<EncryptResponse>, Status> {
+        let _slot = self.slot().await?;
         let started = Instant::now();
         let EncryptRequest { mut plaintext, uid } = request.into_inner();
         let result = if plaintext.len() > MAX_ENCRYPT_PLAINTEXT {

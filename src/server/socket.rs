@@ -19,7 +19,15 @@
 //! socket's directory path must leave room for it within the 107-byte limit
 //! of unix socket addresses.
 //!
-//! Abstract sockets (`@name`, Linux only) have no file and no permissions.
+//! Abstract sockets (`@name`, Linux only) have no file and no permissions:
+//! any process in the network namespace can connect (and the static pod runs
+//! on the host network), so [`SocketListener::bind`] refuses them; only
+//! [`SocketListener::bind_allowing_abstract`] (`--allow-abstract-socket`)
+//! binds one.
+//!
+//! The listener remembers the socket file's owner uid (read once at bind
+//! time; the process' effective uid for an abstract socket): the caller check
+//! ([`crate::server::callers`]) admits it by default.
 use std::future::Future as _;
 use std::io;
 use std::os::fd::AsFd;
@@ -92,6 +100,9 @@ pub enum SocketError {
     /// The socket's directory path is too long for a unix socket address.
     #[error("socket path {0} is too long: its directory must be under {limit} bytes", limit = MAX_SOCKET_PATH - STAGING_NAME_LEN)]
     TooLong(PathBuf),
+    /// An abstract socket name without the explicit opt-in.
+    #[error("refusing abstract socket {0}: an abstract socket has no file permissions, so any process in the network namespace can reach it (and the static pod runs on the host network); use a socket path, or pass --allow-abstract-socket if every process in that namespace is trusted")]
+    AbstractRefused(String),
     /// The path has no file name (e.g. ends in `/..`).
     #[error("socket path {0} does not name a file")]
     BadPath(PathBuf),
@@ -124,21 +135,36 @@ pub struct SocketListener {
     listener: UnixListener,
     file: Option<SocketFile>,
     address: SocketAddress,
+    owner_uid: u32,
 }
 
 impl SocketListener {
     /// Binds `address`; a socket file gets `mode` (e.g. [`DEFAULT_SOCKET_MODE`]).
+    /// An abstract name is refused ([`SocketError::AbstractRefused`]).
     /// Must be called inside a tokio runtime.
     pub fn bind(address: &SocketAddress, mode: u32) -> Result<Self, SocketError> {
+        if let SocketAddress::Abstract(_) = address {
+            return Err(SocketError::AbstractRefused(address.to_string()));
+        }
+        Self::bind_allowing_abstract(address, mode)
+    }
+
+    /// [`SocketListener::bind`], but an abstract name is bound too
+    /// (`--allow-abstract-socket`): only the caller check then guards it.
+    pub fn bind_allowing_abstract(address: &SocketAddress, mode: u32) -> Result<Self, SocketError> {
         if mode & !0o777 != 0 {
             return Err(SocketError::BadMode(mode));
         }
-        let (std_listener, file) = match address {
+        let (std_listener, file, owner_uid) = match address {
             SocketAddress::Path(path) => {
-                let (listener, file) = bind_path(path, mode)?;
-                (listener, Some(file))
+                let (listener, file, owner) = bind_path(path, mode)?;
+                (listener, Some(file), owner)
             }
-            SocketAddress::Abstract(name) => (bind_abstract(name)?, None),
+            SocketAddress::Abstract(name) => (
+                bind_abstract(name)?,
+                None,
+                rustix::process::geteuid().as_raw(),
+            ),
         };
         let describe = PathBuf::from(address.to_string());
         std_listener
@@ -150,7 +176,14 @@ impl SocketListener {
             listener,
             file,
             address: address.clone(),
+            owner_uid,
         })
+    }
+
+    /// The uid owning the socket file (for an abstract socket: this process'
+    /// effective uid), admitted by the caller check.
+    pub fn owner_uid(&self) -> u32 {
+        self.owner_uid
     }
 
     /// The address it listens on.
@@ -200,7 +233,7 @@ impl Drop for PrivateDir {
 fn bind_path(
     path: &Path,
     mode: u32,
-) -> Result<(std::os::unix::net::UnixListener, SocketFile), SocketError> {
+) -> Result<(std::os::unix::net::UnixListener, SocketFile, u32), SocketError> {
     if path.file_name().is_none() {
         return Err(SocketError::BadPath(path.to_owned()));
     }
@@ -238,7 +271,7 @@ fn bind_path(
     // by someone else only costs a retry.
     for _ in 0..3 {
         match move_into_place(&staged, path) {
-            Ok(()) => return Ok((listener, file)),
+            Ok(()) => return Ok((listener, file, metadata.uid())),
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
                 examine_existing(path)?;
             }

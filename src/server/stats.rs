@@ -192,6 +192,7 @@ pub struct ServerStats {
     self_tests: AtomicU64,
     self_tests_failed: AtomicU64,
     last_self_test_failed: AtomicBool,
+    callers_refused: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -217,6 +218,8 @@ pub struct StatsSnapshot {
     pub self_tests_failed: u64,
     /// Whether the last self-test passed (true before the first one).
     pub last_self_test_ok: bool,
+    /// Calls refused because of the caller's credentials.
+    pub callers_refused: u64,
 }
 
 impl StatsSnapshot {
@@ -316,6 +319,11 @@ impl ServerStats {
         self.last_self_test_failed.store(!passed, Ordering::Relaxed);
     }
 
+    /// Counts a call refused because of the caller's credentials.
+    pub(crate) fn record_caller_refused(&self) {
+        self.callers_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -338,6 +346,7 @@ impl ServerStats {
             self_tests: load(&self.self_tests),
             self_tests_failed: load(&self.self_tests_failed),
             last_self_test_ok: !self.last_self_test_failed.load(Ordering::Relaxed),
+            callers_refused: load(&self.callers_refused),
         }
     }
 }

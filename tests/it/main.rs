@@ -32,6 +32,7 @@ mod pkcs11;
 mod rotation_e2e;
 mod server;
 mod server_process;
+mod socket_callers;
 mod trust;
 mod verdict;
 mod verify_fixtures;

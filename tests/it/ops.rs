@@ -257,6 +257,7 @@ fn fast_options() -> ServerOptions {
         shutdown_grace: Duration::from_secs(2),
         self_test_interval: Duration::from_millis(200),
         reload_poll_interval: Some(Duration::from_millis(50)),
+        ..ServerOptions::default()
     }
 }
 

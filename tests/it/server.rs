@@ -635,7 +635,9 @@ async fn an_abstract_socket_serves_too() {
     let keyring = init_keyring(dir.path());
     let name = format!("kube-kms-test-{}", std::process::id());
     let backend = Arc::new(kube_kms::backend::file::FileBackend::open(&keyring).unwrap());
-    let listener = SocketListener::bind(&SocketAddress::parse(&format!("@{name}")), 0o600).unwrap();
+    let listener =
+        SocketListener::bind_allowing_abstract(&SocketAddress::parse(&format!("@{name}")), 0o600)
+            .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(kube_kms::server::run(
         listener,
@@ -650,7 +652,8 @@ async fn an_abstract_socket_serves_too() {
         .unwrap();
     assert_eq!(client.status().await.unwrap().healthz, "ok");
     let error =
-        SocketListener::bind(&SocketAddress::parse(&format!("@{name}")), 0o600).unwrap_err();
+        SocketListener::bind_allowing_abstract(&SocketAddress::parse(&format!("@{name}")), 0o600)
+            .unwrap_err();
     assert!(matches!(error, SocketError::InUse(_)), "{error}");
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use kube_kms::backend::file::FileBackend;
 use kube_kms::backend::pkcs11::Pkcs11Backend;
 use kube_kms::backend::KeyBackend;
-use kube_kms::server::{Server, ServerOptions, SocketAddress, SocketListener};
+use kube_kms::server::{CallerPolicy, Server, ServerOptions, SocketAddress, SocketListener};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backend_args::{BackendArgs, BackendChoice};
@@ -24,12 +24,40 @@ pub(crate) const DEFAULT_SOCKET: &str = "/var/run/kube-kms/kms.sock";
 pub(crate) struct ServeArgs {
     #[command(flatten)]
     backend: BackendArgs,
-    /// The unix socket to serve on (`unix:///path`, a path, or `@name` for an abstract socket).
+    /// The unix socket to serve on (`unix:///path`, a path, or `@name` for an
+    /// abstract socket, which needs --allow-abstract-socket).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     socket: String,
     /// Permission bits of the socket file, in octal.
     #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
     socket_mode: u32,
+    /// Accept an abstract socket name (`@name`). An abstract socket has no
+    /// file permissions: any process in the network namespace can connect
+    /// (the static pod runs on the host network), and only the caller check
+    /// (--allow-uid/--allow-gid) stands in the way.
+    #[arg(long)]
+    allow_abstract_socket: bool,
+    /// Also admit callers with this uid (repeatable). By default only root and
+    /// the socket file's owner (the uid serve runs as) may call; others get
+    /// PERMISSION_DENIED and are counted in kube_kms_callers_refused_total.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Also admit callers whose primary gid (as SO_PEERCRED reports it) is
+    /// this gid (repeatable).
+    #[arg(long = "allow-gid", value_name = "GID")]
+    allow_gids: Vec<u32>,
+    /// Concurrent calls (HTTP/2 streams) one client connection may carry.
+    #[arg(long, value_name = "N", default_value_t = kube_kms::server::DEFAULT_MAX_STREAMS_PER_CONNECTION, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
+    /// KMS calls handled at once over all connections; more wait for a slot
+    /// (within --call-timeout).
+    #[arg(long, value_name = "N", default_value_t = kube_kms::server::DEFAULT_MAX_CONCURRENT_CALLS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    max_concurrent_calls: usize,
+    /// How long one call may take, waiting for a slot included, before it
+    /// fails with DEADLINE_EXCEEDED. Keep it above the `timeout` of the
+    /// EncryptionConfiguration's kms provider (kube-apiserver's default: 3s).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    call_timeout: Duration,
     /// How long in-flight calls may finish after SIGTERM/SIGINT.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -220,11 +248,22 @@ async fn serve_with<B: KeyBackend>(backend: B, args: &ServeArgs) -> anyhow::Resu
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
     let address = SocketAddress::parse(&args.socket);
-    let listener = SocketListener::bind(&address, args.socket_mode)?;
+    let listener = if args.allow_abstract_socket {
+        SocketListener::bind_allowing_abstract(&address, args.socket_mode)?
+    } else {
+        SocketListener::bind(&address, args.socket_mode)?
+    };
     let options = ServerOptions {
         shutdown_grace: args.shutdown_grace,
         self_test_interval: args.self_test_interval,
         reload_poll_interval: Some(args.reload_poll_interval).filter(|period| !period.is_zero()),
+        callers: CallerPolicy {
+            uids: args.allow_uids.clone(),
+            gids: args.allow_gids.clone(),
+        },
+        max_streams_per_connection: args.max_streams_per_connection,
+        max_concurrent_calls: args.max_concurrent_calls,
+        call_timeout: args.call_timeout,
     };
     let mut server = Server::new(Arc::new(backend), options);
     if let Some(address) = args.metrics_addr {

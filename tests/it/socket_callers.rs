@@ -1,0 +1,284 @@
+//! Who may call the socket (issue 15 §5): callers are admitted by their
+//! SO_PEERCRED credentials (the socket file's owner and root by default,
+//! `--allow-uid`/`--allow-gid` to widen), refused callers get
+//! PERMISSION_DENIED and are counted, and abstract socket names are refused
+//! without `--allow-abstract-socket`.
+//!
+//! The foreign caller is the Python grpcio client (tests/python/kms_v2_call.py)
+//! run as uid/gid 65534 (nobody). The grpcio venv lives under root's home,
+//! which nobody cannot traverse, so the `grpc` package and the script are
+//! copied into the test's temp dir and run with the venv's base interpreter.
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::plugin::{http_get, init_keyring, temp_dir, ServeProcess, KUBE_KMS};
+
+const NOBODY: u32 = 65534;
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/kms_v2_call.py");
+
+/// The grpcio venv's python (as tests/it/grpc_clients.rs finds it).
+fn grpcio_python() -> PathBuf {
+    if let Some(python) = std::env::var_os("KUBE_KMS_GRPCIO_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME");
+    let python = cache.join("kube-kms/grpcio-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run tools/install-deps (it installs grpcio from PyPI)",
+        python.display()
+    );
+    python
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A copy of grpcio and the client script that uid 65534 can read, in `dir`.
+struct ForeignClient {
+    python: PathBuf,
+    pythonpath: PathBuf,
+    script: PathBuf,
+}
+
+impl ForeignClient {
+    fn prepare(dir: &Path) -> Self {
+        // The socket's directory must be traversable by the client; the
+        // keyring beside it keeps its own 0600 mode.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = &dir.join("client");
+        let python = grpcio_python();
+        let output = Command::new(&python)
+            .args([
+                "-c",
+                "import grpc, os, sys, typing_extensions as t; print(os.path.dirname(grpc.__file__)); print(t.__file__); print(sys._base_executable)",
+            ])
+            .output()
+            .expect("run the grpcio python");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let mut lines = stdout.lines();
+        let grpc = PathBuf::from(lines.next().unwrap());
+        let typing = PathBuf::from(lines.next().unwrap());
+        let base = PathBuf::from(lines.next().unwrap());
+        let pythonpath = dir.join("py");
+        copy_tree(&grpc, &pythonpath.join("grpc"));
+        std::fs::copy(&typing, pythonpath.join("typing_extensions.py")).unwrap();
+        let script = dir.join("kms_v2_call.py");
+        std::fs::copy(CLIENT, &script).unwrap();
+        chmod_tree(dir);
+        Self {
+            python: base,
+            pythonpath,
+            script,
+        }
+    }
+
+    /// Runs the client as uid/gid `NOBODY` against `socket`; its JSON verdict.
+    fn call(&self, socket: &Path) -> serde_json::Value {
+        let output = Command::new(&self.python)
+            .arg(&self.script)
+            .arg(socket)
+            .arg("localhost")
+            .env_clear()
+            .env("PYTHONPATH", &self.pythonpath)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("HOME", "/")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .expect("run the Python gRPC client as nobody");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "the Python client printed no verdict ({e}; exit {}):\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    }
+}
+
+/// Everything in `dir` readable (and directories traversable) by others.
+fn chmod_tree(dir: &Path) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            chmod_tree(&entry.path());
+        } else if kind.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+}
+
+/// `text` without terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of an unlabelled sample `name` in a Prometheus text scrape.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `kube-kms serve` with a socket anyone may connect to (mode 0666), so only
+/// the credential check stands between uid 65534 and the plugin.
+async fn serve_open_socket(dir: &Path, keyring: &Path, extra: &[&str]) -> (ServeProcess, u16) {
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut args = vec!["--socket-mode", "0666", "--metrics-addr", &metrics];
+    args.extend_from_slice(extra);
+    let serve = ServeProcess::start(dir, keyring, &args).await;
+    (serve, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_another_uid_is_refused_with_permission_denied_and_counted() {
+    let dir = temp_dir();
+    let keyring = init_keyring(dir.path());
+    let client = ForeignClient::prepare(dir.path());
+    let (serve, port) = serve_open_socket(dir.path(), &keyring, &[]).await;
+    // The owner (root here) is admitted.
+    serve
+        .client()
+        .await
+        .status()
+        .await
+        .expect("the owner is admitted");
+
+    let verdict = client.call(&serve.socket);
+    assert_eq!(verdict["ok"], false, "{verdict}");
+    assert_eq!(verdict["code"], "PERMISSION_DENIED", "{verdict}");
+
+    let (code, metrics) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    let refused = sample(&metrics, "kube_kms_callers_refused_total");
+    assert!(
+        refused.is_some_and(|count| count >= 1.0),
+        "kube_kms_callers_refused_total: {refused:?}\n{metrics}"
+    );
+    let log = strip_ansi(&serve.stderr());
+    let line = log
+        .lines()
+        .find(|line| line.contains("refused a caller"))
+        .unwrap_or_else(|| panic!("no log line for the refused caller:\n{log}"));
+    assert!(
+        line.contains("uid=65534") && line.contains("gid=65534") && line.contains("pid="),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_uid_admits_a_caller_with_that_uid() {
+    let dir = temp_dir();
+    let keyring = init_keyring(dir.path());
+    let client = ForeignClient::prepare(dir.path());
+    let (serve, port) = serve_open_socket(dir.path(), &keyring, &["--allow-uid", "65534"]).await;
+    let verdict = client.call(&serve.socket);
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!(verdict["roundtrip"], true, "{verdict}");
+    let (_, metrics) = http_get(port, "/metrics");
+    assert_eq!(
+        sample(&metrics, "kube_kms_callers_refused_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_gid_admits_a_caller_in_that_group() {
+    let dir = temp_dir();
+    let keyring = init_keyring(dir.path());
+    let client = ForeignClient::prepare(dir.path());
+    let (serve, _port) = serve_open_socket(dir.path(), &keyring, &["--allow-gid", "65534"]).await;
+    let verdict = client.call(&serve.socket);
+    assert_eq!(verdict["ok"], true, "{verdict}");
+}
+
+#[test]
+fn an_abstract_socket_name_is_refused_without_the_opt_in() {
+    let dir = temp_dir();
+    let keyring = init_keyring(dir.path());
+    let name = format!("@kube-kms-refused-{}", std::process::id());
+    let mut child = Command::new(KUBE_KMS)
+        .args(["serve", "--socket", &name, "--keyring"])
+        .arg(&keyring)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start kube-kms serve");
+    // Before the fix it serves: give it time to exit on its own, then stop it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let status =
+        status.unwrap_or_else(|| panic!("serve accepted abstract socket {name}:\n{stderr}"));
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("abstract")
+            && stderr.contains("--allow-abstract-socket")
+            && stderr.contains("network namespace"),
+        "{stderr}"
+    );
+}
