@@ -20,7 +20,7 @@
 //! SETTINGS the client sees and a per-connection limit); at most
 //! [`ServerOptions::max_concurrent_calls`] KMS calls run at once across all
 //! connections (more wait for a slot); and every call ends after
-//! [`ServerOptions::call_timeout`] (DEADLINE_EXCEEDED). A local client can
+//! [`ServerOptions::call_timeout`] (CANCELLED, "Timeout expired"). A local client can
 //! therefore neither pin the backend nor hold calls open forever.
 //!
 //! Modules: [`callers`] (the credential check), [`service`] (the RPC handlers and the one error mapping),
@@ -77,7 +77,7 @@ pub struct ServerOptions {
     /// within their timeout (default [`DEFAULT_MAX_CONCURRENT_CALLS`]).
     pub max_concurrent_calls: usize,
     /// How long one call may take, waiting for a slot included, before it
-    /// fails with DEADLINE_EXCEEDED (default [`DEFAULT_CALL_TIMEOUT`]).
+    /// is ended (CANCELLED, "Timeout expired") (default [`DEFAULT_CALL_TIMEOUT`]).
     pub call_timeout: Duration,
 }
 

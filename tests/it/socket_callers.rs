@@ -282,3 +282,117 @@ fn an_abstract_socket_name_is_refused_without_the_opt_in() {
         "{stderr}"
     );
 }
+
+/// The file backend, except that Encrypt never returns: a client call that
+/// pins the plugin. `released` turns true when the server drops the call.
+struct HangingEncrypt(
+    kube_kms::backend::file::FileBackend,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
+
+/// Sets its flag when dropped.
+struct SetOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl kube_kms::backend::KeyBackend for HangingEncrypt {
+    fn status(&self) -> kube_kms::backend::KeyStatus {
+        self.0.status()
+    }
+
+    async fn wrap(
+        &self,
+        _plaintext: &[u8],
+    ) -> Result<kube_kms::backend::Wrapped, kube_kms::backend::BackendError> {
+        let _released = SetOnDrop(std::sync::Arc::clone(&self.1));
+        std::future::pending().await
+    }
+
+    fn unwrap(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+        annotations: &std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> impl std::future::Future<
+        Output = Result<kube_kms::secret::SecretBytes, kube_kms::backend::BackendError>,
+    > + Send {
+        self.0.unwrap(key_id, ciphertext, annotations)
+    }
+
+    async fn self_test(&self) {
+        self.0.self_test().await
+    }
+
+    fn reload(
+        &self,
+        force: bool,
+    ) -> Result<kube_kms::backend::ReloadOutcome, kube_kms::backend::BackendError> {
+        self.0.reload(force)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_call_ends_at_the_call_timeout_and_the_global_limit_holds_others_back() {
+    use kube_kms::server::{Server, ServerOptions, SocketAddress, SocketListener};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = temp_dir();
+    let keyring = init_keyring(dir.path());
+    let released = std::sync::Arc::new(AtomicBool::new(false));
+    let backend = HangingEncrypt(
+        kube_kms::backend::file::FileBackend::open(&keyring).unwrap(),
+        std::sync::Arc::clone(&released),
+    );
+    let socket = dir.path().join("kms.sock");
+    let listener = SocketListener::bind(&SocketAddress::Path(socket.clone()), 0o600).unwrap();
+    let options = ServerOptions {
+        max_concurrent_calls: 1,
+        call_timeout: Duration::from_secs(1),
+        ..ServerOptions::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(Server::new(std::sync::Arc::new(backend), options).run(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut pinning = kube_kms::client::KmsClient::connect_path(&socket)
+        .await
+        .unwrap();
+    let mut other = kube_kms::client::KmsClient::connect_path(&socket)
+        .await
+        .unwrap();
+    assert_eq!(other.status().await.unwrap().healthz, "ok");
+
+    // The hanging Encrypt takes the only call slot: a Status on another
+    // connection is served only once the Encrypt has been ended by the call
+    // timeout (before the bounds, the Status was served at once and the
+    // Encrypt hung forever).
+    let encrypt = tokio::spawn(async move { pinning.encrypt(b"seed", "").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waited = tokio::time::timeout(Duration::from_secs(10), other.status())
+        .await
+        .expect("a Status behind a pinned slot must be served once the slot is free");
+    assert_eq!(waited.unwrap().healthz, "ok");
+    assert!(
+        released.load(Ordering::SeqCst),
+        "the Status was served while the hanging Encrypt still held the only slot"
+    );
+    let pinned = tokio::time::timeout(Duration::from_secs(10), encrypt)
+        .await
+        .expect("the hanging Encrypt must end at the call timeout")
+        .unwrap();
+    let error = pinned.expect_err("the backend never answers");
+    assert_eq!(
+        error.status().map(tonic::Status::code),
+        Some(tonic::Code::Cancelled),
+        "{error}"
+    );
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -54,7 +54,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = kube_kms::server::DEFAULT_MAX_CONCURRENT_CALLS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     max_concurrent_calls: usize,
     /// How long one call may take, waiting for a slot included, before it
-    /// fails with DEADLINE_EXCEEDED. Keep it above the `timeout` of the
+    /// is ended (CANCELLED, "Timeout expired"). Keep it above the `timeout` of the
     /// EncryptionConfiguration's kms provider (kube-apiserver's default: 3s).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     call_timeout: Duration,
