@@ -396,3 +396,55 @@ async fn a_hanging_call_ends_at_the_call_timeout_and_the_global_limit_holds_othe
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_carries_at_most_max_streams_per_connection_calls_at_once() {
+    use kube_kms::server::{Server, ServerOptions, SocketAddress, SocketListener};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = temp_dir();
+    let keyring = init_keyring(dir.path());
+    let released = std::sync::Arc::new(AtomicBool::new(false));
+    let backend = HangingEncrypt(
+        kube_kms::backend::file::FileBackend::open(&keyring).unwrap(),
+        std::sync::Arc::clone(&released),
+    );
+    let socket = dir.path().join("kms.sock");
+    let listener = SocketListener::bind(&SocketAddress::Path(socket.clone()), 0o600).unwrap();
+    let options = ServerOptions {
+        max_streams_per_connection: 1,
+        call_timeout: Duration::from_secs(1),
+        ..ServerOptions::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(Server::new(std::sync::Arc::new(backend), options).run(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = kube_kms::client::KmsClient::connect_path(&socket)
+        .await
+        .unwrap();
+    assert_eq!(client.status().await.unwrap().healthz, "ok");
+    // A clone shares the one HTTP/2 connection: while the hanging Encrypt
+    // holds its only stream, the Status waits for it to end.
+    let mut pinning = client.clone();
+    let encrypt = tokio::spawn(async move { pinning.encrypt(b"seed", "").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waited = tokio::time::timeout(Duration::from_secs(10), client.status())
+        .await
+        .expect("a Status behind the connection's only stream must be served once it is free");
+    assert_eq!(waited.unwrap().healthz, "ok");
+    assert!(
+        released.load(Ordering::SeqCst),
+        "a second call ran on the connection while the hanging Encrypt held its only stream"
+    );
+    let pinned = tokio::time::timeout(Duration::from_secs(10), encrypt)
+        .await
+        .expect("the hanging Encrypt must end at the call timeout")
+        .unwrap();
+    assert!(pinned.is_err(), "the backend never answers");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
