@@ -12,7 +12,12 @@
 //! The socket mode stays the first gate; this check also covers abstract
 //! sockets (no file mode) and sockets opened wider with `--socket-mode`.
 //! The hot path is a few integer comparisons: no allocation, no lock.
+//! Refusals are logged at most once per [`REFUSAL_LOG_INTERVAL`] (the next
+//! line says how many were not logged), so a local client that calls in a
+//! loop cannot fill the node's disk with log lines; the metric counts each.
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
@@ -36,6 +41,55 @@ pub(crate) struct CallerCheck {
     uids: Arc<[u32]>,
     gids: Arc<[u32]>,
     stats: Arc<ServerStats>,
+    refusal_log: Arc<RefusalLog>,
+}
+
+/// How often at most a refused caller is logged.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Rate limit of the refusal log lines, shared by every connection.
+#[derive(Debug)]
+struct RefusalLog {
+    start: Instant,
+    interval_ms: u64,
+    /// Milliseconds since `start` before which no line is logged.
+    next_ms: AtomicU64,
+    /// Refusals not logged since the last line.
+    unlogged: AtomicU64,
+}
+
+impl RefusalLog {
+    fn new(interval: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            next_ms: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when this refusal is to be logged (`n` refusals were not
+    /// logged since the last line), `None` when it is only counted.
+    fn admit(&self) -> Option<u64> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.interval_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.unlogged.swap(0, Ordering::Relaxed))
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 impl CallerCheck {
@@ -45,6 +99,7 @@ impl CallerCheck {
             uids: policy.uids.as_slice().into(),
             gids: policy.gids.as_slice().into(),
             stats,
+            refusal_log: Arc::new(RefusalLog::new(REFUSAL_LOG_INTERVAL)),
         }
     }
 
@@ -64,20 +119,28 @@ impl tonic::service::Interceptor for CallerCheck {
             Some(cred) if self.admits(cred.uid(), cred.gid()) => Ok(request),
             Some(cred) => {
                 self.stats.record_caller_refused();
-                tracing::warn!(
-                    uid = cred.uid(),
-                    gid = cred.gid(),
-                    pid = cred.pid().unwrap_or(0),
-                    owner_uid = self.owner_uid,
-                    "refused a caller: its uid is neither root, the socket's owner nor allowed by --allow-uid/--allow-gid"
-                );
+                if let Some(unlogged) = self.refusal_log.admit() {
+                    tracing::warn!(
+                        uid = cred.uid(),
+                        gid = cred.gid(),
+                        pid = cred.pid().unwrap_or(0),
+                        owner_uid = self.owner_uid,
+                        unlogged,
+                        "refused a caller: its uid is neither root, the socket's owner nor allowed by --allow-uid/--allow-gid"
+                    );
+                }
                 Err(Status::permission_denied(
                     "this caller's uid/gid may not use the KMS plugin (see kube-kms serve --allow-uid/--allow-gid)",
                 ))
             }
             None => {
                 self.stats.record_caller_refused();
-                tracing::warn!("refused a caller: no peer credentials on the connection");
+                if let Some(unlogged) = self.refusal_log.admit() {
+                    tracing::warn!(
+                        unlogged,
+                        "refused a caller: no peer credentials on the connection"
+                    );
+                }
                 Err(Status::permission_denied(
                     "caller credentials unavailable: only unix socket peers are admitted",
                 ))
@@ -104,5 +167,23 @@ mod tests {
         assert!(!check.admits(65534, 65534));
         let default = CallerCheck::new(&CallerPolicy::default(), 500, Arc::default());
         assert!(!default.admits(1001, 2002));
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_per_interval_and_the_rest_counted() {
+        let log = RefusalLog::new(Duration::from_secs(3600));
+        assert_eq!(log.admit(), Some(0));
+        for _ in 0..99 {
+            assert_eq!(log.admit(), None);
+        }
+        assert_eq!(log.unlogged.load(Ordering::Relaxed), 99);
+        // Once the interval has passed, the next line carries the count.
+        log.next_ms.store(0, Ordering::Relaxed);
+        assert_eq!(log.admit(), Some(99));
+        assert_eq!(log.admit(), None);
+
+        let every = RefusalLog::new(Duration::ZERO);
+        assert_eq!(every.admit(), Some(0));
+        assert_eq!(every.admit(), Some(0));
     }
 }
