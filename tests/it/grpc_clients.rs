@@ -10,29 +10,11 @@
 //! grpcio comes from the venv tools/install-deps makes
 //! (`${XDG_CACHE_HOME:-~/.cache}/kube-kms/grpcio-venv`, or KUBE_KMS_GRPCIO_PYTHON
 //! naming a Python that can `import grpc`).
+use crate::common::grpcio::{grpcio_python, CLIENT};
 use crate::common::plugin::{init_keyring, temp_dir, ServeProcess};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/kms_v2_call.py");
-
-fn grpcio_python() -> PathBuf {
-    if let Some(python) = std::env::var_os("KUBE_KMS_GRPCIO_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME");
-    let python = cache.join("kube-kms/grpcio-venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run tools/install-deps (it installs grpcio from PyPI)",
-        python.display()
-    );
-    python
-}
 
 /// Runs the Python client against `socket` (with `grpc.default_authority` set
 /// to `authority` if given) and returns its JSON verdict.

@@ -14,28 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::grpcio::{grpcio_python, CLIENT};
 use crate::common::plugin::{http_get, init_keyring, temp_dir, ServeProcess, KUBE_KMS};
 
 const NOBODY: u32 = 65534;
-const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/kms_v2_call.py");
-
-/// The grpcio venv's python (as tests/it/grpc_clients.rs finds it).
-fn grpcio_python() -> PathBuf {
-    if let Some(python) = std::env::var_os("KUBE_KMS_GRPCIO_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME");
-    let python = cache.join("kube-kms/grpcio-venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run tools/install-deps (it installs grpcio from PyPI)",
-        python.display()
-    );
-    python
-}
 
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -335,36 +317,69 @@ impl kube_kms::backend::KeyBackend for HangingEncrypt {
     }
 }
 
+/// An in-process server whose backend's Encrypt hangs, with a one-second
+/// call timeout and the bounds of `options`.
+struct HangingServer {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    /// Set once a hanging Encrypt has been dropped (cancelled).
+    released: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), kube_kms::server::ServerError>>,
+}
+
+impl HangingServer {
+    fn start(options: kube_kms::server::ServerOptions) -> Self {
+        use kube_kms::server::{Server, ServerOptions, SocketAddress, SocketListener};
+
+        let dir = temp_dir();
+        let keyring = init_keyring(dir.path());
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let backend = HangingEncrypt(
+            kube_kms::backend::file::FileBackend::open(&keyring).unwrap(),
+            std::sync::Arc::clone(&released),
+        );
+        let socket = dir.path().join("kms.sock");
+        let listener = SocketListener::bind(&SocketAddress::Path(socket.clone()), 0o600).unwrap();
+        let options = ServerOptions {
+            call_timeout: Duration::from_secs(1),
+            ..options
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(Server::new(std::sync::Arc::new(backend), options).run(
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            _dir: dir,
+            socket,
+            released,
+            stop,
+            server,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_call_ends_at_the_call_timeout_and_the_global_limit_holds_others_back() {
-    use kube_kms::server::{Server, ServerOptions, SocketAddress, SocketListener};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
 
-    let dir = temp_dir();
-    let keyring = init_keyring(dir.path());
-    let released = std::sync::Arc::new(AtomicBool::new(false));
-    let backend = HangingEncrypt(
-        kube_kms::backend::file::FileBackend::open(&keyring).unwrap(),
-        std::sync::Arc::clone(&released),
-    );
-    let socket = dir.path().join("kms.sock");
-    let listener = SocketListener::bind(&SocketAddress::Path(socket.clone()), 0o600).unwrap();
-    let options = ServerOptions {
+    let hanging = HangingServer::start(kube_kms::server::ServerOptions {
         max_concurrent_calls: 1,
-        call_timeout: Duration::from_secs(1),
-        ..ServerOptions::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(Server::new(std::sync::Arc::new(backend), options).run(
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let mut pinning = kube_kms::client::KmsClient::connect_path(&socket)
+        ..Default::default()
+    });
+    let (socket, released) = (&hanging.socket, &hanging.released);
+    let mut pinning = kube_kms::client::KmsClient::connect_path(socket)
         .await
         .unwrap();
-    let mut other = kube_kms::client::KmsClient::connect_path(&socket)
+    let mut other = kube_kms::client::KmsClient::connect_path(socket)
         .await
         .unwrap();
     assert_eq!(other.status().await.unwrap().healthz, "ok");
@@ -393,37 +408,19 @@ async fn a_hanging_call_ends_at_the_call_timeout_and_the_global_limit_holds_othe
         Some(tonic::Code::Cancelled),
         "{error}"
     );
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    hanging.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_carries_at_most_max_streams_per_connection_calls_at_once() {
-    use kube_kms::server::{Server, ServerOptions, SocketAddress, SocketListener};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
 
-    let dir = temp_dir();
-    let keyring = init_keyring(dir.path());
-    let released = std::sync::Arc::new(AtomicBool::new(false));
-    let backend = HangingEncrypt(
-        kube_kms::backend::file::FileBackend::open(&keyring).unwrap(),
-        std::sync::Arc::clone(&released),
-    );
-    let socket = dir.path().join("kms.sock");
-    let listener = SocketListener::bind(&SocketAddress::Path(socket.clone()), 0o600).unwrap();
-    let options = ServerOptions {
+    let hanging = HangingServer::start(kube_kms::server::ServerOptions {
         max_streams_per_connection: 1,
-        call_timeout: Duration::from_secs(1),
-        ..ServerOptions::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(Server::new(std::sync::Arc::new(backend), options).run(
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let mut client = kube_kms::client::KmsClient::connect_path(&socket)
+        ..Default::default()
+    });
+    let (socket, released) = (&hanging.socket, &hanging.released);
+    let mut client = kube_kms::client::KmsClient::connect_path(socket)
         .await
         .unwrap();
     assert_eq!(client.status().await.unwrap().healthz, "ok");
@@ -445,6 +442,5 @@ async fn a_connection_carries_at_most_max_streams_per_connection_calls_at_once()
         .expect("the hanging Encrypt must end at the call timeout")
         .unwrap();
     assert!(pinned.is_err(), "the backend never answers");
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    hanging.stop().await;
 }

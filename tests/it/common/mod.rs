@@ -6,5 +6,6 @@ pub mod apiserver;
 pub mod bbolt_craft;
 pub mod etcd;
 pub mod fixtures;
+pub mod grpcio;
 pub mod inspect;
 pub mod plugin;
