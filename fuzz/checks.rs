@@ -17,12 +17,12 @@ use std::task::{Context, Poll, Waker};
 
 use kube_kms::backend::file::FileBackend;
 use kube_kms::backend::KeyBackend;
-use kube_kms::inspect::bbolt::{BboltError, Database, TrailerStatus};
+use kube_kms::inspect::audit::{Ledger, LedgerOptions, ResourceFilter};
 use kube_kms::inspect::classify::{self, build, Classification, Classifier, Provider};
 use kube_kms::inspect::encryption_config::{EncryptionConfig, KeyedProvider};
-use kube_kms::inspect::mvcc::{self, FileScanOptions};
-use kube_kms::inspect::residue::{self, ResidueScope};
-use kube_kms::inspect::scan::{ResourceFilter, Scan, ScanOptions};
+use kube_kms::inspect::remnants::RemnantScope;
+use kube_kms::inspect::report::Report;
+use kube_kms::inspect::source::bbolt::{self, BboltError, Database, FileOptions, TrailerStatus};
 use kube_kms::inspect::{ObservationSink, Observed, Revision};
 use kube_kms::keyring::format;
 use kube_kms::proto::v2::DecryptRequest;
@@ -284,10 +284,10 @@ pub fn classify_value(data: &[u8]) {
     // The first byte splits key and value, so keys are fuzzed too.
     let split = usize::from(data.first().copied().unwrap_or(0)).min(data.len());
     let (key, value) = data.split_at(split);
-    let mut scan = Scan::new(ScanOptions {
+    let mut scan = Ledger::new(LedgerOptions {
         prefix: Vec::new(),
         resources: ResourceFilter::All,
-        ..ScanOptions::default()
+        ..LedgerOptions::default()
     });
     scan.observe(Observed::Put {
         key,
@@ -298,10 +298,10 @@ pub fn classify_value(data: &[u8]) {
         key: value,
         revision: Revision { main: 2, sub: 0 },
     });
-    let result = scan.finish();
+    let report = Report::new(scan.finish(), Default::default());
     let mut out = Vec::new();
-    let _ = kube_kms::inspect::report::write_json(&mut out, &result, &Default::default());
-    let _ = kube_kms::inspect::report::write_table(&mut out, &result, &Default::default());
+    let _ = report.write_json(&mut out);
+    let _ = report.write_table(&mut out);
 }
 
 fn reencoded_classifies_the_same(c: &Classification<'_>, annotation_keys: &[&[u8]]) {
@@ -448,34 +448,35 @@ pub fn bbolt_file(data: &[u8]) {
     fix_meta(&mut file, 0);
     fix_meta(&mut file, 4096);
     let report = |file: &[u8]| -> Option<Vec<u8>> {
-        let mut scan = Scan::new(ScanOptions {
+        let mut scan = Ledger::new(LedgerOptions {
             resources: ResourceFilter::All,
-            ..ScanOptions::default()
+            ..LedgerOptions::default()
         });
-        let options = FileScanOptions {
+        let options = FileOptions {
             verify_trailer: false,
         };
-        let summary = mvcc::scan_source(file, &mut scan, options).ok()?;
+        let summary = bbolt::read_image(file, &mut scan, options).ok()?;
         // The deep scan of what the walk did not reach: whatever the bytes,
         // remnants lie inside the file and say what they are.
-        let scope = ResidueScope {
+        let scope = RemnantScope {
             prefix: b"/registry".to_vec(),
             resources: ResourceFilter::All,
             classifier: Classifier::default(),
         };
         if let Ok(db) = Database::open(file) {
-            if let Ok(residue) = residue::scan(&db, &summary.reachable, &scope) {
+            if let Ok(residue) = bbolt::deep::search(&db, &summary.reachable, &scope) {
                 for remnant in &residue.remnants {
                     assert!(remnant.offset < file.len() as u64, "remnant past the end");
                     assert_eq!(remnant.page, remnant.offset / db.page_size());
                 }
             }
         }
-        let result = scan.finish();
-        let _ = result.resource_summaries();
-        let _ = result.groups();
+        let report = Report::new(scan.finish(), Default::default());
+        let _ = report.result.resource_summaries();
+        let _ = report.result.groups();
         let mut out = Vec::new();
-        kube_kms::inspect::report::write_json(&mut out, &result, &Default::default())
+        report
+            .write_json(&mut out)
             .expect("a report of a finished scan writes to memory");
         Some(out)
     };

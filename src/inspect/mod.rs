@@ -1,10 +1,14 @@
 //! `etcd-inspect`: reads etcd values, live or from a bbolt backup file, and
 //! classifies each as plaintext or under which provider and key.
 //!
-//! Sources (a backup file, a live etcd) turn what they read into
-//! [`Observed`] events and hand them to an [`ObservationSink`]; the scan engine
-//! is that sink and owns classification, history, policy and the report. So a
-//! file and a live etcd holding the same data give the same report.
+//! Where things go, by folder: [`source`] (one module per place etcd's keys
+//! are read from: a bbolt backup file, a live etcd; later a WAL, a data dir)
+//! turns what it reads into [`Observed`] events for an [`ObservationSink`];
+//! [`audit`] drives a source into its [`audit::Ledger`], the sink that owns
+//! classification ([`classify`], [`verify`]), history and policy, and
+//! returns a [`report::Report`]; [`report`] holds the typed records and the
+//! output formats. So a file and a live etcd holding the same data give the
+//! same report, and a new source or output format is one new module.
 
 /// An etcd MVCC revision: the main revision of the transaction and the index of
 /// the change within it.
@@ -47,20 +51,18 @@ pub trait ObservationSink {
 }
 
 pub mod aligned;
-pub mod bbolt;
+pub mod audit;
 pub mod classify;
 pub mod cputime;
 pub mod encryption_config;
 mod intern;
-pub mod live;
 pub mod mvcc;
 pub mod pb;
 pub mod progress;
-pub mod record;
+pub mod remnants;
 pub mod report;
-pub mod residue;
 pub mod resource;
-pub mod scan;
+pub mod source;
 pub mod stale;
 pub mod unknown;
 pub mod verify;

@@ -101,6 +101,35 @@ pub(crate) fn resource_name<'k>(key: &'k [u8], prefix: &[u8]) -> Option<Cow<'k, 
     })
 }
 
+/// The narrowest key range holding every resource of `resources` under
+/// `prefix` (the reverse of [`resource_of`]): with one resource, its own
+/// directory (`/registry/secrets/`, `/registry/services/specs/`,
+/// `/registry/apps/deployments/`); otherwise the whole prefix.
+pub fn key_range(prefix: &str, resources: &ResourceFilter) -> Vec<u8> {
+    let prefix = prefix.trim_end_matches('/');
+    let directory = match resources {
+        ResourceFilter::Only(names) if names.len() == 1 => {
+            let name = names.first().map(String::as_str).unwrap_or_default();
+            match name {
+                "services" => "services/specs".to_string(),
+                "endpoints" => "services/endpoints".to_string(),
+                "nodes" => "minions".to_string(),
+                "replicationcontrollers" => "controllers".to_string(),
+                _ => match name.split_once('.') {
+                    Some((resource, group)) => format!("{group}/{resource}"),
+                    None => name.to_string(),
+                },
+            }
+        }
+        _ => String::new(),
+    };
+    if directory.is_empty() {
+        format!("{prefix}/").into_bytes()
+    } else {
+        format!("{prefix}/{directory}/").into_bytes()
+    }
+}
+
 /// Kinds of the built-in resources (as [`resource_of`] names them) that are usually encrypted or commonly stored.
 const KINDS: &[(&str, &str)] = &[
     ("secrets", "Secret"),
@@ -226,6 +255,36 @@ mod tests {
             ResourceFilter::Only(vec!["secrets".into(), "widgets.example.com".into()])
         );
         assert_eq!(ResourceFilter::parse("all"), ResourceFilter::All);
+    }
+
+    #[test]
+    fn key_range_of_one_resource_holds_exactly_its_keys() {
+        // key_range is resource_of read backwards: a key in the range belongs
+        // to the resource, whatever odd directory kube-apiserver gives it.
+        // (Built-in groups are stored without their group, `/registry/
+        // deployments/`; `deployments.apps` names no key kube-apiserver writes.)
+        for resource in [
+            "secrets",
+            "services",
+            "endpoints",
+            "nodes",
+            "replicationcontrollers",
+            "deployments",
+            "widgets.example.com",
+        ] {
+            let filter = ResourceFilter::Only(vec![resource.to_string()]);
+            let mut key = key_range("/registry/", &filter);
+            key.extend_from_slice(b"ns/name");
+            assert_eq!(
+                resource_of(&key, b"/registry").as_deref(),
+                Some(resource),
+                "{}",
+                String::from_utf8_lossy(&key)
+            );
+        }
+        assert_eq!(key_range("/registry", &ResourceFilter::All), b"/registry/");
+        let two = ResourceFilter::parse("secrets,configmaps");
+        assert_eq!(key_range("/registry", &two), b"/registry/");
     }
 
     #[test]

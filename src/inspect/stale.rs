@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use super::audit::{AuditResult, Finding, GroupCounts};
 use super::classify::Provider;
 use super::resource::object_name;
-use super::scan::{Finding, GroupCounts, ScanResult};
 
 /// Stale kms v2 values: under a key_id other than the current one(s).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,8 +25,8 @@ impl StaleReport {
 }
 
 /// The stale-key report of a scan run with a current key_id
-/// ([`super::scan::ScanOptions::allowed_key_ids`]); `None` without one.
-pub fn stale_report(result: &ScanResult) -> Option<StaleReport> {
+/// ([`super::audit::LedgerOptions::allowed_key_ids`]); `None` without one.
+pub fn stale_report(result: &AuditResult) -> Option<StaleReport> {
     let allowed = result.options().allowed_key_ids.as_ref()?;
     let mut report = StaleReport {
         current: allowed
@@ -58,7 +58,7 @@ pub fn stale_report(result: &ScanResult) -> Option<StaleReport> {
 
 /// The objects to rewrite: `namespace/name` (or `name` for cluster-scoped
 /// resources) of every latest value under a stale key_id, in key order.
-pub fn stale_objects(result: &ScanResult) -> Vec<String> {
+pub fn stale_objects(result: &AuditResult) -> Vec<String> {
     let prefix = result.options().prefix.clone();
     result
         .values()

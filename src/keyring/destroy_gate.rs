@@ -1,6 +1,6 @@
 //! The gate in front of `kube-kms key destroy`: reads the JSON Lines reports
 //! of `etcd-inspect scan --format json` (live etcd and the backups you keep)
-//! with the record types that wrote them ([`crate::inspect::record`]) and
+//! with the record types that wrote them ([`crate::inspect::report::record`]) and
 //! decides whether a key_id is provably unused.
 //!
 //! A destroy may go ahead only when every report
@@ -21,7 +21,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::inspect::record::{Record, ResourceScope, Scope, SCHEMA_VERSION};
+use crate::inspect::report::record::{Record, ResourceScope, Scope, SCHEMA_VERSION};
 
 /// How many etcd keys under the key_id a report lists at most.
 pub const LISTED_KEYS: usize = 5;
@@ -406,7 +406,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspect::record::{
+    use crate::inspect::report::record::{
         AllResources, Field, GroupRecord, Identity, SummaryRecord, ValueRecord,
     };
     use std::io::Write;

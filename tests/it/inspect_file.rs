@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 
 use fixtures::{all_fixtures, expected, scratch_copy, Fixture};
-use kube_kms::inspect::bbolt::{self, Database};
-use kube_kms::inspect::mvcc::{self, FileScanOptions, MvccError};
-use kube_kms::inspect::scan::{Scan, ScanOptions};
+use kube_kms::inspect::source::bbolt::{self, Database, FileError, FileOptions};
+
+use kube_kms::inspect::audit::{Ledger, LedgerOptions};
 use kube_kms::inspect::{ObservationSink, Observed, Revision};
 use serde_json::Value;
 
@@ -575,9 +575,9 @@ fn corrupted_member_pages_exit_2_naming_the_page() {
     }
 }
 
-fn library_scan(bytes: &[u8]) -> Result<Vec<String>, MvccError> {
-    let mut scan = Scan::new(ScanOptions::default());
-    mvcc::scan_source(bytes, &mut scan, FileScanOptions::default())?;
+fn library_scan(bytes: &[u8]) -> Result<Vec<String>, FileError> {
+    let mut scan = Ledger::new(LedgerOptions::default());
+    bbolt::read_image(bytes, &mut scan, FileOptions::default())?;
     Ok(scan.finish().read_errors().to_vec())
 }
 
@@ -690,8 +690,9 @@ fn broken_pipe_exits_quietly_with_the_scan_code() {
 /// Schema 2 (issue 14 §4): a key that is not UTF-8 is `{"bytes": base64}`,
 /// never a bare string that reads like text; a UTF-8 key is `{"text": ...}`.
 fn non_utf8_keys_are_marked_bytes_in_json() {
-    use kube_kms::inspect::report::{self, SourceInfo};
-    let mut scan = Scan::new(ScanOptions::default());
+    use kube_kms::inspect::report::Report;
+    use kube_kms::inspect::source::SourceInfo;
+    let mut scan = Ledger::new(LedgerOptions::default());
     scan.observe(Observed::Put {
         key: b"/registry/secrets/ns/\xff\xfe",
         revision: Revision { main: 3, sub: 0 },
@@ -699,7 +700,9 @@ fn non_utf8_keys_are_marked_bytes_in_json() {
     });
     let result = scan.finish();
     let mut out = Vec::new();
-    report::write_json(&mut out, &result, &SourceInfo::default()).unwrap();
+    Report::new(result, SourceInfo::default())
+        .write_json(&mut out)
+        .unwrap();
     let first: Value =
         serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(

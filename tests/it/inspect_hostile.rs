@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::bbolt_craft::{bucket_value, etcd_file, leaf_bytes, Craft, BUCKET, PAGE};
 use crate::common::inspect::ETCD_INSPECT;
-use kube_kms::inspect::bbolt::ReadAt;
-use kube_kms::inspect::mvcc::{self, FileScanOptions, FileSummary};
-use kube_kms::inspect::scan::{ResourceFilter, Scan, ScanOptions};
+use kube_kms::inspect::source::bbolt::{self, FileOptions, FileSummary, ReadAt};
+
+use kube_kms::inspect::audit::{Ledger, LedgerOptions, ResourceFilter};
 
 /// Liveness guard only (not a performance assertion): a scan that has not
 /// ended after this long is looping, and is killed so the machine survives.
@@ -83,14 +83,14 @@ fn refused(name: &str, craft: &Craft, pgid: u64, reason: &str) {
 
 /// The library scan of `source`: its summary and read errors.
 fn library_scan<R: ReadAt + Sync>(source: R) -> (FileSummary, Vec<String>) {
-    let mut scan = Scan::new(ScanOptions {
+    let mut scan = Ledger::new(LedgerOptions {
         resources: ResourceFilter::All,
-        ..ScanOptions::default()
+        ..LedgerOptions::default()
     });
-    let summary = mvcc::scan_source(
+    let summary = bbolt::read_image(
         source,
         &mut scan,
-        FileScanOptions {
+        FileOptions {
             verify_trailer: false,
         },
     )

@@ -1,4 +1,4 @@
-//! The live source (`kube_kms::inspect::live`) against a real etcd started by
+//! The live source (`kube_kms::inspect::source::live`) against a real etcd started by
 //! the harness in `tests/it/common/etcd.rs`: fixtures restored with `etcdctl
 //! snapshot restore` must read as their `.json` says; paging, the pinned
 //! revision, compaction, history, TLS, user auth and failures are checked on
@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::etcd::{fixture, kill_pid, Etcd};
-use kube_kms::inspect::live::{scan, LiveError, LiveSource, LiveSummary};
+use kube_kms::inspect::source::live::{read, LiveError, LiveSource, LiveSummary};
 use kube_kms::inspect::{ObservationSink, Observed, Revision};
 use kube_kms::secret::SecretBytes;
 
@@ -105,7 +105,7 @@ fn source(etcd: &Etcd, prefix: &str) -> LiveSource {
 
 async fn scan_ok(source: &LiveSource) -> (Recorder, LiveSummary) {
     let mut recorder = Recorder::default();
-    let summary = scan(source, &mut recorder)
+    let summary = read(source, &mut recorder)
         .await
         .unwrap_or_else(|e| panic!("live scan failed: {e}"));
     assert!(
@@ -335,7 +335,7 @@ async fn pages_are_pinned_to_the_first_revision() {
         after: Some((1, Box::new(write_during_scan))),
         ..Recorder::default()
     };
-    let summary = scan(
+    let summary = read(
         &LiveSource {
             page_size: 7,
             ..source(&etcd, "/registry/secrets/")
@@ -549,7 +549,7 @@ async fn tls_with_client_certificate_reads() {
 
 async fn scan_err(source: &LiveSource) -> LiveError {
     let mut recorder = Recorder::default();
-    match scan(source, &mut recorder).await {
+    match read(source, &mut recorder).await {
         Ok(summary) => panic!("scan succeeded: {summary:?}"),
         Err(error) => error,
     }
@@ -672,7 +672,7 @@ async fn etcd_killed_mid_scan_is_an_error() {
         ..Recorder::default()
     };
     let started = Instant::now();
-    let result = scan(
+    let result = read(
         &LiveSource {
             page_size: 10,
             ..source(&etcd, "/registry/")
@@ -725,7 +725,7 @@ async fn compaction_past_the_pinned_revision_mid_scan_is_an_error() {
         after: Some((1, Box::new(compact_ahead))),
         ..Recorder::default()
     };
-    let error = scan(
+    let error = read(
         &LiveSource {
             page_size: 5,
             ..source(&etcd, "/registry/")

@@ -11,9 +11,9 @@ use crate::common::bbolt_craft::{etcd_file, Craft, PAGE};
 use crate::common::etcd::Etcd;
 use crate::common::fixtures::fixture_dir;
 use crate::common::inspect::etcd_inspect;
-use kube_kms::inspect::bbolt::ReadAt;
-use kube_kms::inspect::mvcc::{self, FileScanOptions, MvccError};
-use kube_kms::inspect::scan::{ResourceFilter, Scan, ScanOptions};
+use kube_kms::inspect::source::bbolt::{self, FileError, FileOptions, ReadAt};
+
+use kube_kms::inspect::audit::{Ledger, LedgerOptions, ResourceFilter};
 
 #[test]
 fn the_live_db_of_a_running_member_is_refused() {
@@ -69,15 +69,15 @@ impl ReadAt for Committing {
     }
 }
 
-fn scan_source<R: ReadAt + Sync>(source: R) -> Result<mvcc::FileSummary, MvccError> {
-    let mut scan = Scan::new(ScanOptions {
+fn scan_source<R: ReadAt + Sync>(source: R) -> Result<bbolt::FileSummary, FileError> {
+    let mut scan = Ledger::new(LedgerOptions {
         resources: ResourceFilter::All,
-        ..ScanOptions::default()
+        ..LedgerOptions::default()
     });
-    mvcc::scan_source(
+    bbolt::read_image(
         source,
         &mut scan,
-        FileScanOptions {
+        FileOptions {
             verify_trailer: false,
         },
     )

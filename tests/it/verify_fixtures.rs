@@ -19,10 +19,10 @@ use common::inspect::etcd_inspect;
 use fixtures::{
     all_fixtures, encryption_config_yaml, expected, seed_table, stored_values, Fixture, StoredValue,
 };
+use kube_kms::inspect::audit::{resource_of, Finding, Ledger, LedgerOptions, ResourceFilter};
 use kube_kms::inspect::classify::{decode_encrypted_object, Classifier, Provider};
 use kube_kms::inspect::encryption_config::EncryptionConfig;
-use kube_kms::inspect::mvcc::{self, FileScanOptions};
-use kube_kms::inspect::scan::{resource_of, Finding, ResourceFilter, Scan, ScanOptions};
+use kube_kms::inspect::source::bbolt::{self, FileOptions};
 use kube_kms::inspect::verify::object::expected_for_resource;
 use kube_kms::inspect::verify::pool::VerifyPool;
 use kube_kms::inspect::verify::{ExpectedObject, Verdict, Verifier, VerifyFailure};
@@ -173,9 +173,9 @@ fn every_kms_v2_value_verifies_with_the_fixture_seeds() {
 
 /// A scan of `fixture` verifying with `verifier`, as `etcd-inspect scan
 /// --resources all` runs it.
-fn verified_scan(fixture: &Fixture, verifier: Verifier) -> kube_kms::inspect::scan::ScanResult {
+fn verified_scan(fixture: &Fixture, verifier: Verifier) -> kube_kms::inspect::audit::AuditResult {
     let classifier = Classifier::default();
-    let mut scan = Scan::new(ScanOptions {
+    let mut scan = Ledger::new(LedgerOptions {
         prefix: PREFIX.to_vec(),
         resources: ResourceFilter::parse("all"),
         ignore_history: false,
@@ -184,7 +184,7 @@ fn verified_scan(fixture: &Fixture, verifier: Verifier) -> kube_kms::inspect::sc
         classifier: classifier.clone(),
     });
     scan.verify_with(VerifyPool::start(Arc::new(verifier), classifier, 2));
-    mvcc::scan_file(&fixture.db, &mut scan, FileScanOptions::default())
+    bbolt::read_file(&fixture.db, &mut scan, FileOptions::default())
         .unwrap_or_else(|error| panic!("{}: {error}", name(fixture)));
     scan.finish()
 }

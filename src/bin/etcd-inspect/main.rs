@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 #[path = "../cli_docs.rs"]
 mod cli_docs;
-mod scan;
+mod scan_command;
 
 /// Reports, for every stored Secret (or other resource), whether etcd holds it
 /// in plaintext or under which encryption provider and key.
@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Scan a live etcd (--endpoints) or a backup file (--file).
-    Scan(Box<scan::ScanArgs>),
+    Scan(Box<scan_command::ScanArgs>),
     /// Print a shell completion script (e.g. `etcd-inspect completions bash > /etc/bash_completion.d/etcd-inspect`).
     Completions(cli_docs::CompletionsArgs),
     /// Write the man pages (roff) to stdout, or one file per command to --dir.
@@ -30,7 +30,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Scan(args) => scan::run(*args),
+        Command::Scan(args) => scan_command::run(*args),
         Command::Completions(args) => cli_docs::completions::<Cli>(&args).map(|()| 0),
         Command::Man(args) => cli_docs::man_pages::<Cli>(&args).map(|()| 0),
     };

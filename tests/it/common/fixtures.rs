@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use base64::Engine as _;
-use kube_kms::inspect::mvcc::{self, FileScanOptions};
+use kube_kms::inspect::source::bbolt::{self, FileOptions};
 use kube_kms::inspect::verify::SeedTable;
 use kube_kms::inspect::{ObservationSink, Observed, Revision};
 use kube_kms::secret::SecretBytes;
@@ -296,7 +296,7 @@ impl ObservationSink for Collector {
 /// with the library's file reader; panics on a read error.
 pub fn stored_values(fixture: &Fixture) -> Vec<StoredValue> {
     let mut collector = Collector::default();
-    mvcc::scan_file(&fixture.db, &mut collector, FileScanOptions::default())
+    bbolt::read_file(&fixture.db, &mut collector, FileOptions::default())
         .unwrap_or_else(|error| panic!("{}: {error}", fixture.db.display()));
     assert!(
         collector.errors.is_empty(),

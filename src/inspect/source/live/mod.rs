@@ -61,8 +61,11 @@ use etcd_client::{
     WatchClient, WatchOptions, WatchResponse,
 };
 
-use super::{ObservationSink, Observed, Revision};
+use crate::inspect::{ObservationSink, Observed, Revision};
 use crate::secret::SecretBytes;
+
+mod cluster;
+pub use cluster::{read_password_file, ClusterSource};
 
 /// Keys per range request when [`LiveSource::page_size`] is not positive.
 pub const DEFAULT_PAGE_SIZE: i64 = 1000;
@@ -150,6 +153,14 @@ pub enum LiveError {
     ReadTlsFile {
         /// Which file (CA, client certificate, client key).
         what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The password file could not be read.
+    #[error("--password-file {}: cannot read it", path.display())]
+    ReadPasswordFile {
         /// Its path.
         path: PathBuf,
         /// The I/O error.
@@ -260,7 +271,7 @@ pub enum LiveError {
 /// The etcd client runs on a reader thread of its own, one page ahead of the
 /// sink: etcd serves page n+1 while the sink examines page n. The channel
 /// between them holds one page, so at most three pages are in memory.
-pub async fn scan(
+pub async fn read(
     source: &LiveSource,
     sink: &mut dyn ObservationSink,
 ) -> Result<LiveSummary, LiveError> {
@@ -357,7 +368,7 @@ fn read_on_own_thread(source: LiveSource, sender: tokio::sync::mpsc::Sender<Mess
                 ..LiveSummary::default()
             },
         };
-        let last = match read(&source, &mut feed).await {
+        let last = match fetch(&source, &mut feed).await {
             Ok(()) => Message::Finished(feed.summary.clone()),
             Err(error) => Message::Failed(error),
         };
@@ -365,17 +376,17 @@ fn read_on_own_thread(source: LiveSource, sender: tokio::sync::mpsc::Sender<Mess
     });
 }
 
-async fn read(source: &LiveSource, feed: &mut Feed) -> Result<(), LiveError> {
+async fn fetch(source: &LiveSource, feed: &mut Feed) -> Result<(), LiveError> {
     let mut session = Session::connect(source).await?;
     if source.history {
-        scan_history(&mut session, feed).await
+        fetch_history(&mut session, feed).await
     } else {
-        scan_latest(&mut session, feed).await
+        fetch_latest(&mut session, feed).await
     }
 }
 
 /// Latest values: pages at the revision of the first page.
-async fn scan_latest(session: &mut Session, feed: &mut Feed) -> Result<(), LiveError> {
+async fn fetch_latest(session: &mut Session, feed: &mut Feed) -> Result<(), LiveError> {
     let start = session.start.clone();
     let first = session.range_page(&start, None).await?;
     feed.summary.pages += 1;
@@ -398,7 +409,7 @@ async fn scan_latest(session: &mut Session, feed: &mut Feed) -> Result<(), LiveE
 
 /// History: the state at the compaction revision, then every change after it
 /// up to the pinned revision (see the module doc).
-async fn scan_history(session: &mut Session, feed: &mut Feed) -> Result<(), LiveError> {
+async fn fetch_history(session: &mut Session, feed: &mut Feed) -> Result<(), LiveError> {
     let (pinned, cluster_id, member_id) = session.current_revision().await?;
     feed.summary.revision = pinned;
     feed.summary.cluster_id = cluster_id;

@@ -27,7 +27,13 @@
 use std::fmt::Write as _;
 use std::io;
 
-use super::aligned::AlignedBuf;
+use crate::inspect::aligned::AlignedBuf;
+
+pub mod deep;
+mod file;
+pub mod keyspace;
+pub use file::FileSource;
+pub use keyspace::{read_file, read_image, FileError, FileOptions, FileSummary, ReadCpu};
 
 /// Size of a page header: `id u64, flags u16, count u16, overflow u32`.
 pub const PAGE_HEADER_SIZE: usize = 16;
@@ -1096,7 +1102,7 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
             let (give_back, returned) = std::sync::mpsc::channel::<AlignedBuf>();
             let plan_ref = &plan;
             let reader = scope.spawn(move || {
-                let cpu = super::cputime::thread_cpu_time();
+                let cpu = crate::inspect::cputime::thread_cpu_time();
                 for planned in plan_ref {
                     let mut chunk_buf = returned.try_recv().unwrap_or_default();
                     let loaded = db
@@ -1108,7 +1114,7 @@ impl<R: ReadAt + Sync> Walker<'_, '_, R> {
                         break;
                     }
                 }
-                super::cputime::thread_cpu_since(cpu)
+                crate::inspect::cputime::thread_cpu_since(cpu)
             });
             for planned in &plan {
                 let (reads, chunk_buf) = ready.recv().map_err(|_| BboltError::Io {

@@ -6,19 +6,19 @@
 //! of a key is the highest one, unless it is a tombstone; every other revision
 //! is history), policy (which values are findings) and the summary counts.
 //! Observations may arrive in any order; everything that depends on order is
-//! decided in [`Scan::finish`].
+//! decided in [`Ledger::finish`].
 
 use std::collections::HashMap;
 
-use super::classify::{
+use crate::inspect::classify::{
     Classification, Classifier, DekSourceType, Encoding, Malformation, Provider,
 };
-use super::intern::{FastMap, Interner};
-use super::resource::resource_name;
-pub use super::resource::{resource_of, ResourceFilter};
-use super::verify::pool::VerifyPool;
-use super::verify::{object::expected_for_resource, VerifyFailure, VerifySummary};
-use super::{ObservationSink, Observed, Revision};
+use crate::inspect::intern::{FastMap, Interner};
+use crate::inspect::resource::resource_name;
+pub use crate::inspect::resource::{resource_of, ResourceFilter};
+use crate::inspect::verify::pool::VerifyPool;
+use crate::inspect::verify::{object::expected_for_resource, VerifyFailure, VerifySummary};
+use crate::inspect::{ObservationSink, Observed, Revision};
 
 /// Default key prefix of kube-apiserver.
 pub const DEFAULT_PREFIX: &str = "/registry";
@@ -49,7 +49,7 @@ impl RequiredProvider {
 
 /// Scope and policy of a scan.
 #[derive(Debug, Clone)]
-pub struct ScanOptions {
+pub struct LedgerOptions {
     /// Key prefix (`/registry`); keys outside it are ignored.
     pub prefix: Vec<u8>,
     /// Resources in scope.
@@ -64,7 +64,7 @@ pub struct ScanOptions {
     pub classifier: Classifier,
 }
 
-impl Default for ScanOptions {
+impl Default for LedgerOptions {
     fn default() -> Self {
         Self {
             prefix: DEFAULT_PREFIX.as_bytes().to_vec(),
@@ -123,7 +123,7 @@ impl Finding {
     }
 }
 
-/// An interned classification (strings are ids into [`ScanResult::string`]).
+/// An interned classification (strings are ids into [`AuditResult::string`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClassInfo {
     /// Provider.
@@ -162,10 +162,10 @@ struct KeyInfo {
     resource: u32,
 }
 
-/// The engine. Feed it with a source, then call [`Scan::finish`].
+/// The engine. Feed it with a source, then call [`Ledger::finish`].
 #[derive(Debug)]
-pub struct Scan {
-    options: ScanOptions,
+pub struct Ledger {
+    options: LedgerOptions,
     keys: Interner,
     key_info: Vec<KeyInfo>,
     out_of_scope_keys: FastMap<Vec<u8>, ()>,
@@ -176,20 +176,20 @@ pub struct Scan {
     read_errors: Vec<String>,
     out_of_scope: u64,
     scratch: Vec<u8>,
-    /// The class of the previous value (see [`Scan::intern_class`]).
+    /// The class of the previous value (see [`Ledger::intern_class`]).
     last_class: Option<u32>,
     verify: Option<VerifyPool>,
 }
 
-impl Scan {
+impl Ledger {
     /// A fresh scan with these options.
-    pub fn new(options: ScanOptions) -> Self {
+    pub fn new(options: LedgerOptions) -> Self {
         let mut prefix = options.prefix.clone();
         while prefix.last() == Some(&b'/') {
             prefix.pop();
         }
         Self {
-            options: ScanOptions { prefix, ..options },
+            options: LedgerOptions { prefix, ..options },
             keys: Interner::default(),
             key_info: Vec::new(),
             out_of_scope_keys: FastMap::default(),
@@ -206,9 +206,9 @@ impl Scan {
     }
 
     /// Verifies every encrypted value the pool's verifier has keys for, as
-    /// values arrive (see [`super::verify`]); results land in the
-    /// [`ScanResult`] (findings [`Finding::VerifyFailed`], and
-    /// [`ScanResult::verification`]).
+    /// values arrive (see [`crate::inspect::verify`]); results land in the
+    /// [`AuditResult`] (findings [`Finding::VerifyFailed`], and
+    /// [`AuditResult::verification`]).
     pub fn verify_with(&mut self, pool: VerifyPool) {
         self.verify = Some(pool);
     }
@@ -310,8 +310,8 @@ impl Scan {
 
     /// Resolves history and policy. The result holds every record, sorted by
     /// key then revision.
-    pub fn finish(self) -> ScanResult {
-        let Scan {
+    pub fn finish(self) -> AuditResult {
+        let Ledger {
             options,
             keys,
             key_info,
@@ -394,7 +394,7 @@ impl Scan {
             }
         }
         let records = sorted;
-        let mut result = ScanResult {
+        let mut result = AuditResult {
             options,
             keys,
             key_info,
@@ -423,7 +423,7 @@ impl Scan {
     }
 }
 
-impl ObservationSink for Scan {
+impl ObservationSink for Ledger {
     fn observe(&mut self, observed: Observed<'_>) {
         match observed {
             Observed::Put {
@@ -555,7 +555,7 @@ fn push_tied_runs(
     }
 }
 
-/// One value as reported: borrowed from the [`ScanResult`].
+/// One value as reported: borrowed from the [`AuditResult`].
 #[derive(Debug, Clone, Copy)]
 pub struct ValueView<'r> {
     /// The etcd key.
@@ -570,7 +570,7 @@ pub struct ValueView<'r> {
     pub class: &'r ClassInfo,
     /// What is wrong, if anything.
     pub finding: Option<Finding>,
-    /// Id of the resource string (see [`ScanResult::string`]).
+    /// Id of the resource string (see [`AuditResult::string`]).
     pub resource_id: u32,
     /// Id of the classification (same id, same classification).
     pub class_id: u32,
@@ -604,8 +604,8 @@ pub struct ResourceSummary {
 
 /// The outcome of a scan.
 #[derive(Debug)]
-pub struct ScanResult {
-    options: ScanOptions,
+pub struct AuditResult {
+    options: LedgerOptions,
     keys: Interner,
     key_info: Vec<KeyInfo>,
     strings: Interner,
@@ -618,7 +618,7 @@ pub struct ScanResult {
     verification: Option<VerifySummary>,
 }
 
-impl ScanResult {
+impl AuditResult {
     /// What verification did, when the scan verified values.
     pub fn verification(&self) -> Option<&VerifySummary> {
         self.verification.as_ref()
@@ -655,7 +655,7 @@ impl ScanResult {
     }
 
     /// The options the scan ran with.
-    pub fn options(&self) -> &ScanOptions {
+    pub fn options(&self) -> &LedgerOptions {
         &self.options
     }
 
@@ -872,7 +872,7 @@ mod tests {
     use super::*;
     use crate::inspect::classify::build;
 
-    fn put(scan: &mut Scan, key: &str, main: i64, value: &[u8]) {
+    fn put(scan: &mut Ledger, key: &str, main: i64, value: &[u8]) {
         scan.observe(Observed::Put {
             key: key.as_bytes(),
             revision: Revision { main, sub: 0 },
@@ -921,7 +921,7 @@ mod tests {
 
     #[test]
     fn latest_history_and_tombstones_in_any_order() {
-        let mut scan = Scan::new(ScanOptions::default());
+        let mut scan = Ledger::new(LedgerOptions::default());
         let plain = build::plaintext_protobuf("v1", "Secret", b"");
         let kms = build::kms_v2("kube-kms", "k1", Some(1), &[], &[1; 40]);
         // Observed out of order on purpose.
@@ -981,13 +981,13 @@ mod tests {
 
     #[test]
     fn policies() {
-        let options = ScanOptions {
+        let options = LedgerOptions {
             require_provider: RequiredProvider::parse("kms-v2:kube-kms"),
             allowed_key_ids: Some(vec![b"new".to_vec()]),
             ignore_history: true,
-            ..ScanOptions::default()
+            ..LedgerOptions::default()
         };
-        let mut scan = Scan::new(options);
+        let mut scan = Ledger::new(options);
         put(
             &mut scan,
             "/registry/secrets/a/old",

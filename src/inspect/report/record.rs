@@ -1,5 +1,5 @@
 //! The JSON Lines records of `etcd-inspect scan --format json`, as typed
-//! structs: [`report`](super::report) writes them and the destroy gate
+//! structs: [`report`](super) writes them and the destroy gate
 //! ([`crate::keyring::destroy_gate`]) reads them back with the same types, so
 //! the writer and the reader cannot drift apart. The schema is documented in
 //! `docs/report-schema.md`; [`SCHEMA_VERSION`] changes whenever a field that

@@ -1,10 +1,10 @@
-//! The deep scan of a backup file: remnants of Kubernetes values in pages the
-//! current meta page does not reach.
+//! Remnants of Kubernetes values in bytes no tree reaches: the content
+//! search of the deep scan (`--deep`), and the report it makes.
 //!
-//! Owns: finding, in every page of a bbolt file that the walk of the current
-//! meta page did not reach (free pages, pages only the older meta reaches, any
-//! page below the high-water mark outside the tree) and in the slack past the
-//! high-water mark (pre-grown member dbs), the remnants of stored values:
+//! Owns recognising, in any byte range a source hands over (for a bbolt
+//! file, [`crate::inspect::source::bbolt::deep`] hands the pages the current
+//! meta page does not reach and the slack past the high-water mark), the
+//! remnants of stored values:
 //! - etcd `mvccpb.KeyValue` records whose key is under the scanned prefix and
 //!   resource scope (raw search for `0a <len> <prefix>/...`, which also finds
 //!   the elements of old leaf pages), classified like the keyspace's values;
@@ -17,17 +17,9 @@
 //!   (`PRIVATE KEY-----`, of a TLS Secret) still reads as what it is.
 //!
 //! Each remnant says what it is ([`RemnantForm`]), never its bytes. The
-//! pages are searched (with `memchr::memmem`) as contiguous byte ranges:
-//! runs of unreachable pages, and the slack past the high-water mark joined
-//! to the run before it, in windows that overlap by [`OVERLAP`] bytes, so a
-//! remnant across a window boundary is found once.
-//!
-//! Why: bbolt copies pages on write and leaves the old ones as they were until
-//! reused; compaction frees old revisions but only `etcdctl defrag` rewrites the
-//! file without them, and a snapshot copies free pages verbatim. Pages are read
-//! with [`Database::read_pages`] in coalesced chunks (the reachable set comes
-//! from [`Database::walk`]); values are never retained or printed, only where
-//! they are and what they are.
+//! search uses `memchr::memmem`; a caller reading a long range in windows
+//! that overlap by [`OVERLAP`] bytes finds a remnant across a window
+//! boundary once ([`RemnantSearch::search_window`]).
 // A parser of untrusted bytes: no panics, no unchecked indexing (tests may).
 #![cfg_attr(
     not(test),
@@ -41,18 +33,14 @@
 
 use memchr::memmem::{Finder, FinderRev};
 
-use super::aligned::AlignedBuf;
-use super::bbolt::{BboltError, Database, PageSet, ReadAt};
 use super::classify::{Classifier, Provider, PROTOBUF_MAGIC};
 use super::resource::{resource_of, ResourceFilter};
 use super::{pb, unknown};
 
-/// Bytes read at once (several unreachable pages close together).
-const CHUNK_SIZE: u64 = 4 << 20;
 /// Bytes two consecutive windows of one byte range share: a remnant that
 /// starts before a window's end but needs more bytes to be recognised is
 /// found in the next window (each start is reported by one window only).
-const OVERLAP: u64 = 64 << 10;
+pub const OVERLAP: u64 = 64 << 10;
 /// Both lines of a PEM private key block end so (`-----BEGIN RSA PRIVATE
 /// KEY-----`, `-----END PRIVATE KEY-----`, ...).
 const PEM_PRIVATE_KEY: &[u8] = b"PRIVATE KEY-----";
@@ -70,7 +58,7 @@ const MAX_KEY_LEN: usize = 16 * 1024;
 
 /// What is in scope for the deep scan (same as the keyspace scan).
 #[derive(Debug, Clone)]
-pub struct ResidueScope {
+pub struct RemnantScope {
     /// Key prefix (`/registry`).
     pub prefix: Vec<u8>,
     /// Resources in scope.
@@ -128,7 +116,7 @@ pub struct Remnant {
 
 /// What the deep scan found.
 #[derive(Debug, Clone, Default)]
-pub struct ResidueReport {
+pub struct RemnantReport {
     /// Every remnant, by offset.
     pub remnants: Vec<Remnant>,
     /// Unreachable pages below the high-water mark examined.
@@ -141,7 +129,7 @@ pub struct ResidueReport {
     pub ignored: bool,
 }
 
-impl ResidueReport {
+impl RemnantReport {
     /// Remnants holding plaintext.
     pub fn plaintext_count(&self) -> usize {
         self.remnants.iter().filter(|r| r.plaintext).count()
@@ -153,71 +141,10 @@ impl ResidueReport {
     }
 }
 
-/// Examines every page of `db` not in `reachable` (from [`Database::walk`])
-/// and the slack past the high-water mark. `Err` for I/O problems, and when
-/// the file changed while it was read ([`BboltError::Changed`]).
-pub fn scan<R: ReadAt>(
-    db: &Database<R>,
-    reachable: &PageSet,
-    scope: &ResidueScope,
-) -> Result<ResidueReport, BboltError> {
-    let page_size = db.page_size();
-    let high_water = db.meta().high_water;
-    let slack_start = high_water.saturating_mul(page_size);
-    let image_end = db.image_size();
-    let mut report = ResidueReport::default();
-    let scanner = Scanner::new(scope, page_size);
-    // Contiguous byte ranges: runs of unreachable pages, the slack joined
-    // to a run that ends at the high-water mark.
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for pgid in (2..high_water).filter(|&pgid| !reachable.contains(pgid)) {
-        report.pages_examined += 1;
-        let (from, to) = (pgid * page_size, (pgid + 1) * page_size);
-        match ranges.last_mut() {
-            Some(last) if last.1 == from => last.1 = to,
-            _ => ranges.push((from, to)),
-        }
-    }
-    if slack_start < image_end {
-        report.slack_bytes = image_end - slack_start;
-        match ranges.last_mut() {
-            Some(last) if last.1 == slack_start => last.1 = image_end,
-            _ => ranges.push((slack_start, image_end)),
-        }
-    }
-    let mut buf = AlignedBuf::new();
-    for (from, to) in ranges {
-        // Each window reports the remnants starting in its middle part: the
-        // OVERLAP bytes before it are context (a PEM block's BEGIN line, a
-        // record's tag), the OVERLAP bytes after it are left to the next
-        // window, which holds what follows them.
-        let mut window = from;
-        let mut report_from = from;
-        loop {
-            let len = (to - window).min(CHUNK_SIZE);
-            buf.resize(len as usize);
-            db.read_image(window, &mut buf)?;
-            report.bytes_read += len;
-            let last = window + len == to;
-            let report_until = if last { to } else { window + len - OVERLAP };
-            let part = (report_from - window) as usize..(report_until - window) as usize;
-            scanner.scan_window(&buf, window, part, &mut report.remnants);
-            if last {
-                break;
-            }
-            report_from = report_until;
-            window = report_until - OVERLAP;
-        }
-    }
-    db.check_unchanged()?;
-    report.remnants.sort_by_key(|remnant| remnant.offset);
-    Ok(report)
-}
-
 /// Searches bytes for remnants.
 #[derive(Debug)]
-pub struct Scanner<'s> {
-    scope: &'s ResidueScope,
+pub struct RemnantSearch<'s> {
+    scope: &'s RemnantScope,
     prefix: Vec<u8>,
     prefix_finder: Finder<'static>,
     magic: Finder<'static>,
@@ -230,9 +157,9 @@ pub struct Scanner<'s> {
     page_size: u64,
 }
 
-impl<'s> Scanner<'s> {
+impl<'s> RemnantSearch<'s> {
     /// A scanner for `scope` in a file of `page_size` pages.
-    pub fn new(scope: &'s ResidueScope, page_size: u64) -> Self {
+    pub fn new(scope: &'s RemnantScope, page_size: u64) -> Self {
         let mut prefix = scope.prefix.clone();
         while prefix.last() == Some(&b'/') {
             prefix.pop();
@@ -258,13 +185,13 @@ impl<'s> Scanner<'s> {
 
     /// Appends the remnants found in `region`, which starts at file offset
     /// `base`, to `out`. Never panics, whatever the bytes.
-    pub fn scan_region(&self, region: &[u8], base: u64, out: &mut Vec<Remnant>) {
-        self.scan_window(region, base, 0..region.len(), out);
+    pub fn search_region(&self, region: &[u8], base: u64, out: &mut Vec<Remnant>) {
+        self.search_window(region, base, 0..region.len(), out);
     }
 
-    /// [`Scanner::scan_region`], reporting only remnants that start in
+    /// [`RemnantSearch::search_region`], reporting only remnants that start in
     /// `report` (the rest of `region` is context for them).
-    pub fn scan_window(
+    pub fn search_window(
         &self,
         region: &[u8],
         base: u64,
@@ -510,8 +437,8 @@ mod tests {
     use crate::inspect::pb::encode;
     use proptest::prelude::*;
 
-    fn scope(resources: ResourceFilter) -> ResidueScope {
-        ResidueScope {
+    fn scope(resources: ResourceFilter) -> RemnantScope {
+        RemnantScope {
             prefix: b"/registry".to_vec(),
             resources,
             classifier: Classifier::default(),
@@ -544,7 +471,7 @@ mod tests {
         page.resize(8192, 0);
         let scope = scope(ResourceFilter::Only(vec!["secrets".into()]));
         let mut out = Vec::new();
-        Scanner::new(&scope, 4096).scan_region(&page, 4096 * 7, &mut out);
+        RemnantSearch::new(&scope, 4096).search_region(&page, 4096 * 7, &mut out);
         out.sort_by_key(|r| r.offset);
         assert_eq!(out.len(), 3, "{out:?}");
         assert_eq!(out[0].key.as_deref(), Some(&b"/registry/secrets/ns/a"[..]));
@@ -560,11 +487,11 @@ mod tests {
         assert!(out[2].plaintext);
         let all = scope_all();
         let mut out = Vec::new();
-        Scanner::new(&all, 4096).scan_region(&page, 0, &mut out);
+        RemnantSearch::new(&all, 4096).search_region(&page, 0, &mut out);
         assert_eq!(out.len(), 5, "{out:?}");
     }
 
-    fn scope_all() -> ResidueScope {
+    fn scope_all() -> RemnantScope {
         scope(ResourceFilter::All)
     }
 
@@ -580,7 +507,7 @@ mod tests {
         page.extend_from_slice(br#"{"kind":"ConfigMap"} {"kind":"lower"}"#);
         let scope = scope(ResourceFilter::Only(vec!["secrets".into()]));
         let mut out = Vec::new();
-        Scanner::new(&scope, 4096).scan_region(&page, 0, &mut out);
+        RemnantSearch::new(&scope, 4096).search_region(&page, 0, &mut out);
         let found: Vec<(RemnantForm, u64, Option<&str>)> = out
             .iter()
             .map(|r| (r.form, r.offset, r.kind.as_deref()))
@@ -598,7 +525,7 @@ mod tests {
         // Nothing of a kind out of scope; PEM keys only with secrets in scope.
         let configmaps = scope_only("configmaps");
         let mut out = Vec::new();
-        Scanner::new(&configmaps, 4096).scan_region(&page, 0, &mut out);
+        RemnantSearch::new(&configmaps, 4096).search_region(&page, 0, &mut out);
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].kind.as_deref(), Some("ConfigMap"));
     }
@@ -610,12 +537,12 @@ mod tests {
         page.extend(key_value(b"/registry/secrets/ns/tls", value));
         let scope = scope_all();
         let mut out = Vec::new();
-        Scanner::new(&scope, 4096).scan_region(&page, 0, &mut out);
+        RemnantSearch::new(&scope, 4096).search_region(&page, 0, &mut out);
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].form, RemnantForm::KeyValue);
     }
 
-    fn scope_only(resource: &str) -> ResidueScope {
+    fn scope_only(resource: &str) -> RemnantScope {
         scope(ResourceFilter::Only(vec![resource.into()]))
     }
 
@@ -627,10 +554,10 @@ mod tests {
             Some("endpoints")
         );
         let scope = scope_only("endpoints");
-        assert!(Scanner::new(&scope, 4096).kind_in_scope(b"Endpoints"));
+        assert!(RemnantSearch::new(&scope, 4096).kind_in_scope(b"Endpoints"));
         let scope = scope_only("deployments.apps");
-        assert!(Scanner::new(&scope, 4096).kind_in_scope(b"Deployment"));
-        assert!(!Scanner::new(&scope, 4096).kind_in_scope(b"Secret"));
+        assert!(RemnantSearch::new(&scope, 4096).kind_in_scope(b"Deployment"));
+        assert!(!RemnantSearch::new(&scope, 4096).kind_in_scope(b"Secret"));
     }
 
     proptest! {
@@ -647,7 +574,7 @@ mod tests {
             }
             let all = scope_all();
             let mut out = Vec::new();
-            Scanner::new(&all, 512).scan_region(&bytes, 1024, &mut out);
+            RemnantSearch::new(&all, 512).search_region(&bytes, 1024, &mut out);
             for remnant in out {
                 prop_assert!(remnant.offset >= 1024);
             }

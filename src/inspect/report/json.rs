@@ -1,0 +1,75 @@
+//! The JSON Lines writer: the typed records of [`super::record`], one line
+//! each; strings from etcd are [`Field`]s (`{"text":..}` or `{"bytes":..}`).
+use std::io::{self, Write};
+
+use super::record::{Field, Record, ResidueRecord, ValueRecord};
+use super::summary::summary_record;
+use super::Report;
+use crate::inspect::audit::AuditResult;
+
+fn optional_field(result: &AuditResult, id: Option<u32>) -> Option<Field<'_>> {
+    id.map(|id| Field::from_bytes(result.string(id)))
+}
+
+fn write_record(out: &mut dyn Write, line: &mut Vec<u8>, record: &Record<'_>) -> io::Result<()> {
+    line.clear();
+    serde_json::to_writer(&mut *line, record)?;
+    line.push(b'\n');
+    out.write_all(line)
+}
+
+/// Writes JSON Lines: a `value` record per value, one `residue` record per
+/// remnant of the deep scan, then the `summary` record.
+pub(super) fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
+    let (result, residue) = (&report.result, report.remnants.as_ref());
+    let mut line = Vec::with_capacity(1024);
+    for value in result.values() {
+        let class = value.class;
+        let annotation_keys = match class.annotation_keys {
+            Some(id) => result
+                .string(id)
+                .split(|&byte| byte == b',')
+                .map(Field::from_bytes)
+                .collect(),
+            None => Vec::new(),
+        };
+        let record = Record::Value(ValueRecord {
+            key: Field::from_bytes(value.key),
+            resource: Field::from_bytes(value.resource),
+            revision: value.revision.main,
+            sub_revision: value.revision.sub,
+            latest: value.latest,
+            encrypted: class.provider.is_encrypted(),
+            provider: class.provider.as_str().into(),
+            provider_name: optional_field(result, class.name),
+            key_id: optional_field(result, class.key_id),
+            dek_source_type: class.dek_source_type.map(|t| t.as_str().into()),
+            kind: optional_field(result, class.kind),
+            api_version: optional_field(result, class.api_version),
+            encoding: class.encoding.map(|e| e.as_str().into()),
+            annotation_keys,
+            problem: class.malformation.map(|m| m.as_str().into()),
+            finding: value.finding.map(|finding| finding.code().into()),
+            verify: value.verify_failure.map(|failure| failure.code().into()),
+        });
+        write_record(out, &mut line, &record)?;
+    }
+    for remnant in residue.map_or(&[][..], |residue| residue.remnants.as_slice()) {
+        let finding = remnant.plaintext && residue.is_some_and(|residue| !residue.ignored);
+        let record = Record::Residue(ResidueRecord {
+            form: remnant.form.as_str().into(),
+            page: remnant.page,
+            offset: remnant.offset,
+            key: remnant.key.as_deref().map(Field::from_bytes),
+            resource: remnant.resource.as_deref().map(Into::into),
+            kind: remnant.kind.as_deref().map(Into::into),
+            provider: remnant.provider.map(|p| p.as_str().into()),
+            plaintext: remnant.plaintext,
+            finding: finding.then_some("residue".into()),
+        });
+        write_record(out, &mut line, &record)?;
+    }
+    let summary = Record::Summary(Box::new(summary_record(report)));
+    write_record(out, &mut line, &summary)?;
+    out.flush()
+}
