@@ -81,6 +81,14 @@ impl<W: Write> ObservationSink for Progress<'_, W> {
         self.tick();
     }
 
+    fn observe_copy(&mut self, observed: Observed<'_>, location: super::Location<'_>) {
+        if let Observed::Put { .. } = observed {
+            self.values += 1;
+        }
+        self.inner.observe_copy(observed, location);
+        self.tick();
+    }
+
     fn read_error(&mut self, message: String) {
         self.errors += 1;
         self.inner.read_error(message);

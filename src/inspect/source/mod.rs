@@ -23,6 +23,7 @@ use super::ObservationSink;
 
 pub mod bbolt;
 pub mod live;
+pub mod wal;
 
 /// A place an audit reads etcd's keys from.
 pub trait Source {
