@@ -11,11 +11,12 @@ use super::segment::{frame_size, RecordType, SegmentEnd, SegmentError, SegmentRe
 use super::*;
 
 /// Every record of `bytes`, or the error that stopped the reader.
-fn read_all(
-    bytes: &[u8],
-    seed: u32,
-    last: bool,
-) -> (Vec<(i64, Vec<u8>, u64)>, Result<SegmentEnd, SegmentError>) {
+/// A record read: type number, data, offset.
+type Read = (i64, Vec<u8>, u64);
+/// A put handed to the sink: key, value, segment, offset, term, index.
+type Put = (Vec<u8>, Vec<u8>, String, u64, u64, u64);
+
+fn read_all(bytes: &[u8], seed: u32, last: bool) -> (Vec<Read>, Result<SegmentEnd, SegmentError>) {
     let mut reader = SegmentReader::new(Cursor::new(bytes), bytes.len() as u64, seed, last);
     let mut records = Vec::new();
     loop {
@@ -168,7 +169,7 @@ fn the_chain_continues_into_the_next_segment() {
 /// A sink that keeps what it is given.
 #[derive(Default)]
 struct Collect {
-    puts: Vec<(Vec<u8>, Vec<u8>, String, u64, u64, u64)>,
+    puts: Vec<Put>,
     errors: Vec<String>,
 }
 
