@@ -32,6 +32,15 @@
 //! any other load; the servers' CPU time per call (from
 //! `/proc/PID/task/*/schedstat`) does not, and is reported beside them.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a benchmark: prints its figures, and stops at the first failure"
+)]
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -246,9 +246,13 @@ impl WrapCipher {
     fn derive_v2(prk: &Key256, salt: &[u8]) -> Result<Self, WrapError> {
         let salt: &[u8; SALT_LEN] = salt.try_into().map_err(|_| WrapError::Unwrap)?;
         // The salt is public: the info can sit on the stack unzeroized.
+        // DOMAIN_V2, a zero byte, the salt.
         let mut info = [0u8; DOMAIN_V2.len() + 1 + SALT_LEN];
-        info[..DOMAIN_V2.len()].copy_from_slice(DOMAIN_V2);
-        info[DOMAIN_V2.len() + 1..].copy_from_slice(salt);
+        let (domain, rest) = info.split_at_mut(DOMAIN_V2.len());
+        domain.copy_from_slice(DOMAIN_V2);
+        if let Some((_, salt_part)) = rest.split_first_mut() {
+            salt_part.copy_from_slice(salt);
+        }
         let mut key = Zeroizing::new([0u8; AES_KEY_LEN]);
         crate::kdf::expand(prk.expose_secret(), &info, key.as_mut_slice())
             .map_err(|_| WrapError::Unwrap)?;
@@ -275,7 +279,7 @@ impl WrapCipher {
         let sealed = self.aead.encrypt_in_place_detached(
             &self.nonce,
             &associated_data(self.domain, key_id),
-            &mut out[HEADER_LEN..],
+            out.get_mut(HEADER_LEN..).ok_or(WrapError::Unwrap)?,
         );
         match sealed {
             Ok(tag) => {

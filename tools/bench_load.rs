@@ -13,6 +13,15 @@
 //! [--namespaces K] [--variant plaintext|kmsv2] [--keyring FILE]
 //! [--concurrency C]`.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a benchmark tool: prints its figures, and stops at the first failure"
+)]
 
 use std::error::Error;
 use std::path::PathBuf;

@@ -8,6 +8,15 @@
 //!
 //! Usage: soak KUBE_KMS_BINARY [CALLS [CONCURRENCY]]
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a benchmark tool: prints its figures, and stops at the first failure"
+)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -21,16 +21,6 @@
 //! aesgcm/secretbox it is cut at its first `:`. [`Classifier::with_names`] takes
 //! the configured names and matches them exactly first. kms v2 provider names
 //! cannot contain `:` (kube-apiserver rejects them).
-// A parser of untrusted bytes: no panics, no unchecked indexing (tests may).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
 
 use super::pb;
 use super::unknown;

@@ -4,16 +4,6 @@
 //! mod_revision = 3, version = 4, value = 5, lease = 6). Used by the bbolt
 //! source ([`super::source::bbolt`]); any source holding etcd's records
 //! (a WAL's entries too) can decode them here.
-// A parser of untrusted bytes: no panics, no unchecked indexing (tests may).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
 
 use super::pb::{self, PbError};
 use super::Revision;

@@ -20,16 +20,6 @@
 //! search uses `memchr::memmem`; a caller reading a long range in windows
 //! that overlap by [`OVERLAP`] bytes finds a remnant across a window
 //! boundary once ([`RemnantSearch::search_window`]).
-// A parser of untrusted bytes: no panics, no unchecked indexing (tests may).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
 
 use memchr::memmem::{Finder, FinderRev};
 

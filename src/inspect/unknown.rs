@@ -7,16 +7,6 @@
 //! (which wants every field to be one the schema declares) and the residue
 //! scan (which finds an envelope inside free pages, where the bytes after it
 //! are not its own) all read it here. Borrowed, zero-copy, never panics.
-// A parser of untrusted bytes: no panics, no unchecked indexing (tests may).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
 
 use super::pb::{self, PbError};
 

@@ -178,10 +178,11 @@ pub fn read_records(
                 // JSON of another schema version, or a line cut short.
                 usage.unreadable_line.get_or_insert(index + 1);
                 if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if value["type"] == "summary" {
+                    if value.get("type").is_some_and(|kind| kind == "summary") {
                         usage.schema_version = Some(
-                            value["data"]["schema_version"]
-                                .as_u64()
+                            value
+                                .pointer("/data/schema_version")
+                                .and_then(serde_json::Value::as_u64)
                                 .map_or(1, |v| v.min(u64::from(u32::MAX)) as u32),
                         );
                     }

@@ -4,6 +4,15 @@
 //! `common` holds the harnesses: real etcd processes, real plugin servers,
 //! the shared fixtures.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests stop loudly at the first surprise and print what they saw"
+)]
 
 mod aws_kms;
 mod bundle;

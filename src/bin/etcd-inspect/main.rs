@@ -1,6 +1,11 @@
 //! `etcd-inspect`: audits etcd and etcd backups for plaintext Secrets.
 //! Glue only: the work is done in `kube_kms::inspect`.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a binary's output and its error messages are its job"
+)]
 use clap::{Parser, Subcommand};
 
 #[path = "../cli_docs.rs"]

@@ -1,6 +1,11 @@
 //! `kube-kms`: the KMS v2 plugin server (`serve`) and its keyring tool (`key`).
 //! Glue only: the work is done in the `kube_kms` library.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a binary's output and its error messages are its job"
+)]
 use clap::{Parser, Subcommand};
 
 mod backend_args;

@@ -10,16 +10,6 @@
 //! read as contiguous byte ranges (runs of unreachable pages, and the slack
 //! joined to the run before it) in windows that overlap by
 //! [`OVERLAP`] bytes, so a remnant across a window boundary is found once.
-// Offsets come from the file's meta page: arithmetic and slicing stay checked.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
 
 use super::{BboltError, Database, PageSet, ReadAt};
 use crate::inspect::aligned::AlignedBuf;

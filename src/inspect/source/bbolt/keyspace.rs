@@ -4,16 +4,6 @@
 //! [`Observed::Put`] or [`Observed::Delete`]; read the `meta` bucket's
 //! compaction marks. Entries come in physical page order, not revision order;
 //! the sink sorts history out. Records are decoded by [`crate::inspect::mvcc`].
-// A reader of untrusted bytes: no panics, no unchecked indexing (tests may).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
 
 use std::path::Path;
 

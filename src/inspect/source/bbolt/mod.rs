@@ -250,7 +250,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 fn u16_at(bytes: &[u8], offset: usize) -> Option<u16> {
     let slice = bytes.get(offset..offset.checked_add(2)?)?;
-    Some(u16::from_le_bytes([slice[0], slice[1]]))
+    Some(u16::from_le_bytes(slice.try_into().ok()?))
 }
 
 fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
