@@ -1,6 +1,6 @@
 //! The root of trust behind the plugin: "wrap and unwrap a DEK seed under KEK
 //! version N". The gRPC server knows only this trait, so the file keyring, a
-//! PKCS#11 token and a cloud KMS plug in without touching the server.
+//! PKCS#11 token, a cloud KMS and Vault Transit plug in without touching the server.
 //!
 //! Contract every backend keeps:
 //! - [`KeyBackend::status`] is cheap (no I/O, no crypto, no remote call): it
@@ -19,6 +19,7 @@ use crate::secret::SecretBytes;
 pub mod aws_kms;
 pub mod file;
 pub mod pkcs11;
+pub mod vault;
 
 /// The health string of a backend whose last self-test passed (what Status'
 /// healthz must say for kube-apiserver to call the plugin healthy).

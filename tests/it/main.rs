@@ -43,5 +43,6 @@ mod server;
 mod server_process;
 mod socket_callers;
 mod trust;
+mod vault;
 mod verdict;
 mod verify_fixtures;

@@ -1,12 +1,12 @@
 //! The backend selector shared by `kube-kms serve` and the `kube-kms key`
-//! commands that work on every backend: `--backend file|pkcs11|aws-kms`, each
+//! commands that work on every backend: `--backend file|pkcs11|aws-kms|vault`, each
 //! backend's options as flags, and an optional `--backend-config FILE` (YAML)
 //! holding the same options. A flag given on the command line wins over the
 //! file; the file wins over the defaults.
 //!
 //! The file, every field optional:
 //! ```yaml
-//! backend: pkcs11            # file (default), pkcs11, aws-kms
+//! backend: pkcs11            # file (default), pkcs11, aws-kms, vault
 //! keyring: /etc/kube-kms/keyring.json
 //! pkcs11:
 //!   module: /usr/lib/softhsm/libsofthsm2.so
@@ -17,6 +17,19 @@
 //!   alias_prefix: alias/kube-kms
 //!   region: eu-west-1
 //!   endpoint_url: https://kms.eu-west-1.amazonaws.com
+//!   call_timeout: 2s
+//!   refresh_interval: 30s
+//! vault:                     # no secrets here: files that hold them
+//!   address: https://vault.example:8200
+//!   namespace: team-a
+//!   mount: transit
+//!   key: kube-kms
+//!   cacert: /etc/kube-kms/vault-ca.pem
+//!   client_cert: /etc/kube-kms/vault-client.pem
+//!   client_key: /etc/kube-kms/vault-client.key
+//!   token_file: /run/kube-kms/vault-token      # or role_id_file + secret_id_file, or cert_auth: true
+//!   auth_mount: approle
+//!   cert_role: kube-kms
 //!   call_timeout: 2s
 //!   refresh_interval: 30s
 //! ```
@@ -34,6 +47,8 @@ pub(crate) enum BackendKind {
     Pkcs11,
     /// Customer master keys in AWS KMS (or a KMS-compatible endpoint).
     AwsKms,
+    /// The versions of a Vault or OpenBao Transit key.
+    Vault,
 }
 
 /// Backend options, as flags (`#[command(flatten)]` them into a command).
@@ -52,6 +67,8 @@ pub(crate) struct BackendArgs {
     pkcs11: Pkcs11Flags,
     #[command(flatten)]
     aws: crate::backend_aws::AwsKmsFlags,
+    #[command(flatten)]
+    vault: crate::backend_vault::VaultFlags,
 }
 
 /// Options of `--backend pkcs11`.
@@ -82,6 +99,7 @@ struct BackendConfigFile {
     keyring: Option<PathBuf>,
     pkcs11: Option<Pkcs11Section>,
     aws_kms: Option<crate::backend_aws::AwsKmsSection>,
+    vault: Option<crate::backend_vault::VaultSection>,
 }
 
 /// The `pkcs11:` section of the config file.
@@ -125,6 +143,8 @@ pub(crate) enum BackendChoice {
     Pkcs11(Pkcs11Settings),
     /// AWS KMS, with its options.
     AwsKms(crate::backend_aws::AwsKmsArgs),
+    /// A Vault/OpenBao Transit key, with its options.
+    Vault(Box<crate::backend_vault::VaultArgs>),
 }
 
 /// Largest `--backend-config` file read.
@@ -210,6 +230,9 @@ impl BackendArgs {
             BackendKind::AwsKms => Ok(BackendChoice::AwsKms(
                 self.aws.resolve(file.aws_kms.unwrap_or_default()),
             )),
+            BackendKind::Vault => Ok(BackendChoice::Vault(Box::new(
+                self.vault.resolve(file.vault.unwrap_or_default())?,
+            ))),
         }
     }
 }
@@ -300,5 +323,57 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(format!("{error:#}").contains("soon"), "{error:#}");
+    }
+
+    #[test]
+    fn vault_options_come_from_flags_then_the_file_then_defaults() {
+        use kube_kms::backend::vault::AuthMethod;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("backend.yaml");
+        std::fs::write(
+            &config,
+            "backend: vault\nvault:\n  address: https://vault:8200\n  key: k8s\n  role_id_file: /r\n  secret_id_file: /s\n  call_timeout: 5s\n",
+        )
+        .unwrap();
+        let BackendChoice::Vault(vault) = args(None, Some(&config)).resolve().unwrap() else {
+            panic!("vault expected");
+        };
+        let config_seen = &vault.config;
+        assert_eq!(config_seen.address, "https://vault:8200");
+        assert_eq!(config_seen.mount, "transit");
+        assert_eq!(config_seen.key, "k8s");
+        assert_eq!(config_seen.call_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(
+            config_seen.auth,
+            AuthMethod::AppRole {
+                mount: "approle".into(),
+                role_id_file: PathBuf::from("/r"),
+                secret_id_file: PathBuf::from("/s"),
+            }
+        );
+        // Two ways to log in, or none: refused.
+        let mut both = args(None, Some(&config));
+        both.vault =
+            crate::backend_vault::VaultFlags::parse_for_test(&["--vault-token-file", "/t"]);
+        let error = both.resolve().unwrap_err();
+        assert!(
+            error.to_string().contains("exactly one way to log in"),
+            "{error}"
+        );
+        std::fs::write(
+            &config,
+            "backend: vault\nvault:\n  address: https://vault:8200\n  key: k\n",
+        )
+        .unwrap();
+        let error = args(None, Some(&config)).resolve().unwrap_err();
+        assert!(
+            error.to_string().contains("exactly one way to log in"),
+            "{error}"
+        );
+        std::fs::write(&config, "backend: vault\nvault:\n  adress: x\n").unwrap();
+        let error = args(None, Some(&config)).resolve().unwrap_err();
+        assert!(format!("{error:#}").contains("adress"), "{error:#}");
+        let error = args(Some(BackendKind::Vault), None).resolve().unwrap_err();
+        assert!(error.to_string().contains("--vault-addr"), "{error}");
     }
 }

@@ -3,6 +3,7 @@
 //! under a lock) plus a message saying what changed and what follows.
 //! `rotate`, `list`, `disable`, `enable` and `destroy` also work on a PKCS#11
 //! token (`--backend pkcs11`, through `kube_kms::backend::pkcs11::store`),
+//! in AWS KMS (`key/aws.rs`) and on a Vault Transit key (`key/vault.rs`),
 //! under the same state-machine rules and the same destroy gate.
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use crate::backend_args::{BackendArgs, BackendChoice};
 
 mod aws;
 mod ha;
+mod vault;
 
 /// Keyring commands.
 #[derive(clap::Subcommand)]
@@ -132,6 +134,10 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
     let command = match aws::dispatch(command)? {
         aws::Dispatch::Done(code) => return Ok(code),
         aws::Dispatch::Other(command) => *command,
+    };
+    let command = match vault::dispatch(command)? {
+        vault::Dispatch::Done(code) => return Ok(code),
+        vault::Dispatch::Other(command) => *command,
     };
     let now = SystemTime::now();
     let message = match command {
@@ -361,6 +367,9 @@ impl KeyStore {
             }
             BackendChoice::AwsKms(_) => {
                 anyhow::bail!("this command does not support --backend aws-kms")
+            }
+            BackendChoice::Vault(_) => {
+                anyhow::bail!("this command does not support --backend vault")
             }
         }
     }

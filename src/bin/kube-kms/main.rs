@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod backend_args;
 mod backend_aws;
+mod backend_vault;
 #[path = "../cli_docs.rs"]
 mod cli_docs;
 mod demo;

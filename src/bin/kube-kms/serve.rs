@@ -236,6 +236,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             serve_with(backend, &args).await
         }
         BackendChoice::AwsKms(aws) => serve_with(aws.open().await?, &args).await,
+        BackendChoice::Vault(vault) => serve_with(vault.open().await?, &args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod bao;
 pub mod bbolt_craft;
 pub mod etcd;
 pub mod fixtures;

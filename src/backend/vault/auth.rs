@@ -1,0 +1,545 @@
+//! How the Vault backend gets and keeps a token, with no help from
+//! kube-apiserver (the plugin starts before it): a token file written by an
+//! agent or an operator (`--vault-token-file`, re-read when it changes),
+//! AppRole (`--vault-role-id-file` + `--vault-secret-id-file`) or TLS
+//! certificate login (the client certificate of `--vault-client-cert`).
+//!
+//! A token with a TTL is renewed (`auth/token/renew-self`) when two thirds of
+//! it have passed; when renewal fails or the token is not renewable, AppRole
+//! and cert log in again. A call that Vault answers with 403 asks
+//! [`Auth::recover`] once: AppRole and cert log in again, a token file is
+//! re-read (and the call retried only if the file changed).
+//!
+//! Secrets: the token, the role id and the secret id live only in
+//! [`Zeroizing`] strings whose `Debug` prints nothing; no error and no log
+//! line carries them (Vault's error text is passed on, never a body).
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use hyper::header::HeaderValue;
+use hyper::Method;
+use zeroize::Zeroizing;
+
+use super::http::{HttpError, VaultHttp};
+
+/// Largest token, role id or secret id file read.
+const MAX_SECRET_FILE: u64 = 16 * 1024;
+
+/// How the backend authenticates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A file holding a token (e.g. written by Vault Agent).
+    TokenFile(PathBuf),
+    /// AppRole login at `auth/{mount}/login`.
+    AppRole {
+        /// The auth mount (default `approle`).
+        mount: String,
+        /// File holding the role id.
+        role_id_file: PathBuf,
+        /// File holding the secret id.
+        secret_id_file: PathBuf,
+    },
+    /// TLS certificate login at `auth/{mount}/login` with the client
+    /// certificate of the HTTP client.
+    Cert {
+        /// The auth mount (default `cert`).
+        mount: String,
+        /// The cert role to log in as (`name`); `None`: any matching role.
+        role: Option<String>,
+    },
+}
+
+impl AuthMethod {
+    /// A short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthMethod::TokenFile(_) => "token file",
+            AuthMethod::AppRole { .. } => "AppRole",
+            AuthMethod::Cert { .. } => "TLS certificate",
+        }
+    }
+}
+
+/// Why authentication failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// A credential file could not be used.
+    #[error("cannot use {what} {path}: {detail}")]
+    File {
+        /// Which option.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What was wrong (never the content).
+        detail: String,
+    },
+    /// Vault refused or failed the login, renewal or lookup.
+    #[error("Vault {method} {step} failed: {source}")]
+    Vault {
+        /// The auth method.
+        method: &'static str,
+        /// login, renew-self or lookup-self.
+        step: &'static str,
+        /// What went wrong.
+        source: HttpError,
+    },
+}
+
+/// A Vault token. `Debug` prints nothing of it.
+#[derive(Clone)]
+pub struct VaultToken(Zeroizing<String>);
+
+impl std::fmt::Debug for VaultToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VaultToken(..)")
+    }
+}
+
+impl VaultToken {
+    /// The header carrying it (marked sensitive: hyper keeps it out of its
+    /// debug output and HPACK tables).
+    fn header(&self) -> Option<HeaderValue> {
+        let mut value = HeaderValue::from_str(&self.0).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+}
+
+/// The token in use and what is known of its lifetime.
+pub struct Session {
+    token: VaultToken,
+    header: Option<HeaderValue>,
+    /// Incremented on every new token: a caller that saw a 403 with
+    /// generation N only re-logs in if the session is still N.
+    pub generation: u64,
+    /// When to renew (or log in again); `None`: the token does not expire.
+    renew_at: Option<Instant>,
+    /// When the token expires; `None`: never.
+    expires_at: Option<Instant>,
+    renewable: bool,
+    /// The token file's identity when read.
+    stamp: Option<FileStamp>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("token", &self.token)
+            .field("generation", &self.generation)
+            .field("renewable", &self.renewable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The `X-Vault-Token` header, if the token is a valid header value.
+    pub fn header(&self) -> Option<&HeaderValue> {
+        self.header.as_ref()
+    }
+}
+
+/// What identifies a version of a file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: metadata.modified().ok(),
+        len: metadata.len(),
+        inode: metadata.ino(),
+    })
+}
+
+/// Reads a one-line secret file (trailing whitespace dropped).
+fn read_secret(what: &'static str, path: &Path) -> Result<Zeroizing<String>, AuthError> {
+    use std::io::Read as _;
+    let error = |detail: String| AuthError::File {
+        what,
+        path: path.to_path_buf(),
+        detail,
+    };
+    let file = std::fs::File::open(path).map_err(|e| error(e.to_string()))?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| error(e.to_string()))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(error(format!("larger than {MAX_SECRET_FILE} bytes")));
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| error("not UTF-8 text".to_owned()))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(error("empty".to_owned()));
+    }
+    if trimmed.bytes().any(|b| b.is_ascii_control()) {
+        return Err(error(
+            "holds control characters (one line expected)".to_owned(),
+        ));
+    }
+    Ok(Zeroizing::new(trimmed.to_owned()))
+}
+
+/// The `auth` section of a login or renewal answer.
+#[derive(serde::Deserialize)]
+struct AuthAnswer {
+    auth: AuthSection,
+}
+
+#[derive(serde::Deserialize)]
+struct AuthSection {
+    client_token: Zeroizing<String>,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+/// The part of `lookup-self` kube-kms reads (never `id`, the token).
+#[derive(serde::Deserialize)]
+struct LookupAnswer {
+    data: LookupData,
+}
+
+#[derive(serde::Deserialize)]
+struct LookupData {
+    #[serde(default)]
+    ttl: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+/// The token holder of one backend.
+pub struct Auth {
+    method: AuthMethod,
+    http: VaultHttp,
+    session: ArcSwap<Session>,
+    /// Serializes logins and renewals.
+    changing: tokio::sync::Mutex<()>,
+    call_timeout: Duration,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("method", &self.method.kind())
+            .field("generation", &self.session.load().generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// When to renew a token of `ttl`: after two thirds of it.
+fn lifetimes(ttl: u64, now: Instant) -> (Option<Instant>, Option<Instant>) {
+    if ttl == 0 {
+        return (None, None);
+    }
+    let ttl = Duration::from_secs(ttl);
+    (Some(now + ttl.mul_f64(2.0 / 3.0)), Some(now + ttl))
+}
+
+impl Auth {
+    /// Gets a first token (logs in, or reads the token file and looks it up).
+    pub async fn start(
+        method: AuthMethod,
+        http: VaultHttp,
+        call_timeout: Duration,
+    ) -> Result<Self, AuthError> {
+        let session = acquire(&method, &http, call_timeout, 1).await?;
+        Ok(Self {
+            method,
+            http,
+            session: ArcSwap::from_pointee(session),
+            changing: tokio::sync::Mutex::new(()),
+            call_timeout,
+        })
+    }
+
+    /// The method in use.
+    pub fn method(&self) -> &AuthMethod {
+        &self.method
+    }
+
+    /// The current session (token and generation).
+    pub fn session(&self) -> Arc<Session> {
+        self.session.load_full()
+    }
+
+    /// After a 403 with the token of `generation`: gets another token if
+    /// that can help. True if the call is worth repeating.
+    pub async fn recover(&self, generation: u64) -> bool {
+        let _guard = self.changing.lock().await;
+        let current = self.session.load_full();
+        if current.generation != generation {
+            return true;
+        }
+        if let AuthMethod::TokenFile(path) = &self.method {
+            if stamp(path) == current.stamp {
+                return false;
+            }
+        }
+        match acquire(&self.method, &self.http, self.call_timeout, generation + 1).await {
+            Ok(session) => {
+                tracing::info!(
+                    method = self.method.kind(),
+                    "Vault denied the token; got a new one"
+                );
+                self.session.store(Arc::new(session));
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Vault denied the token and getting a new one failed");
+                false
+            }
+        }
+    }
+
+    /// One round of upkeep: re-reads a changed token file, renews a token
+    /// past two thirds of its TTL, logs in again when renewal is not
+    /// possible. Returns how long to wait before the next round.
+    pub async fn maintain(&self) -> Duration {
+        let _guard = self.changing.lock().await;
+        let current = self.session.load_full();
+        let now = Instant::now();
+        let next_generation = current.generation + 1;
+        if let AuthMethod::TokenFile(path) = &self.method {
+            if stamp(path) != current.stamp {
+                match acquire(&self.method, &self.http, self.call_timeout, next_generation).await {
+                    Ok(session) => {
+                        tracing::info!(file = %path.display(), "the Vault token file changed; using the new token");
+                        self.session.store(Arc::new(session));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the Vault token file changed but its token cannot be used; keeping the previous one")
+                    }
+                }
+                return Duration::from_secs(1);
+            }
+        }
+        let Some(renew_at) = current.renew_at else {
+            return Duration::from_secs(1);
+        };
+        if now < renew_at {
+            return (renew_at - now).min(Duration::from_secs(1));
+        }
+        if current.renewable {
+            match self.renew(&current).await {
+                Ok(session) => {
+                    tracing::debug!("renewed the Vault token");
+                    self.session.store(Arc::new(session));
+                    return Duration::from_secs(1);
+                }
+                Err(error) => tracing::warn!(%error, "renewing the Vault token failed"),
+            }
+        }
+        if matches!(self.method, AuthMethod::TokenFile(_)) {
+            if current
+                .expires_at
+                .is_some_and(|at| at <= now + Duration::from_secs(60))
+            {
+                tracing::warn!("the Vault token from the token file expires within a minute and cannot be renewed: write a new token into the file");
+            }
+            return Duration::from_secs(1);
+        }
+        match acquire(&self.method, &self.http, self.call_timeout, next_generation).await {
+            Ok(session) => {
+                tracing::info!(
+                    method = self.method.kind(),
+                    "logged in to Vault again before the token expires"
+                );
+                self.session.store(Arc::new(session));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "logging in to Vault again failed; will retry")
+            }
+        }
+        Duration::from_secs(1)
+    }
+
+    async fn renew(&self, current: &Session) -> Result<Session, AuthError> {
+        let vault = |source| AuthError::Vault {
+            method: self.method.kind(),
+            step: "renew-self",
+            source,
+        };
+        let body = self
+            .http
+            .request(
+                Method::POST,
+                "auth/token/renew-self",
+                current.header(),
+                Some(b"{}"),
+                Instant::now() + self.call_timeout,
+            )
+            .await
+            .map_err(vault)?;
+        let answer: AuthAnswer = serde_json::from_slice(&body).map_err(|_| {
+            vault(HttpError::BadAnswer {
+                path: "auth/token/renew-self".into(),
+                detail: "no auth section".into(),
+            })
+        })?;
+        let (renew_at, expires_at) = lifetimes(answer.auth.lease_duration, Instant::now());
+        Ok(Session {
+            token: current.token.clone(),
+            header: current.header.clone(),
+            generation: current.generation,
+            renew_at,
+            expires_at,
+            renewable: answer.auth.renewable,
+            stamp: current.stamp,
+        })
+    }
+}
+
+/// Gets a token by `method`: a login, or the token file plus a lookup.
+async fn acquire(
+    method: &AuthMethod,
+    http: &VaultHttp,
+    call_timeout: Duration,
+    generation: u64,
+) -> Result<Session, AuthError> {
+    let deadline = Instant::now() + call_timeout;
+    let vault = |step, source| AuthError::Vault {
+        method: method.kind(),
+        step,
+        source,
+    };
+    let (path, body, stamp) = match method {
+        AuthMethod::TokenFile(path) => {
+            let before = stamp(path);
+            let token = VaultToken(read_secret("--vault-token-file", path)?);
+            let header = token.header().ok_or_else(|| AuthError::File {
+                what: "--vault-token-file",
+                path: path.clone(),
+                detail: "the token holds characters a header cannot carry".into(),
+            })?;
+            let body = http
+                .request(
+                    Method::GET,
+                    "auth/token/lookup-self",
+                    Some(&header),
+                    None,
+                    deadline,
+                )
+                .await
+                .map_err(|source| vault("lookup-self", source))?;
+            let lookup: LookupAnswer = serde_json::from_slice(&body).map_err(|_| {
+                vault(
+                    "lookup-self",
+                    HttpError::BadAnswer {
+                        path: "auth/token/lookup-self".into(),
+                        detail: "no data.ttl".into(),
+                    },
+                )
+            })?;
+            let (renew_at, expires_at) = lifetimes(lookup.data.ttl, Instant::now());
+            return Ok(Session {
+                token,
+                header: Some(header),
+                generation,
+                renew_at,
+                expires_at,
+                renewable: lookup.data.renewable,
+                stamp: before,
+            });
+        }
+        AuthMethod::AppRole {
+            mount,
+            role_id_file,
+            secret_id_file,
+        } => {
+            let role_id = read_secret("--vault-role-id-file", role_id_file)?;
+            let secret_id = read_secret("--vault-secret-id-file", secret_id_file)?;
+            let body = Zeroizing::new(
+                serde_json::to_vec(&serde_json::json!({
+                    "role_id": role_id.as_str(),
+                    "secret_id": secret_id.as_str(),
+                }))
+                .unwrap_or_default(),
+            );
+            (format!("auth/{mount}/login"), body, None)
+        }
+        AuthMethod::Cert { mount, role } => {
+            let body = match role {
+                Some(name) => serde_json::to_vec(&serde_json::json!({ "name": name })),
+                None => serde_json::to_vec(&serde_json::json!({})),
+            };
+            (
+                format!("auth/{mount}/login"),
+                Zeroizing::new(body.unwrap_or_default()),
+                None,
+            )
+        }
+    };
+    let answer = http
+        .request(Method::POST, &path, None, Some(&body), deadline)
+        .await
+        .map_err(|source| vault("login", source))?;
+    let parsed: AuthAnswer = serde_json::from_slice(&answer).map_err(|_| {
+        vault(
+            "login",
+            HttpError::BadAnswer {
+                path: path.clone(),
+                detail: "no auth.client_token".into(),
+            },
+        )
+    })?;
+    let token = VaultToken(parsed.auth.client_token);
+    let header = token.header();
+    let (renew_at, expires_at) = lifetimes(parsed.auth.lease_duration, Instant::now());
+    Ok(Session {
+        token,
+        header,
+        generation,
+        renew_at,
+        expires_at,
+        renewable: parsed.auth.renewable,
+        stamp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_print_nothing() {
+        let token = VaultToken(Zeroizing::new("hvs.secret-token".into()));
+        assert_eq!(format!("{token:?}"), "VaultToken(..)");
+        let header = token.header().unwrap();
+        assert!(header.is_sensitive());
+        assert!(!format!("{header:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn secret_files_are_one_trimmed_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s.abc\n").unwrap();
+        assert_eq!(read_secret("t", &path).unwrap().as_str(), "s.abc");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_secret("t", &path).is_err());
+        std::fs::write(&path, "a\nb").unwrap();
+        let error = read_secret("t", &path).unwrap_err().to_string();
+        assert!(!error.contains("a\nb"), "{error}");
+        std::fs::write(&path, vec![b'a'; 20_000]).unwrap();
+        assert!(read_secret("t", &path).is_err());
+        assert!(read_secret("t", &dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn renewal_comes_at_two_thirds_of_the_ttl() {
+        let now = Instant::now();
+        assert_eq!(lifetimes(0, now), (None, None));
+        let (renew, expires) = lifetimes(30, now);
+        assert_eq!(renew, Some(now + Duration::from_secs(20)));
+        assert_eq!(expires, Some(now + Duration::from_secs(30)));
+    }
+}

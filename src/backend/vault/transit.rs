@@ -1,0 +1,924 @@
+//! The KEK versions of one Transit key: the key_id scheme, the stored
+//! ciphertext form, how version states map onto Transit's version floors,
+//! the encrypt/decrypt calls, and the `kube-kms key` operations.
+//!
+//! Layout, for mount `M` (default `transit`) and key `K`:
+//! - version `N` of kube-kms is version `N` of the Transit key `M/keys/K`;
+//!   the primary is the key's `latest_version` (a Transit `rotate` makes a
+//!   new primary); kube-kms always names the version (`key_version`);
+//! - states come from the key's floors: a version below
+//!   `min_available_version` is destroyed (trimmed: its material is gone), a
+//!   version below `min_decryption_version` is disabled, the latest is
+//!   primary, the rest are enabled. The floors act in order, so
+//!   `kube-kms key disable|enable|destroy` accept only the version at the
+//!   floor and refuse others with the reason;
+//! - the key must be an AEAD type (`aes256-gcm96`, `aes128-gcm96`,
+//!   `chacha20-poly1305`), not derived nor convergent: anything else is
+//!   refused at start.
+//!
+//! The key_id of version `N` is `kk-vault-vN-M/K` (e.g.
+//! `kk-vault-v3-transit/kube-kms`); the Vault namespace is not part of it.
+//! It is public and names the exact Transit key and version decrypt uses.
+//! A Transit key deleted and created again under the same name restarts at
+//! version 1 and would repeat key_ids: do not reuse key names.
+//!
+//! Every encrypt and decrypt passes `associated_data` =
+//! `kube-kms:dek-seed:v1:` + key_id, so a ciphertext opens only under the
+//! key_id it was made for, and someone with `encrypt` on the key cannot
+//! forge a seed for kube-kms without the same binding.
+//!
+//! Stored form (what Encrypt returns to kube-apiserver): `0xB1`, the
+//! version as 4 bytes big-endian, then the bytes of Transit's base64
+//! ciphertext (nonce, ciphertext, tag). Decrypt checks that version against
+//! the key_id's and rebuilds `vault:vN:<base64>` for Transit.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use hyper::Method;
+use zeroize::Zeroizing;
+
+use super::auth::Auth;
+use super::http::{HttpError, VaultHttp};
+use crate::keyring::KeyState;
+use crate::secret::SecretBytes;
+
+/// Every Vault key_id starts with this.
+pub const KEY_ID_PREFIX: &str = "kk-vault-v";
+/// The default Transit mount.
+pub const DEFAULT_MOUNT: &str = "transit";
+/// The first byte of the stored form.
+pub const FORMAT_BYTE: u8 = 0xB1;
+/// Prefix of the associated data bound to every ciphertext.
+const AD_LABEL: &str = "kube-kms:dek-seed:v1:";
+/// Key types that take `associated_data`.
+pub const AEAD_TYPES: [&str; 3] = ["aes256-gcm96", "aes128-gcm96", "chacha20-poly1305"];
+/// The type `kube-kms key rotate` creates a missing key with.
+pub const CREATE_TYPE: &str = "aes256-gcm96";
+/// Largest seed wrapped (kube-apiserver sends 32 bytes).
+pub const MAX_PLAINTEXT_LEN: usize = 4096;
+/// Largest stored form accepted (kube-apiserver caps it at 1 KiB anyway).
+const MAX_STORED_LEN: usize = 8192;
+/// How long after a version stopped being the oldest usable one writes under
+/// it are taken to have ended: the plugins' refresh (30s by default) plus
+/// kube-apiserver's Status poll (a minute) with room to spare. Transit keeps
+/// no disable time, so the destroy gate needs reports taken after this.
+pub const WRITES_SETTLE: Duration = Duration::from_secs(300);
+
+/// Why a Transit operation failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TransitError {
+    /// The mount or key name is not usable.
+    #[error("invalid {what} {value:?}: {problem}")]
+    BadName {
+        /// mount or key.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// A Vault call failed.
+    #[error("{0}")]
+    Vault(#[from] HttpError),
+    /// The key does not exist.
+    #[error("no Transit key {mount}/keys/{key}: create it with `kube-kms key rotate --backend vault ...` (or `bao write -f {mount}/keys/{key} type=aes256-gcm96`)")]
+    NoKey {
+        /// The mount.
+        mount: String,
+        /// The key name.
+        key: String,
+    },
+    /// The key cannot bind associated data.
+    #[error("Transit key {mount}/keys/{key} is {problem}; kube-kms needs a key of type aes256-gcm96, aes128-gcm96 or chacha20-poly1305, not derived and not convergent (it binds each ciphertext to its key_id as associated data)")]
+    NotAead {
+        /// The mount.
+        mount: String,
+        /// The key name.
+        key: String,
+        /// What it is instead.
+        problem: String,
+    },
+    /// Vault answered something kube-kms cannot use.
+    #[error("Transit {path} answered {detail}")]
+    BadAnswer {
+        /// The API path.
+        path: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The state machine (Transit's floors) refuses the change.
+    #[error("refusing to {action} version {id} of {key}: {reason}")]
+    Refused {
+        /// What was asked.
+        action: &'static str,
+        /// The version.
+        id: u32,
+        /// mount/key.
+        key: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+}
+
+/// Checks a mount path: non-empty segments of `[A-Za-z0-9_.-]` joined by `/`.
+pub fn validate_mount(mount: &str) -> Result<(), TransitError> {
+    let bad = |problem| TransitError::BadName {
+        what: "--vault-mount",
+        value: mount.to_owned(),
+        problem,
+    };
+    if mount.is_empty() || mount.len() > 200 {
+        return Err(bad("must be 1 to 200 characters"));
+    }
+    if !mount
+        .split('/')
+        .all(|segment| !segment.is_empty() && segment.bytes().all(name_byte))
+    {
+        return Err(bad(
+            "must be segments of letters, digits, '_', '-' and '.' joined by '/' (no leading or trailing '/')",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a Transit key name (Transit's own rule: word characters, `-`, `.`).
+pub fn validate_key(key: &str) -> Result<(), TransitError> {
+    if key.is_empty() || key.len() > 128 || !key.bytes().all(name_byte) {
+        return Err(TransitError::BadName {
+            what: "--vault-key",
+            value: key.to_owned(),
+            problem: "must be 1 to 128 letters, digits, '_', '-' or '.'",
+        });
+    }
+    Ok(())
+}
+
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+}
+
+/// The key_id of `version` of `mount/key`.
+pub fn key_id_for(mount: &str, key: &str, version: u32) -> String {
+    format!("{KEY_ID_PREFIX}{version}-{mount}/{key}")
+}
+
+/// Splits a Vault key_id into (version, mount, key); `None` unless it is
+/// `kk-vault-vN-MOUNT/KEY` with `N` in 1..=u32::MAX without leading zeros
+/// and valid mount and key names.
+pub fn parse_key_id(key_id: &str) -> Option<(u32, &str, &str)> {
+    let rest = key_id.strip_prefix(KEY_ID_PREFIX)?;
+    let (number, path) = rest.split_once('-')?;
+    if number.is_empty() || number.starts_with('0') || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let version: u32 = number.parse().ok()?;
+    let (mount, key) = path.rsplit_once('/')?;
+    if validate_mount(mount).is_err() || validate_key(key).is_err() {
+        return None;
+    }
+    Some((version, mount, key))
+}
+
+/// The associated data bound to ciphertexts under `key_id`.
+pub fn associated_data(key_id: &str) -> String {
+    B64.encode(format!("{AD_LABEL}{key_id}"))
+}
+
+/// The stored form of Transit's `vault:vN:<base64>` made under `version`.
+pub fn compact(version: u32, transit: &str) -> Result<Vec<u8>, String> {
+    let prefix = format!("vault:v{version}:");
+    let encoded = transit
+        .strip_prefix(&prefix)
+        .ok_or_else(|| format!("a ciphertext not of version {version}"))?;
+    let raw = B64
+        .decode(encoded)
+        .map_err(|_| "a ciphertext that is not base64".to_owned())?;
+    let mut stored = Vec::with_capacity(5 + raw.len());
+    stored.push(FORMAT_BYTE);
+    stored.extend_from_slice(&version.to_be_bytes());
+    stored.extend_from_slice(&raw);
+    Ok(stored)
+}
+
+/// Transit's `vault:vN:<base64>` from a stored form, if it is one made
+/// under `version`.
+pub fn expand(version: u32, stored: &[u8]) -> Option<String> {
+    if stored.len() > MAX_STORED_LEN {
+        return None;
+    }
+    let (&format, rest) = stored.split_first()?;
+    if format != FORMAT_BYTE || rest.len() < 4 + 12 + 16 {
+        return None;
+    }
+    let (number, raw) = rest.split_at(4);
+    let stored_version = u32::from_be_bytes(number.try_into().ok()?);
+    if stored_version != version {
+        return None;
+    }
+    Some(format!("vault:v{version}:{}", B64.encode(raw)))
+}
+
+/// One version as `kube-kms key list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultVersion {
+    /// The version number (Transit's).
+    pub id: u32,
+    /// Its key_id.
+    pub key_id: String,
+    /// Its state.
+    pub state: KeyState,
+    /// When Transit created it (Transit lists times only for versions at or
+    /// above `min_decryption_version`).
+    pub created: Option<SystemTime>,
+}
+
+/// A Transit key's versions and floors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitKey {
+    /// The mount.
+    pub mount: String,
+    /// The key name.
+    pub name: String,
+    /// The key type (`aes256-gcm96`, ...).
+    pub key_type: String,
+    /// The latest (primary) version.
+    pub latest: u32,
+    /// Versions below it are disabled.
+    pub min_decryption: u32,
+    /// Versions below it are trimmed (0: none).
+    pub min_available: u32,
+    /// Transit refuses to encrypt below it (0: no floor).
+    pub min_encryption: u32,
+    /// Every version 1..=latest, by number.
+    pub versions: BTreeMap<u32, VaultVersion>,
+}
+
+impl TransitKey {
+    /// mount/key, for messages.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.mount, self.name)
+    }
+
+    /// The primary (latest) version.
+    pub fn primary(&self) -> Option<&VaultVersion> {
+        self.versions.get(&self.latest)
+    }
+
+    /// The lowest version not trimmed.
+    fn lowest_kept(&self) -> u32 {
+        self.min_available.max(1)
+    }
+
+    /// When nothing can have been written under a disabled version any more
+    /// (see [`WRITES_SETTLE`]): the creation of the oldest enabled version,
+    /// which came after every disabled one stopped being primary.
+    pub fn writes_ended(&self) -> Option<SystemTime> {
+        self.versions
+            .get(&self.min_decryption)
+            .and_then(|v| v.created)
+            .map(|at| at + WRITES_SETTLE)
+    }
+
+    /// Builds the view from `keys/:name`'s `data`.
+    fn from_data(mount: &str, name: &str, data: &KeyData) -> Result<Self, TransitError> {
+        let not_aead = |problem: String| TransitError::NotAead {
+            mount: mount.to_owned(),
+            key: name.to_owned(),
+            problem,
+        };
+        if !AEAD_TYPES.contains(&data.key_type.as_str()) {
+            return Err(not_aead(format!("of type {}", data.key_type)));
+        }
+        if data.derived {
+            return Err(not_aead("derived (it needs a context per call)".into()));
+        }
+        if data.convergent_encryption {
+            return Err(not_aead("convergent".into()));
+        }
+        let latest = data.latest_version;
+        if latest == 0 || data.min_decryption_version == 0 {
+            return Err(TransitError::BadAnswer {
+                path: format!("{mount}/keys/{name}"),
+                detail: "a key without versions".into(),
+            });
+        }
+        let mut versions = BTreeMap::new();
+        for id in 1..=latest {
+            let state = if id < data.min_available_version {
+                KeyState::Destroyed
+            } else if id < data.min_decryption_version {
+                KeyState::Disabled
+            } else if id == latest {
+                KeyState::Primary
+            } else {
+                KeyState::Enabled
+            };
+            let created = data
+                .keys
+                .get(&id.to_string())
+                .and_then(serde_json::Value::as_u64)
+                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+            versions.insert(
+                id,
+                VaultVersion {
+                    id,
+                    key_id: key_id_for(mount, name, id),
+                    state,
+                    created,
+                },
+            );
+        }
+        Ok(Self {
+            mount: mount.to_owned(),
+            name: name.to_owned(),
+            key_type: data.key_type.clone(),
+            latest,
+            min_decryption: data.min_decryption_version,
+            min_available: data.min_available_version,
+            min_encryption: data.min_encryption_version,
+            versions,
+        })
+    }
+}
+
+/// The fields of `keys/:name` kube-kms reads.
+#[derive(serde::Deserialize)]
+struct KeyData {
+    #[serde(rename = "type")]
+    key_type: String,
+    latest_version: u32,
+    #[serde(default)]
+    min_decryption_version: u32,
+    #[serde(default)]
+    min_available_version: u32,
+    #[serde(default)]
+    min_encryption_version: u32,
+    #[serde(default)]
+    derived: bool,
+    #[serde(default)]
+    convergent_encryption: bool,
+    #[serde(default)]
+    keys: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct Answer<T> {
+    data: T,
+}
+
+#[derive(serde::Deserialize)]
+struct EncryptData {
+    ciphertext: String,
+}
+
+#[derive(serde::Deserialize)]
+struct DecryptData {
+    plaintext: Zeroizing<String>,
+}
+
+/// Why a decrypt failed, before mapping to the backend's coarse error.
+#[derive(Debug)]
+pub enum DecryptFailure {
+    /// Transit could not authenticate the ciphertext (wrong key_id, tampered).
+    Authentication,
+    /// The version is below `min_decryption_version` or trimmed.
+    Disabled,
+    /// Anything else (Vault away, permission denied, ...).
+    Other(TransitError),
+}
+
+/// Transit calls for one mount and key, with the backend's token.
+pub struct Transit {
+    http: VaultHttp,
+    auth: Arc<Auth>,
+    mount: String,
+    key: String,
+    call_timeout: Duration,
+}
+
+impl std::fmt::Debug for Transit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transit")
+            .field("address", &self.http.address())
+            .field("mount", &self.mount)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transit {
+    /// Transit calls on `mount/keys/key`.
+    pub fn new(
+        http: VaultHttp,
+        auth: Arc<Auth>,
+        mount: &str,
+        key: &str,
+        call_timeout: Duration,
+    ) -> Result<Self, TransitError> {
+        validate_mount(mount)?;
+        validate_key(key)?;
+        Ok(Self {
+            http,
+            auth,
+            mount: mount.to_owned(),
+            key: key.to_owned(),
+            call_timeout,
+        })
+    }
+
+    /// mount/key.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.mount, self.key)
+    }
+
+    /// The mount.
+    pub fn mount(&self) -> &str {
+        &self.mount
+    }
+
+    /// The key name.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The token holder.
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
+    /// One call with the current token; on 403, one more after
+    /// [`Auth::recover`] got a new token.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Zeroizing<Vec<u8>>, HttpError> {
+        let deadline = Instant::now() + self.call_timeout;
+        let session = self.auth.session();
+        let first = self
+            .http
+            .request(method.clone(), path, session.header(), body, deadline)
+            .await;
+        match first {
+            Err(HttpError::PermissionDenied { .. })
+                if self.auth.recover(session.generation).await =>
+            {
+                let session = self.auth.session();
+                // The login took time of its own: the retry gets at least
+                // half a call timeout.
+                let again = deadline.max(Instant::now() + self.call_timeout / 2);
+                self.http
+                    .request(method, path, session.header(), body, again)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Reads the key's versions and floors; refuses a non-AEAD key.
+    pub async fn read_key(&self) -> Result<TransitKey, TransitError> {
+        let path = format!("{}/keys/{}", self.mount, self.key);
+        let body = match self.call(Method::GET, &path, None).await {
+            Err(HttpError::Refused { status: 404, .. }) => {
+                return Err(TransitError::NoKey {
+                    mount: self.mount.clone(),
+                    key: self.key.clone(),
+                })
+            }
+            other => other?,
+        };
+        let answer: Answer<KeyData> =
+            serde_json::from_slice(&body).map_err(|error| TransitError::BadAnswer {
+                path: path.clone(),
+                detail: format!("key metadata kube-kms cannot read: {error}"),
+            })?;
+        TransitKey::from_data(&self.mount, &self.key, &answer.data)
+    }
+
+    /// Encrypts `plaintext` under `version`, bound to its key_id; returns
+    /// the stored form.
+    pub async fn encrypt(&self, version: u32, plaintext: &[u8]) -> Result<Vec<u8>, TransitError> {
+        let key_id = key_id_for(&self.mount, &self.key, version);
+        let path = format!("{}/encrypt/{}", self.mount, self.key);
+        let encoded = Zeroizing::new(B64.encode(plaintext));
+        let body = Zeroizing::new(
+            serde_json::to_vec(&serde_json::json!({
+                "plaintext": encoded.as_str(),
+                "key_version": version,
+                "associated_data": associated_data(&key_id),
+            }))
+            .unwrap_or_default(),
+        );
+        let answer = self.call(Method::POST, &path, Some(&body)).await?;
+        let parsed: Answer<EncryptData> =
+            serde_json::from_slice(&answer).map_err(|_| TransitError::BadAnswer {
+                path: path.clone(),
+                detail: "without data.ciphertext".into(),
+            })?;
+        compact(version, &parsed.data.ciphertext)
+            .map_err(|detail| TransitError::BadAnswer { path, detail })
+    }
+
+    /// Decrypts a stored form made under `key_id` (version `version`).
+    pub async fn decrypt(
+        &self,
+        version: u32,
+        key_id: &str,
+        stored: &[u8],
+    ) -> Result<SecretBytes, DecryptFailure> {
+        let ciphertext = expand(version, stored).ok_or(DecryptFailure::Authentication)?;
+        let path = format!("{}/decrypt/{}", self.mount, self.key);
+        let body = serde_json::to_vec(&serde_json::json!({
+            "ciphertext": ciphertext,
+            "associated_data": associated_data(key_id),
+        }))
+        .unwrap_or_default();
+        let answer = match self.call(Method::POST, &path, Some(&body)).await {
+            Ok(answer) => answer,
+            Err(HttpError::Refused {
+                status: 400,
+                errors,
+                ..
+            }) => {
+                return Err(
+                    if errors.contains("too old") || errors.contains("disallowed") {
+                        DecryptFailure::Disabled
+                    } else {
+                        DecryptFailure::Authentication
+                    },
+                )
+            }
+            Err(error) => return Err(DecryptFailure::Other(error.into())),
+        };
+        let parsed: Answer<DecryptData> = serde_json::from_slice(&answer).map_err(|_| {
+            DecryptFailure::Other(TransitError::BadAnswer {
+                path: path.clone(),
+                detail: "without data.plaintext".into(),
+            })
+        })?;
+        let plaintext = B64.decode(parsed.data.plaintext.as_bytes()).map_err(|_| {
+            DecryptFailure::Other(TransitError::BadAnswer {
+                path,
+                detail: "a plaintext that is not base64".into(),
+            })
+        })?;
+        Ok(SecretBytes::new(plaintext))
+    }
+
+    /// Creates the key (type [`CREATE_TYPE`]) if missing, else rotates it.
+    /// Returns the key after the change and whether it was created.
+    pub async fn rotate_or_create(&self) -> Result<(TransitKey, bool), TransitError> {
+        let created = match self.read_key().await {
+            Ok(_) => {
+                let path = format!("{}/keys/{}/rotate", self.mount, self.key);
+                self.call(Method::POST, &path, Some(b"{}")).await?;
+                false
+            }
+            Err(TransitError::NoKey { .. }) => {
+                let path = format!("{}/keys/{}", self.mount, self.key);
+                let body = serde_json::to_vec(&serde_json::json!({ "type": CREATE_TYPE }))
+                    .unwrap_or_default();
+                self.call(Method::POST, &path, Some(&body)).await?;
+                true
+            }
+            Err(error) => return Err(error),
+        };
+        Ok((self.read_key().await?, created))
+    }
+
+    async fn configure(&self, settings: serde_json::Value) -> Result<(), TransitError> {
+        let path = format!("{}/keys/{}/config", self.mount, self.key);
+        let body = serde_json::to_vec(&settings).unwrap_or_default();
+        self.call(Method::POST, &path, Some(&body)).await?;
+        Ok(())
+    }
+
+    /// Disables version `id`: raises `min_decryption_version` to `id + 1`.
+    pub async fn disable(&self, id: u32) -> Result<TransitKey, TransitError> {
+        let key = self.read_key().await?;
+        plan_disable(&key, id)?;
+        // Transit wants min_encryption_version (once set, e.g. by a destroy)
+        // at or above min_decryption_version; kube-kms always encrypts under
+        // the latest version, which is above both.
+        let settings = if key.min_encryption != 0 && key.min_encryption < id + 1 {
+            serde_json::json!({ "min_decryption_version": id + 1, "min_encryption_version": id + 1 })
+        } else {
+            serde_json::json!({ "min_decryption_version": id + 1 })
+        };
+        self.configure(settings).await?;
+        self.read_key().await
+    }
+
+    /// Enables version `id`: lowers `min_decryption_version` to `id`.
+    pub async fn enable(&self, id: u32) -> Result<TransitKey, TransitError> {
+        let key = self.read_key().await?;
+        plan_enable(&key, id)?;
+        self.configure(serde_json::json!({ "min_decryption_version": id }))
+            .await?;
+        self.read_key().await
+    }
+
+    /// Destroys version `id`: raises `min_encryption_version` if needed
+    /// (Transit's trim requires it) and trims to `id + 1`.
+    /// `judged`: the key as the destroy gate saw it; refused if the floors
+    /// moved since.
+    pub async fn destroy(&self, id: u32, judged: &TransitKey) -> Result<TransitKey, TransitError> {
+        let key = self.read_key().await?;
+        plan_destroy(&key, id)?;
+        if key.min_decryption != judged.min_decryption || key.min_available != judged.min_available
+        {
+            return Err(TransitError::Refused {
+                action: "destroy",
+                id,
+                key: key.path(),
+                reason: "the key's versions changed while the scan reports were checked; run the command again".into(),
+            });
+        }
+        // Transit trims only below min_encryption_version, which must stay
+        // at or above min_decryption_version. Encryption always names the
+        // latest version, which is above both.
+        let floor = (id + 1).max(key.min_decryption);
+        if key.min_encryption < floor {
+            self.configure(serde_json::json!({ "min_encryption_version": floor }))
+                .await?;
+        }
+        let path = format!("{}/keys/{}/trim", self.mount, self.key);
+        let body = serde_json::to_vec(&serde_json::json!({ "min_available_version": id + 1 }))
+            .unwrap_or_default();
+        self.call(Method::POST, &path, Some(&body)).await?;
+        self.read_key().await
+    }
+}
+
+fn refused(action: &'static str, id: u32, key: &TransitKey, reason: String) -> TransitError {
+    TransitError::Refused {
+        action,
+        id,
+        key: key.path(),
+        reason,
+    }
+}
+
+fn state_of(key: &TransitKey, action: &'static str, id: u32) -> Result<KeyState, TransitError> {
+    key.versions.get(&id).map(|v| v.state).ok_or_else(|| {
+        refused(
+            action,
+            id,
+            key,
+            format!("no such version (the key has versions 1 to {})", key.latest),
+        )
+    })
+}
+
+/// Whether disabling `id` is possible: only the lowest enabled version,
+/// never the primary (Transit's `min_decryption_version` is a floor).
+pub fn plan_disable(key: &TransitKey, id: u32) -> Result<(), TransitError> {
+    match state_of(key, "disable", id)? {
+        KeyState::Primary => Err(refused(
+            "disable",
+            id,
+            key,
+            "it is the primary; rotate first (`kube-kms key rotate`), then disable it".into(),
+        )),
+        KeyState::Disabled => Err(refused("disable", id, key, "it is already disabled".into())),
+        KeyState::Destroyed => Err(refused("disable", id, key, "it is destroyed".into())),
+        KeyState::Enabled if id != key.min_decryption => Err(refused(
+            "disable",
+            id,
+            key,
+            format!(
+                "Transit disables versions in order (min_decryption_version is a floor) and version {} is still enabled below it; disable versions {} to {} first",
+                key.min_decryption,
+                key.min_decryption,
+                id - 1
+            ),
+        )),
+        KeyState::Enabled => Ok(()),
+    }
+}
+
+/// Whether enabling `id` is possible: only the highest disabled version
+/// (lowering the floor further would enable the ones between).
+pub fn plan_enable(key: &TransitKey, id: u32) -> Result<(), TransitError> {
+    match state_of(key, "enable", id)? {
+        KeyState::Primary | KeyState::Enabled => {
+            Err(refused("enable", id, key, "it is already enabled".into()))
+        }
+        KeyState::Destroyed => Err(refused(
+            "enable",
+            id,
+            key,
+            "it is destroyed (trimmed from Transit); nothing can enable it".into(),
+        )),
+        KeyState::Disabled if id + 1 != key.min_decryption => Err(refused(
+            "enable",
+            id,
+            key,
+            format!(
+                "Transit enables versions in order (min_decryption_version is a floor): enabling it would also enable versions {} to {}; enable version {} first",
+                id + 1,
+                key.min_decryption - 1,
+                key.min_decryption - 1
+            ),
+        )),
+        KeyState::Disabled => Ok(()),
+    }
+}
+
+/// Whether destroying `id` is possible: only the lowest kept version, and
+/// only once disabled (Transit's trim removes every version below a floor).
+pub fn plan_destroy(key: &TransitKey, id: u32) -> Result<(), TransitError> {
+    match state_of(key, "destroy", id)? {
+        KeyState::Primary | KeyState::Enabled => Err(refused(
+            "destroy",
+            id,
+            key,
+            "it is enabled; disable it first (`kube-kms key disable`), scan, then destroy".into(),
+        )),
+        KeyState::Destroyed => Err(refused("destroy", id, key, "it is already destroyed".into())),
+        KeyState::Disabled if id != key.lowest_kept() => Err(refused(
+            "destroy",
+            id,
+            key,
+            format!(
+                "Transit destroys versions in order (trim removes every version below min_available_version) and version {} is still kept below it; destroy versions {} to {} first",
+                key.lowest_kept(),
+                key.lowest_kept(),
+                id - 1
+            ),
+        )),
+        KeyState::Disabled => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(latest: u32, min_decryption: u32, min_available: u32) -> TransitKey {
+        let mut keys = serde_json::Map::new();
+        for id in min_decryption..=latest {
+            keys.insert(
+                id.to_string(),
+                serde_json::json!(1_700_000_000 + u64::from(id)),
+            );
+        }
+        TransitKey::from_data(
+            "transit",
+            "k",
+            &KeyData {
+                key_type: "aes256-gcm96".into(),
+                latest_version: latest,
+                min_decryption_version: min_decryption,
+                min_available_version: min_available,
+                min_encryption_version: 0,
+                derived: false,
+                convergent_encryption: false,
+                keys,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn key_ids_round_trip_and_reject_malformed() {
+        let key_id = key_id_for("transit", "kube-kms", 3);
+        assert_eq!(key_id, "kk-vault-v3-transit/kube-kms");
+        assert_eq!(parse_key_id(&key_id), Some((3, "transit", "kube-kms")));
+        assert_eq!(
+            parse_key_id("kk-vault-v12-team/transit/k.e_y"),
+            Some((12, "team/transit", "k.e_y"))
+        );
+        for bad in [
+            "",
+            "kk-vault-v",
+            "kk-vault-v1-",
+            "kk-vault-v1-key",
+            "kk-vault-v0-transit/k",
+            "kk-vault-v01-transit/k",
+            "kk-vault-v1-transit/",
+            "kk-vault-v1-/k",
+            "kk-vault-v1-transit//k",
+            "kk-vault-v1-transit/k y",
+            "kk-vault-v99999999999-transit/k",
+            "kk-aws-v1-transit/k",
+        ] {
+            assert_eq!(parse_key_id(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stored_form_binds_the_version() {
+        let raw = [7u8; 44];
+        let transit = format!("vault:v3:{}", B64.encode(raw));
+        let stored = compact(3, &transit).unwrap();
+        assert_eq!(stored[0], FORMAT_BYTE);
+        assert_eq!(&stored[1..5], &[0, 0, 0, 3]);
+        assert_eq!(stored.len(), 5 + raw.len());
+        assert_eq!(expand(3, &stored).as_deref(), Some(transit.as_str()));
+        // Another version in the key_id than in the ciphertext: refused.
+        assert_eq!(expand(2, &stored), None);
+        assert!(compact(2, &transit).is_err());
+        let mut other_format = stored.clone();
+        other_format[0] = 0xA1;
+        assert_eq!(expand(3, &other_format), None);
+        assert_eq!(expand(3, &stored[..20]), None);
+        assert_eq!(expand(3, &[]), None);
+        assert!(compact(3, "vault:v3:***").is_err());
+    }
+
+    #[test]
+    fn states_follow_the_floors() {
+        let k = key(5, 3, 2);
+        let states: Vec<_> = k.versions.values().map(|v| v.state).collect();
+        assert_eq!(
+            states,
+            [
+                KeyState::Destroyed,
+                KeyState::Disabled,
+                KeyState::Enabled,
+                KeyState::Enabled,
+                KeyState::Primary
+            ]
+        );
+        assert_eq!(k.primary().unwrap().key_id, "kk-vault-v5-transit/k");
+        assert_eq!(k.versions[&2].created, None);
+        assert!(k.versions[&3].created.is_some());
+        assert_eq!(
+            k.writes_ended(),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_003) + WRITES_SETTLE)
+        );
+    }
+
+    #[test]
+    fn floors_move_only_in_order() {
+        let k = key(4, 1, 0);
+        assert!(plan_disable(&k, 1).is_ok());
+        let error = plan_disable(&k, 2).unwrap_err().to_string();
+        assert!(
+            error.contains("in order") && error.contains("version 1"),
+            "{error}"
+        );
+        assert!(plan_disable(&k, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("primary"));
+        assert!(plan_disable(&k, 9)
+            .unwrap_err()
+            .to_string()
+            .contains("no such version"));
+        let k = key(4, 3, 0);
+        assert!(plan_enable(&k, 2).is_ok());
+        let error = plan_enable(&k, 1).unwrap_err().to_string();
+        assert!(error.contains("enable version 2 first"), "{error}");
+        assert!(plan_enable(&k, 3).is_err());
+        assert!(plan_destroy(&k, 1).is_ok());
+        let error = plan_destroy(&k, 2).unwrap_err().to_string();
+        assert!(error.contains("destroy versions 1 to 1 first"), "{error}");
+        assert!(plan_destroy(&k, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("disable it first"));
+        let k = key(4, 3, 2);
+        assert!(plan_destroy(&k, 2).is_ok());
+        assert!(plan_destroy(&k, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("already destroyed"));
+        assert!(plan_enable(&k, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("destroyed"));
+    }
+
+    #[test]
+    fn keys_that_cannot_bind_associated_data_are_refused() {
+        let data = |key_type: &str, derived: bool| KeyData {
+            key_type: key_type.into(),
+            latest_version: 1,
+            min_decryption_version: 1,
+            min_available_version: 0,
+            min_encryption_version: 0,
+            derived,
+            convergent_encryption: false,
+            keys: serde_json::Map::new(),
+        };
+        for key_type in AEAD_TYPES {
+            assert!(TransitKey::from_data("t", "k", &data(key_type, false)).is_ok());
+        }
+        for key_type in ["rsa-2048", "ed25519", "aes256-cbc", "hmac"] {
+            let error = TransitKey::from_data("t", "k", &data(key_type, false))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(key_type) && error.contains("aes256-gcm96"),
+                "{error}"
+            );
+        }
+        assert!(TransitKey::from_data("t", "k", &data("aes256-gcm96", true)).is_err());
+    }
+}
