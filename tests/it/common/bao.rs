@@ -57,6 +57,8 @@ pub struct Bao {
     /// The unseal key of a file-storage server.
     unseal_key: Option<String>,
     config: Option<PathBuf>,
+    /// `-dev-tls`: where the CA (`vault-ca.pem`) and server cert are.
+    tls_dir: Option<PathBuf>,
 }
 
 impl Bao {
@@ -80,9 +82,86 @@ impl Bao {
             dir: dir.to_path_buf(),
             unseal_key: None,
             config: None,
+            tls_dir: None,
         };
         bao.wait_ready(true);
         bao
+    }
+
+    /// `bao server -dev -dev-tls`: HTTPS with a CA of its own (`ca_cert`),
+    /// which asks clients for a certificate. Set it up with [`Bao::cli`]
+    /// (the plain-HTTP [`Bao::api`] does not speak TLS).
+    pub fn start_dev_tls(dir: &Path) -> Bao {
+        let port = free_port();
+        let root_token = format!("root-{}", hex(&random_bytes(8)));
+        let tls_dir = dir.join("bao-tls");
+        std::fs::create_dir_all(&tls_dir).expect("tls dir");
+        let mut command = Command::new(bao_path());
+        command.args([
+            "server",
+            "-dev",
+            "-dev-tls",
+            &format!("-dev-tls-cert-dir={}", tls_dir.display()),
+            &format!("-dev-root-token-id={root_token}"),
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+            "-dev-no-store-token",
+        ]);
+        let child = spawn(command, dir);
+        let bao = Bao {
+            child: Some(child),
+            port,
+            root_token,
+            dir: dir.to_path_buf(),
+            unseal_key: None,
+            config: None,
+            tls_dir: Some(tls_dir),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !bao.try_cli(&["status"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "bao -dev-tls did not start: {}",
+                std::fs::read_to_string(dir.join("bao.err")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bao
+    }
+
+    /// The CA certificate of a `-dev-tls` server.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.tls_dir
+            .as_ref()
+            .expect("a -dev-tls server")
+            .join("vault-ca.pem")
+    }
+
+    /// `bao ARGS` against this server with the root token.
+    pub fn try_cli(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(bao_path());
+        command
+            .args(args)
+            .env("HOME", &self.dir)
+            .env("BAO_ADDR", self.addr())
+            .env("BAO_TOKEN", &self.root_token)
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN");
+        match &self.tls_dir {
+            Some(_) => command.env("BAO_CACERT", self.ca_cert()),
+            None => command.env_remove("BAO_CACERT"),
+        };
+        command.output().expect("run bao")
+    }
+
+    /// `bao ARGS`, which must succeed; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = self.try_cli(args);
+        assert!(
+            output.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// A server with file storage under `dir`, initialized (one unseal key)
@@ -110,6 +189,7 @@ impl Bao {
             dir: dir.to_path_buf(),
             unseal_key: None,
             config: Some(config),
+            tls_dir: None,
         };
         bao.launch();
         bao.wait_ready(false);
@@ -187,9 +267,14 @@ impl Bao {
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http(s)://127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// A request with the root token; returns (status, JSON or Null).
