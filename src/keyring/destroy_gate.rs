@@ -109,6 +109,8 @@ pub struct ReportUse {
     pub path: PathBuf,
     /// `file` or `live`, and its location, from the summary.
     pub source: String,
+    /// The summary's `source` alone (`file`, `live`, `data-dir`, `wal`).
+    pub source_kind: String,
     /// `scanned_at` of the summary.
     pub scanned_at: Option<SystemTime>,
     /// Whether the last record is a summary.
@@ -215,6 +217,7 @@ pub fn read_records(
                 usage.complete = true;
                 usage.schema_version = Some(summary.schema_version);
                 usage.source = format!("{} {}", summary.source, summary.location);
+                usage.source_kind = summary.source.clone();
                 usage.scanned_at = summary
                     .scanned_at
                     .as_deref()
@@ -282,6 +285,8 @@ pub enum Blocker {
     },
     /// Resources the EncryptionConfiguration encrypts that the scan did not cover.
     MissingResources(Vec<String>),
+    /// A report of WAL segments alone (`scan --wal`): it does not cover the database.
+    NoDatabase,
 }
 
 impl Blocker {
@@ -299,6 +304,7 @@ impl Blocker {
             Blocker::HistoryNotExamined => "history not examined (--ignore-history): older revisions may still be under this key_id; scan again without --ignore-history".into(),
             Blocker::NoKeys => "the scan saw no key at all (wrong --prefix or --resources, or the wrong etcd); a report that examined nothing proves nothing".into(),
             Blocker::Prefix { found, expected } => format!("the scan's --prefix is {found:?}, not kube-apiserver's prefix {expected:?} (kube-kms key destroy --etcd-prefix); scan again with --prefix {expected}"),
+            Blocker::NoDatabase => "the report covers write-ahead log segments alone (scan --wal), not the database; scan the database (--data-dir, --file or --endpoints)".into(),
             Blocker::MissingResources(missing) => {
                 if missing.iter().any(|name| name == "all") {
                     "resources not covered: the scan must use --resources all (no --encryption-config given to the destroy, or the configuration encrypts group or wildcard resources with kms v2)".into()
@@ -380,6 +386,9 @@ fn blockers(usage: &ReportUse, disabled_at: SystemTime, coverage: &Coverage) -> 
         if !missing.is_empty() {
             blockers.push(Blocker::MissingResources(missing));
         }
+    }
+    if usage.complete && usage.source_kind == "wal" {
+        blockers.push(Blocker::NoDatabase);
     }
     if usage.latest + usage.history > 0 {
         blockers.push(Blocker::InUse);
@@ -476,6 +485,7 @@ mod tests {
 
     fn value(key: &str, latest: bool) -> Record<'static> {
         Record::Value(ValueRecord {
+            location: None,
             key: Field::Text(key.to_string().into()),
             resource: Field::Text("secrets".into()),
             revision: 5,
@@ -518,6 +528,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clean = one(dir.path(), "clean.jsonl", summary(0, 0));
         assert_eq!(judge(&clean, &all()), []);
+    }
+
+    #[test]
+    fn a_data_dir_report_counts_and_wal_segments_alone_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data_dir = summary(0, 0);
+        data_dir.source = "data-dir".into();
+        let data_dir = one(dir.path(), "data-dir.jsonl", data_dir);
+        assert_eq!(judge(&data_dir, &all()), []);
+        let mut wal = summary(0, 0);
+        wal.source = "wal".into();
+        let wal = one(dir.path(), "wal.jsonl", wal);
+        assert_eq!(judge(&wal, &all()), [Blocker::NoDatabase]);
+        // A WAL entry under the key_id is in use: etcd replays it on restart.
+        let mut entry = value("/registry/secrets/a/b", false);
+        if let Record::Value(value) = &mut entry {
+            value.location = Some(crate::inspect::report::record::LocationRecord {
+                kind: "wal".into(),
+                file: Field::Text("0000000000000000-0000000000000000.wal".into()),
+                offset: Some(64),
+                term: Some(2),
+                index: Some(9),
+            });
+        }
+        let mut counted = summary(0, 0);
+        counted.source = "data-dir".into();
+        counted.values = 1;
+        let used = write(
+            dir.path(),
+            "used.jsonl",
+            &[entry, Record::Summary(Box::new(counted))],
+        );
+        assert_eq!(judge(&used, &all()), [Blocker::InUse]);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use kube_kms::inspect::audit::{Audit, AuditOptions, Console};
 use kube_kms::inspect::report::escape;
 use kube_kms::inspect::source::bbolt::FileSource;
+use kube_kms::inspect::source::data_dir::DataDirSource;
 use kube_kms::inspect::source::live::{read_password_file, ClusterSource, LiveSource};
+use kube_kms::inspect::source::wal::WalSource;
 use kube_kms::inspect::source::{Source, Timings};
 
 /// Output format.
@@ -22,12 +24,23 @@ pub(crate) enum Format {
 
 /// Arguments of `etcd-inspect scan`.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["file", "endpoints"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["file", "endpoints", "data_dir", "wal"])))]
 pub(crate) struct ScanArgs {
     /// An etcd backup: `etcdctl snapshot save` output or a copy of a member's
     /// `member/snap/db` (never the live file of a running etcd).
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
+    /// A member's data dir (etcd's --data-dir), or a copy of one, as one
+    /// report: `member/snap/db` (refused while etcd holds its lock), every
+    /// write-ahead log segment `member/wal/*.wal`, and leftover
+    /// `member/snap/*.snap.db` files. Plaintext in the WAL or a snap.db is a
+    /// finding however clean the db is.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Write-ahead log segments (`member/wal/*.wal`) read alone, in the order
+    /// of their names. Such a report says nothing of the db.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    wal: Vec<PathBuf>,
     /// Live etcd endpoints, comma-separated (https://host:2379,...).
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     endpoints: Vec<String>,
@@ -126,6 +139,20 @@ pub(crate) struct ScanArgs {
 
 pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
     let mut source: Box<dyn Source> = match (&args.file, args.endpoints.is_empty()) {
+        (None, true) if args.data_dir.is_some() => Box::new(DataDirSource {
+            dir: args.data_dir.clone().unwrap_or_default(),
+            verify_trailer: !args.skip_checksum,
+            deep: args.deep,
+            ignore_residue: args.ignore_residue,
+        }),
+        (None, true) if !args.wal.is_empty() => {
+            if args.deep {
+                bail!("--deep reads the free pages of a database file: use it with --file or --data-dir");
+            }
+            Box::new(WalSource {
+                paths: args.wal.clone(),
+            })
+        }
         (Some(path), true) => Box::new(FileSource {
             path: path.clone(),
             verify_trailer: !args.skip_checksum,
@@ -133,7 +160,7 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
             ignore_residue: args.ignore_residue,
         }),
         (None, false) if args.deep => {
-            bail!("--deep reads the free pages of a backup file: use it with --file")
+            bail!("--deep reads the free pages of a backup file: use it with --file or --data-dir")
         }
         (None, false) => Box::new(ClusterSource {
             connection: LiveSource {
@@ -153,7 +180,7 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
             },
             history_anyway: args.history,
         }),
-        _ => bail!("give exactly one source: --file PATH or --endpoints URLS"),
+        _ => bail!("give exactly one source: --file PATH, --data-dir DIR, --wal FILE... or --endpoints URLS"),
     };
     let options = AuditOptions {
         prefix: args.prefix.clone(),

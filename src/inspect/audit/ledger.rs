@@ -18,7 +18,7 @@ use crate::inspect::resource::resource_name;
 pub use crate::inspect::resource::{resource_of, ResourceFilter};
 use crate::inspect::verify::pool::VerifyPool;
 use crate::inspect::verify::{object::expected_for_resource, VerifyFailure, VerifySummary};
-use crate::inspect::{ObservationSink, Observed, Revision};
+use crate::inspect::{Location, ObservationSink, Observed, Revision};
 
 /// Default key prefix of kube-apiserver.
 pub const DEFAULT_PREFIX: &str = "/registry";
@@ -93,6 +93,10 @@ pub enum Finding {
     /// Did not decrypt to a valid object with the keys given (`--verify-with`,
     /// `--encryption-config`).
     VerifyFailed,
+    /// Plaintext in a raft entry of the write-ahead log.
+    PlaintextWal,
+    /// Plaintext in a leftover `member/snap/*.snap.db`.
+    PlaintextSnapDb,
 }
 
 impl Finding {
@@ -105,6 +109,8 @@ impl Finding {
             Finding::WrongProvider => "wrong-provider",
             Finding::StaleKeyId => "stale-key-id",
             Finding::VerifyFailed => "verify-failed",
+            Finding::PlaintextWal => "plaintext-wal",
+            Finding::PlaintextSnapDb => "plaintext-snap-db",
         }
     }
 
@@ -119,6 +125,12 @@ impl Finding {
             Finding::WrongProvider => "not under the required provider",
             Finding::StaleKeyId => "kms v2 key_id not in the allowed list (stale; rewrite it)",
             Finding::VerifyFailed => "failed verification",
+            Finding::PlaintextWal => {
+                "in the write-ahead log: stays until etcd purges this segment; in every copy of the data dir"
+            }
+            Finding::PlaintextSnapDb => {
+                "in a leftover snap.db: stays until the file is removed; in every copy of the data dir"
+            }
         }
     }
 }
@@ -156,6 +168,22 @@ struct Record {
     revision: Revision,
 }
 
+/// A value read from a copy outside the keyspace (WAL entry, leftover
+/// snap.db), with where it is.
+#[derive(Debug, Clone, Copy)]
+struct CopyRecord {
+    key: u32,
+    class: u32,
+    /// Interned segment or file name.
+    origin: u32,
+    /// True for a WAL entry, false for a snap.db revision.
+    wal: bool,
+    offset: u64,
+    term: u64,
+    index: u64,
+    revision: Revision,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct KeyInfo {
     /// Id of the key bytes in the key interner.
@@ -173,6 +201,7 @@ pub struct Ledger {
     classes: Vec<ClassInfo>,
     class_ids: FastMap<ClassInfo, u32>,
     records: Vec<Record>,
+    copies: Vec<CopyRecord>,
     read_errors: Vec<String>,
     out_of_scope: u64,
     scratch: Vec<u8>,
@@ -197,6 +226,7 @@ impl Ledger {
             classes: Vec::new(),
             class_ids: FastMap::default(),
             records: Vec::new(),
+            copies: Vec::new(),
             read_errors: Vec::new(),
             out_of_scope: 0,
             scratch: Vec::new(),
@@ -318,6 +348,7 @@ impl Ledger {
             strings,
             classes,
             records,
+            copies,
             mut read_errors,
             out_of_scope,
             verify,
@@ -401,6 +432,7 @@ impl Ledger {
             strings,
             classes,
             records,
+            copies,
             latest: Vec::new(),
             read_errors,
             out_of_scope,
@@ -472,6 +504,52 @@ impl ObservationSink for Ledger {
 
     fn read_error(&mut self, message: String) {
         self.read_errors.push(message);
+    }
+
+    /// A copy is judged alone (plaintext anywhere is a finding), never as
+    /// part of the keyspace's history; deletes in a copy leave no value.
+    fn observe_copy(&mut self, observed: Observed<'_>, location: Location<'_>) {
+        let Observed::Put {
+            key,
+            revision,
+            value,
+        } = observed
+        else {
+            return;
+        };
+        let Some(key) = self.key_in_scope(key) else {
+            self.out_of_scope += 1;
+            return;
+        };
+        let class = self.intern_class(value);
+        let record = match location {
+            Location::Wal {
+                segment,
+                offset,
+                term,
+                index,
+            } => CopyRecord {
+                key,
+                class,
+                origin: self.strings.intern(segment.as_bytes()),
+                wal: true,
+                offset,
+                term,
+                index,
+                revision,
+            },
+            Location::SnapDb { file } => CopyRecord {
+                key,
+                class,
+                origin: self.strings.intern(file.as_bytes()),
+                wal: false,
+                offset: 0,
+                term: 0,
+                index: 0,
+                revision,
+            },
+        };
+        self.copies.push(record);
     }
 }
 
@@ -578,6 +656,44 @@ pub struct ValueView<'r> {
     pub verify_failure: Option<VerifyFailure>,
 }
 
+/// Where a copy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyLocation<'r> {
+    /// A raft entry of a WAL segment.
+    Wal {
+        /// The segment file.
+        segment: &'r [u8],
+        /// Byte offset of the entry's record.
+        offset: u64,
+        /// Raft term.
+        term: u64,
+        /// Raft index.
+        index: u64,
+    },
+    /// A revision in a leftover snap.db.
+    SnapDb {
+        /// The file.
+        file: &'r [u8],
+        /// The revision.
+        revision: Revision,
+    },
+}
+
+/// One value read from a copy outside the keyspace, as reported.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyView<'r> {
+    /// The etcd key.
+    pub key: &'r [u8],
+    /// Its resource.
+    pub resource: &'r [u8],
+    /// Classification.
+    pub class: &'r ClassInfo,
+    /// Where it is.
+    pub location: CopyLocation<'r>,
+    /// What is wrong, if anything.
+    pub finding: Option<Finding>,
+}
+
 /// Counts of one (resource, provider, name, key_id) group.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupCounts {
@@ -611,6 +727,7 @@ pub struct AuditResult {
     strings: Interner,
     classes: Vec<ClassInfo>,
     records: Vec<Record>,
+    copies: Vec<CopyRecord>,
     latest: Vec<bool>,
     read_errors: Vec<String>,
     out_of_scope: u64,
@@ -744,6 +861,46 @@ impl AuditResult {
             })
     }
 
+    /// Every value read from a copy outside the keyspace (WAL entries,
+    /// leftover snap.db files), in the order read. Plaintext is a finding
+    /// wherever it is; malformed values too.
+    pub fn copies(&self) -> impl Iterator<Item = CopyView<'_>> + '_ {
+        self.copies.iter().filter_map(move |copy| {
+            let class = self.classes.get(copy.class as usize)?;
+            let resource = self
+                .key_info
+                .get(copy.key as usize)
+                .map_or(&[][..], |info| self.strings.get(info.resource));
+            let origin = self.strings.get(copy.origin);
+            let location = if copy.wal {
+                CopyLocation::Wal {
+                    segment: origin,
+                    offset: copy.offset,
+                    term: copy.term,
+                    index: copy.index,
+                }
+            } else {
+                CopyLocation::SnapDb {
+                    file: origin,
+                    revision: copy.revision,
+                }
+            };
+            let finding = match class.provider {
+                Provider::Identity if copy.wal => Some(Finding::PlaintextWal),
+                Provider::Identity => Some(Finding::PlaintextSnapDb),
+                Provider::Malformed => Some(Finding::Malformed),
+                _ => None,
+            };
+            Some(CopyView {
+                key: self.keys.get(copy.key),
+                resource,
+                class,
+                location,
+                finding,
+            })
+        })
+    }
+
     /// Number of keys in scope.
     pub fn key_count(&self) -> usize {
         self.keys.len()
@@ -845,10 +1002,12 @@ impl AuditResult {
     /// Number of values with each finding.
     pub fn finding_counts(&self) -> std::collections::BTreeMap<Finding, u64> {
         let mut counts = std::collections::BTreeMap::new();
-        for value in self.values() {
-            if let Some(finding) = value.finding {
-                *counts.entry(finding).or_insert(0) += 1;
-            }
+        let findings = self
+            .values()
+            .map(|value| value.finding)
+            .chain(self.copies().map(|copy| copy.finding));
+        for finding in findings.flatten() {
+            *counts.entry(finding).or_insert(0) += 1;
         }
         counts
     }
@@ -977,6 +1136,93 @@ mod tests {
         assert_eq!(secrets.events, 5);
         assert_eq!(secrets.latest.get("kms-v2:k1"), Some(&1));
         assert_eq!(result.out_of_scope(), 1);
+    }
+
+    #[test]
+    fn copies_are_judged_alone_and_leave_the_keyspace_alone() {
+        let mut scan = Ledger::new(LedgerOptions::default());
+        let plain = build::plaintext_protobuf("v1", "Secret", b"");
+        let kms = build::kms_v2("kube-kms", "k1", Some(1), &[], &[1; 40]);
+        put(&mut scan, "/registry/secrets/a/s", 5, &kms);
+        let wal = |term, index| Location::Wal {
+            segment: "member/wal/0000000000000000-0000000000000000.wal",
+            offset: 64 * index,
+            term,
+            index,
+        };
+        for (index, value) in [(3, &plain), (4, &kms)] {
+            scan.observe_copy(
+                Observed::Put {
+                    key: b"/registry/secrets/a/s",
+                    revision: Revision::default(),
+                    value,
+                },
+                wal(2, index),
+            );
+        }
+        scan.observe_copy(
+            Observed::Put {
+                key: b"/registry/secrets/a/t",
+                revision: Revision { main: 9, sub: 0 },
+                value: &plain,
+            },
+            Location::SnapDb { file: "x.snap.db" },
+        );
+        scan.observe_copy(
+            Observed::Put {
+                key: b"/registry/configmaps/a/c",
+                revision: Revision::default(),
+                value: &plain,
+            },
+            wal(2, 5),
+        );
+        let result = scan.finish();
+        // The keyspace: one current, encrypted value, no finding.
+        let values: Vec<_> = result.values().map(|v| (v.latest, v.finding)).collect();
+        assert_eq!(values, vec![(true, None)]);
+        let copies: Vec<_> = result
+            .copies()
+            .map(|c| (c.key.to_vec(), c.location, c.finding))
+            .collect();
+        assert_eq!(
+            copies,
+            vec![
+                (
+                    b"/registry/secrets/a/s".to_vec(),
+                    CopyLocation::Wal {
+                        segment: b"member/wal/0000000000000000-0000000000000000.wal",
+                        offset: 192,
+                        term: 2,
+                        index: 3
+                    },
+                    Some(Finding::PlaintextWal)
+                ),
+                (
+                    b"/registry/secrets/a/s".to_vec(),
+                    CopyLocation::Wal {
+                        segment: b"member/wal/0000000000000000-0000000000000000.wal",
+                        offset: 256,
+                        term: 2,
+                        index: 4
+                    },
+                    None
+                ),
+                (
+                    b"/registry/secrets/a/t".to_vec(),
+                    CopyLocation::SnapDb {
+                        file: b"x.snap.db",
+                        revision: Revision { main: 9, sub: 0 }
+                    },
+                    Some(Finding::PlaintextSnapDb)
+                ),
+            ]
+        );
+        assert_eq!(result.out_of_scope(), 1);
+        let counts = result.finding_counts();
+        assert_eq!(counts.get(&Finding::PlaintextWal), Some(&1));
+        assert_eq!(counts.get(&Finding::PlaintextSnapDb), Some(&1));
+        // The key only seen in a copy is a key in scope, with no keyspace value.
+        assert_eq!(result.key_count(), 2);
     }
 
     #[test]

@@ -2,13 +2,51 @@
 //! each; strings from etcd are [`Field`]s (`{"text":..}` or `{"bytes":..}`).
 use std::io::{self, Write};
 
-use super::record::{Field, Record, ResidueRecord, ValueRecord};
+use super::record::{Field, LocationRecord, Record, ResidueRecord, ValueRecord};
 use super::summary::summary_record;
 use super::Report;
-use crate::inspect::audit::AuditResult;
+use crate::inspect::audit::{AuditResult, ClassInfo, CopyLocation};
 
 fn optional_field(result: &AuditResult, id: Option<u32>) -> Option<Field<'_>> {
     id.map(|id| Field::from_bytes(result.string(id)))
+}
+
+/// A value record with what the classification says (revision 0, not
+/// latest, no finding: the caller fills those in).
+fn value_record<'r>(
+    result: &'r AuditResult,
+    key: &'r [u8],
+    resource: &'r [u8],
+    class: &'r ClassInfo,
+) -> ValueRecord<'r> {
+    let annotation_keys = match class.annotation_keys {
+        Some(id) => result
+            .string(id)
+            .split(|&byte| byte == b',')
+            .map(Field::from_bytes)
+            .collect(),
+        None => Vec::new(),
+    };
+    ValueRecord {
+        key: Field::from_bytes(key),
+        resource: Field::from_bytes(resource),
+        revision: 0,
+        sub_revision: 0,
+        latest: false,
+        encrypted: class.provider.is_encrypted(),
+        provider: class.provider.as_str().into(),
+        provider_name: optional_field(result, class.name),
+        key_id: optional_field(result, class.key_id),
+        dek_source_type: class.dek_source_type.map(|t| t.as_str().into()),
+        kind: optional_field(result, class.kind),
+        api_version: optional_field(result, class.api_version),
+        encoding: class.encoding.map(|e| e.as_str().into()),
+        annotation_keys,
+        problem: class.malformation.map(|m| m.as_str().into()),
+        finding: None,
+        verify: None,
+        location: None,
+    }
 }
 
 fn write_record(out: &mut dyn Write, line: &mut Vec<u8>, record: &Record<'_>) -> io::Result<()> {
@@ -24,35 +62,45 @@ pub(super) fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     let (result, residue) = (&report.result, report.remnants.as_ref());
     let mut line = Vec::with_capacity(1024);
     for value in result.values() {
-        let class = value.class;
-        let annotation_keys = match class.annotation_keys {
-            Some(id) => result
-                .string(id)
-                .split(|&byte| byte == b',')
-                .map(Field::from_bytes)
-                .collect(),
-            None => Vec::new(),
-        };
-        let record = Record::Value(ValueRecord {
-            key: Field::from_bytes(value.key),
-            resource: Field::from_bytes(value.resource),
-            revision: value.revision.main,
-            sub_revision: value.revision.sub,
-            latest: value.latest,
-            encrypted: class.provider.is_encrypted(),
-            provider: class.provider.as_str().into(),
-            provider_name: optional_field(result, class.name),
-            key_id: optional_field(result, class.key_id),
-            dek_source_type: class.dek_source_type.map(|t| t.as_str().into()),
-            kind: optional_field(result, class.kind),
-            api_version: optional_field(result, class.api_version),
-            encoding: class.encoding.map(|e| e.as_str().into()),
-            annotation_keys,
-            problem: class.malformation.map(|m| m.as_str().into()),
-            finding: value.finding.map(|finding| finding.code().into()),
-            verify: value.verify_failure.map(|failure| failure.code().into()),
+        let mut record = value_record(result, value.key, value.resource, value.class);
+        record.revision = value.revision.main;
+        record.sub_revision = value.revision.sub;
+        record.latest = value.latest;
+        record.finding = value.finding.map(|finding| finding.code().into());
+        record.verify = value.verify_failure.map(|failure| failure.code().into());
+        write_record(out, &mut line, &Record::Value(record))?;
+    }
+    // Then the copies outside the keyspace (WAL entries, leftover snap.db
+    // files), in the order read, each with where it is.
+    for copy in result.copies() {
+        let mut record = value_record(result, copy.key, copy.resource, copy.class);
+        record.finding = copy.finding.map(|finding| finding.code().into());
+        record.location = Some(match copy.location {
+            CopyLocation::Wal {
+                segment,
+                offset,
+                term,
+                index,
+            } => LocationRecord {
+                kind: "wal".into(),
+                file: Field::from_bytes(segment),
+                offset: Some(offset),
+                term: Some(term),
+                index: Some(index),
+            },
+            CopyLocation::SnapDb { file, revision } => {
+                record.revision = revision.main;
+                record.sub_revision = revision.sub;
+                LocationRecord {
+                    kind: "snap-db".into(),
+                    file: Field::from_bytes(file),
+                    offset: None,
+                    term: None,
+                    index: None,
+                }
+            }
         });
-        write_record(out, &mut line, &record)?;
+        write_record(out, &mut line, &Record::Value(record))?;
     }
     for remnant in residue.map_or(&[][..], |residue| residue.remnants.as_slice()) {
         let finding = remnant.plaintext && residue.is_some_and(|residue| !residue.ignored);

@@ -62,6 +62,7 @@ impl Report {
         if !result.read_errors().is_empty() {
             EXIT_ERROR
         } else if result.values().any(|value| value.finding.is_some())
+            || result.copies().any(|copy| copy.finding.is_some())
             || self
                 .remnants
                 .as_ref()

@@ -124,6 +124,29 @@ pub struct ValueRecord<'a> {
     /// Why verification failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Cow<'a, str>>,
+    /// Where the value is, when outside the keyspace scanned (a WAL entry, a
+    /// leftover snap.db); absent for the keyspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<LocationRecord<'a>>,
+}
+
+/// Where a value outside the keyspace is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationRecord<'a> {
+    /// `wal` (a raft entry of a WAL segment) or `snap-db` (a revision in a
+    /// leftover `member/snap/*.snap.db`).
+    pub kind: Cow<'a, str>,
+    /// The segment or file, as scanned.
+    pub file: Field<'a>,
+    /// WAL: byte offset of the entry's record in the segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// WAL: raft term of the entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// WAL: raft index of the entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
 }
 
 /// A `residue` record: a remnant found in a page the keyspace does not reach.

@@ -119,7 +119,7 @@ pub(super) fn summary_record(report: &Report) -> SummaryRecord {
         compact_revision: source.compact_revision,
         scope: scope(result, source),
         keys: result.key_count() as u64,
-        values: result.values().count() as u64,
+        values: (result.values().count() + result.copies().count()) as u64,
         out_of_scope: result.out_of_scope(),
         resources,
         groups,

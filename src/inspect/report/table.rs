@@ -7,12 +7,13 @@ use std::io::{self, Write};
 use super::record::ResourceScope;
 use super::summary::scope;
 use super::{display, display_bytes, Report, RESIDUE_REMEDY};
-use crate::inspect::audit::{AuditResult, Finding};
+use crate::inspect::audit::{AuditResult, CopyLocation, Finding};
 use crate::inspect::classify::Provider;
 use crate::inspect::remnants::RemnantReport;
 use crate::inspect::source::SourceInfo;
 use crate::inspect::stale::stale_report;
 use crate::inspect::verify::VerifySummary;
+use serde_json::Value;
 
 /// The deep scan's part of the table: every remnant (plaintext first), and
 /// what clears them.
@@ -121,10 +122,15 @@ pub(super) fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
         .values()
         .filter_map(|value| value.finding.map(|finding| (value, finding)))
         .collect();
+    let copy_findings: Vec<_> = result
+        .copies()
+        .filter_map(|copy| copy.finding.map(|finding| (copy, finding)))
+        .collect();
     writeln!(out)?;
-    if findings.is_empty() {
+    if findings.is_empty() && copy_findings.is_empty() {
         writeln!(out, "No findings.")?;
-    } else {
+    }
+    if !findings.is_empty() {
         writeln!(out, "Findings ({}):", findings.len())?;
         for (value, finding) in &findings {
             let mut what = finding.describe().to_string();
@@ -163,6 +169,8 @@ pub(super) fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
                         what = format!("{what} (key_id {})", display_bytes(result.string(key_id)));
                     }
                 }
+                // Only copies carry these; they are listed below.
+                Finding::PlaintextWal | Finding::PlaintextSnapDb => {}
             }
             writeln!(
                 out,
@@ -183,6 +191,7 @@ pub(super) fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
             )?;
         }
     }
+    write_copy_findings(out, result, &copy_findings, !findings.is_empty())?;
     write_stale_table(out, result)?;
     if let Some(summary) = result.verification() {
         write_verify_table(out, summary)?;
@@ -211,7 +220,57 @@ pub(super) fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
         result.key_count(),
         result.values().count()
     )?;
+    let copies = result.copies().count();
+    if copies > 0 {
+        writeln!(
+            out,
+            "{copies} values examined outside the keyspace (WAL entries, leftover snap.db files)."
+        )?;
+    }
     out.flush()
+}
+
+/// Findings in copies outside the keyspace: key, where it is, what.
+fn write_copy_findings(
+    out: &mut dyn Write,
+    result: &AuditResult,
+    findings: &[(crate::inspect::audit::CopyView<'_>, Finding)],
+    after_others: bool,
+) -> io::Result<()> {
+    if findings.is_empty() {
+        return Ok(());
+    }
+    if after_others {
+        writeln!(out)?;
+    }
+    writeln!(out, "Findings outside the keyspace ({}):", findings.len())?;
+    for (copy, finding) in findings {
+        let mut what = finding.describe().to_string();
+        if let Some(kind) = copy.class.kind {
+            what = format!("{what} (kind {})", display_bytes(result.string(kind)));
+        }
+        if let (Finding::Malformed, Some(problem)) = (finding, copy.class.malformation) {
+            what = format!("{what}: {}", problem.as_str());
+        }
+        let location = match copy.location {
+            CopyLocation::Wal {
+                segment,
+                offset,
+                term,
+                index,
+            } => format!(
+                "WAL segment {}  byte offset {offset}  raft term {term} index {index}",
+                display_bytes(segment)
+            ),
+            CopyLocation::SnapDb { file, revision } => format!(
+                "snap.db {}  revision {}",
+                display_bytes(file),
+                revision.main
+            ),
+        };
+        writeln!(out, "  {}  {location}  {what}", display_bytes(copy.key))?;
+    }
+    Ok(())
 }
 
 /// The table's header: what was examined, so a table pasted into a ticket
@@ -266,7 +325,18 @@ fn write_scope_header(
         },
         result.key_count(),
         result.values().count()
-    )
+    )?;
+    if let Some(wal) = source.details.get("wal") {
+        let count = |name: &str| wal.get(name).and_then(Value::as_u64).unwrap_or(0);
+        writeln!(
+            out,
+            "Write-ahead log: {} segments, {} entries read ({} puts)",
+            count("segments"),
+            count("entries"),
+            count("puts")
+        )?;
+    }
+    Ok(())
 }
 
 fn write_stale_table(out: &mut dyn Write, result: &AuditResult) -> io::Result<()> {

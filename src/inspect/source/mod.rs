@@ -6,11 +6,14 @@
 //!   of a member's `member/snap/db`), and its deep scan (`--deep`).
 //! - [`live`]: a running etcd over its v3 API.
 //!
-//! Room is left for more, each a module here implementing [`Source`]: `wal/`
-//! (a member's write-ahead log, replayed into the same events) and
-//! `data_dir` (a whole member data dir: its bbolt file plus the WAL entries
-//! after it). A new source needs nothing else: [`crate::inspect::audit`]
-//! drives any [`Source`], and the report does not know which one it was.
+//! - [`wal`]: a member's write-ahead log segments, each put a copy with its
+//!   segment, offset, raft term and index.
+//! - [`data_dir`]: a member's whole data dir: its db, its WAL and leftover
+//!   snap.db files, as one report.
+//!
+//! A new source is a module here implementing [`Source`]:
+//! [`crate::inspect::audit`] drives any [`Source`], and the report does not
+//! know which one it was.
 
 use serde_json::{Map, Value};
 
@@ -22,6 +25,7 @@ use super::resource::ResourceFilter;
 use super::ObservationSink;
 
 pub mod bbolt;
+pub mod data_dir;
 pub mod live;
 pub mod wal;
 
@@ -97,7 +101,7 @@ pub struct Timings {
 /// Where the values came from, for the summary.
 #[derive(Debug, Clone, Default)]
 pub struct SourceInfo {
-    /// `file` or `live`.
+    /// `file`, `live`, `data-dir` or `wal`.
     pub kind: &'static str,
     /// The file path or the endpoints.
     pub location: String,
