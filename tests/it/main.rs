@@ -31,6 +31,7 @@ mod inspect_file_vs_live;
 mod inspect_hostile;
 mod inspect_live;
 mod inspect_live_cli;
+mod inspect_wal;
 mod inspect_writer;
 mod key_cli;
 mod keyring_backend;
