@@ -14,16 +14,6 @@
 //! both cases everything after must be zeros: non-zero bytes there are
 //! records this reader cannot vouch for, an error. Anything else damaged is a
 //! [`SegmentError`] with its byte offset.
-// A parser of untrusted bytes: no panics, no unchecked indexing (tests may).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
 
 use std::io::{self, Read};
 
