@@ -615,3 +615,39 @@ pub fn scan_report(data: &[u8]) {
         );
     }
 }
+
+/// `vault_stored_form`: the Vault backend's parsers of what kube-apiserver
+/// hands back (the key_id and the stored wrapped seed). The first byte picks
+/// the part: even, `data` (UTF-8 or not) as a key_id: one that parses is
+/// exactly the key_id of what it names; odd, a version (next 4 bytes) and a
+/// stored form: one that expands is the compact form of what it expands to,
+/// and never expands under another version.
+pub fn vault_stored_form(data: &[u8]) {
+    use kube_kms::backend::vault::transit;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode % 2 == 0 {
+        let Ok(text) = std::str::from_utf8(rest) else {
+            return;
+        };
+        if let Some((version, mount, key)) = transit::parse_key_id(text) {
+            assert_eq!(transit::key_id_for(mount, key, version), text);
+            assert!(transit::validate_mount(mount).is_ok());
+            assert!(transit::validate_key(key).is_ok());
+        }
+        return;
+    }
+    let Some((number, stored)) = rest.split_first_chunk::<4>() else {
+        return;
+    };
+    let version = u32::from_be_bytes(*number);
+    if let Some(transit_form) = transit::expand(version, stored) {
+        assert_eq!(
+            transit::compact(version, &transit_form).as_deref(),
+            Ok(stored),
+            "an input that expands must be the compact form"
+        );
+        assert_eq!(transit::expand(version.wrapping_add(1), stored), None);
+    }
+}

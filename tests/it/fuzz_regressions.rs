@@ -57,6 +57,11 @@ fn wrapped_seed_inputs() {
 }
 
 #[test]
+fn vault_stored_form_inputs() {
+    assert!(run_inputs("vault_stored_form", checks::vault_stored_form) >= 3);
+}
+
+#[test]
 fn decrypt_request_inputs() {
     assert!(run_inputs("decrypt_request", checks::decrypt_request) >= 3);
 }
