@@ -10,15 +10,39 @@
 //!   view, so kube-apiserver never discards a seed mid-rotation.
 //! - [`KeyBackend::unwrap`] selects the key by key_id (no trial decryption) and
 //!   fails with a coarse [`BackendError`] that says nothing about the secret.
+//!
+//! Layout: [`ring`] holds what every root shares when it serves
+//! ([`ring::KeyRing`]: the swapped snapshot, status, reload, self-test,
+//! counts, Debug); [`admin`] the `kube-kms key` operations every root offers
+//! ([`admin::KeyAdmin`]). Each root is one module: [`file`], [`pkcs11`],
+//! [`aws_kms`].
+//!
+//! A new root plugs in as one module `src/backend/NAME.rs` (or `NAME/`):
+//! 1. implement [`ring::Root`] for a `NameRoot` (its key operations: wrap and
+//!    unwrap under one version's key; `read`: its versions with their states,
+//!    as a [`ring::Listing`]; its key_id scheme: every key_id starts with a
+//!    prefix of its own, e.g. `kk-NAME-vN-...`, and [`ring::Root::may_hold`]
+//!    says which unknown key_ids are worth an on-demand read), and export
+//!    `pub type NameBackend = ring::KeyRing<NameRoot>` with an `open`/`connect`
+//!    that builds it with [`ring::KeyRing::new`];
+//! 2. implement [`admin::KeyAdmin`] for its `kube-kms key` operations;
+//! 3. register both in the binary: a `--backend` value and its options in
+//!    `src/bin/kube-kms/backend_args.rs` (`BackendKind`, `BackendChoice`,
+//!    `resolve`), one arm in `serve.rs` (`serve`: open it, `serve_with`) and
+//!    one in `key/run.rs` (`with_admin`: open its admin).
+//!
+//! The server (`crate::server`) sees only [`KeyBackend`], never a root.
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use crate::secret::SecretBytes;
 
+pub mod admin;
 pub mod aws_kms;
 pub mod file;
 pub mod pkcs11;
+pub mod ring;
 pub mod vault;
 
 /// The health string of a backend whose last self-test passed (what Status'
@@ -147,69 +171,5 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// public objects in a PKCS#11 token). Cheap (no I/O).
     fn ignored_objects(&self) -> u64 {
         0
-    }
-}
-
-/// A random 32-byte canary for a self-test (the size of a DEK seed).
-pub(crate) fn self_test_canary() -> Result<SecretBytes, String> {
-    let mut canary = SecretBytes::new(vec![0u8; 32]);
-    getrandom::getrandom(canary.expose_secret_mut())
-        .map_err(|error| format!("self-test: random generator failed: {error}"))?;
-    Ok(canary)
-}
-
-/// A self-test through `backend`'s own Encrypt and Decrypt paths: a random
-/// canary wrapped under the primary must unwrap to the same bytes, within
-/// `limit` (a hung root of trust fails the self-test rather than stalling
-/// it). For backends whose every call already goes to the root of trust
-/// (the file backend tests one snapshot instead, before it serves it).
-pub(crate) async fn self_test_round_trip<B: KeyBackend>(
-    backend: &B,
-    limit: std::time::Duration,
-) -> Result<(), String> {
-    match tokio::time::timeout(limit, round_trip(backend)).await {
-        Ok(verdict) => verdict,
-        Err(_) => Err(format!(
-            "self-test: wrap and unwrap did not finish within {limit:?}"
-        )),
-    }
-}
-
-async fn round_trip<B: KeyBackend>(backend: &B) -> Result<(), String> {
-    let canary = self_test_canary()?;
-    let wrapped = backend
-        .wrap(canary.expose_secret())
-        .await
-        .map_err(|error| format!("self-test: wrap failed: {error}"))?;
-    let opened = backend
-        .unwrap(&wrapped.key_id, &wrapped.ciphertext, &wrapped.annotations)
-        .await
-        .map_err(|error| format!("self-test: unwrap under {} failed: {error}", wrapped.key_id))?;
-    check_self_test_canary(&canary, &opened, &wrapped.key_id)
-}
-
-/// What Status reports as healthz for a self-test verdict.
-pub(crate) fn health_text(verdict: Result<(), String>) -> Arc<str> {
-    match verdict {
-        Ok(()) => Arc::from(HEALTHY),
-        Err(reason) => Arc::from(reason),
-    }
-}
-
-/// The self-test verdict once the canary came back from `key_id` as `opened`.
-pub(crate) fn check_self_test_canary(
-    canary: &SecretBytes,
-    opened: &SecretBytes,
-    key_id: &str,
-) -> Result<(), String> {
-    if bool::from(subtle::ConstantTimeEq::ct_eq(
-        opened.expose_secret(),
-        canary.expose_secret(),
-    )) {
-        Ok(())
-    } else {
-        Err(format!(
-            "self-test: unwrap under {key_id} returned other bytes"
-        ))
     }
 }

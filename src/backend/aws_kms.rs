@@ -1,13 +1,15 @@
-//! AWS KMS as a [`KeyBackend`]: each KEK version is a KMS key that never
+//! AWS KMS as a root of trust ([`AwsKmsRoot`], served as [`AwsKmsBackend`]):
+//! each KEK version is a KMS key that never
 //! leaves KMS; seeds are wrapped with KMS `Encrypt` and unwrapped with
 //! `Decrypt`, both bound to the key_id by an encryption context.
 //!
-//! This module owns the backend (serving state, self-test, refresh) and the
-//! SDK client set-up ([`connect`]). [`ring`] owns the layout of versions in
+//! This module owns the root (Encrypt and Decrypt calls, reading the ring,
+//! the refresh policy) and the SDK client set-up ([`connect`]); the serving
+//! state is [`KeyRing`]'s. [`ring`] owns the layout of versions in
 //! KMS (aliases, key_id scheme, states, `kube-kms key` operations) and
 //! [`blob`] the stored ciphertext format.
 //!
-//! Serving state is one [`ArcSwap`] snapshot of the ring (primary key_id and
+//! Serving state is one swapped snapshot of the ring (primary key_id and
 //! ARN, key_id → KMS key and state), so Status (no I/O), Encrypt (wraps
 //! under the snapshot's primary and returns that same key_id) and Decrypt
 //! (selects the KMS key by the request's key_id, passes it as `KeyId`: no
@@ -27,17 +29,16 @@
 //! metadata). Plaintext seeds pass through the SDK's request and response
 //! buffers, which kube-kms cannot zeroize; what kube-kms holds is in
 //! [`SecretBytes`].
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::Client;
 
-use super::{BackendError, KeyBackend, KeyStatus, ReloadOutcome, VersionCounts, Wrapped};
+use super::ring::{Health, KeyRing, Listing, Root, SelfTest, Snapshot, Version};
+use super::BackendError;
 use crate::keyring::KeyState;
 use crate::secret::SecretBytes;
 
@@ -124,102 +125,47 @@ pub async fn connect(config: &AwsKmsConfig) -> Result<Client, AwsKmsError> {
     Ok(Client::new(&shared))
 }
 
-/// A version as the server needs it.
-struct Served {
-    arn: String,
-    usable: bool,
-}
-
-/// One consistent view of the ring.
-struct Snapshot {
-    primary_key_id: Arc<str>,
-    primary_arn: String,
-    keys: HashMap<Box<str>, Served>,
-    /// States by version, to tell whether a refresh changed anything.
-    fingerprint: Vec<(u32, String, KeyState)>,
-    counts: VersionCounts,
-}
-
-impl Snapshot {
-    fn from_ring(ring: &AwsRing) -> Result<Self, BackendError> {
-        let primary = ring.primary().ok_or_else(|| {
-            BackendError::Unavailable(if ring.versions.is_empty() {
-                RingError::Empty {
-                    prefix: ring.prefix.clone(),
-                }
-                .to_string()
-            } else {
-                format!(
-                    "no usable primary under {}: {}/primary is missing or its key is not enabled in KMS",
-                    ring.prefix, ring.prefix
-                )
+/// The versions of `ring` as a [`Listing`]: a version that unwraps has its
+/// KMS key ARN (what Encrypt and Decrypt pass as `KeyId`).
+fn listing(ring: &AwsRing) -> Listing<String, Vec<(u32, String, KeyState)>> {
+    Listing {
+        versions: ring
+            .versions
+            .values()
+            .map(|version| Version {
+                key_id: Box::from(version.key_id.as_str()),
+                state: version.state,
+                key: Some(version.arn.clone()),
             })
-        })?;
-        let mut counts = VersionCounts::default();
-        let mut keys = HashMap::with_capacity(ring.versions.len());
-        for version in ring.versions.values() {
-            let counter = match version.state {
-                KeyState::Primary => &mut counts.primary,
-                KeyState::Enabled => &mut counts.enabled,
-                KeyState::Disabled => &mut counts.disabled,
-                KeyState::Destroyed => &mut counts.destroyed,
-            };
-            *counter += 1;
-            keys.insert(
-                Box::from(version.key_id.as_str()),
-                Served {
-                    arn: version.arn.clone(),
-                    usable: version.state.can_unwrap(),
-                },
-            );
-        }
-        Ok(Self {
-            primary_key_id: Arc::from(primary.key_id.as_str()),
-            primary_arn: primary.arn.clone(),
-            keys,
-            fingerprint: ring
-                .versions
-                .values()
-                .map(|v| (v.id, v.key_id.clone(), v.state))
-                .collect(),
-            counts,
-        })
+            .collect(),
+        marker: ring
+            .versions
+            .values()
+            .map(|v| (v.id, v.key_id.clone(), v.state))
+            .collect(),
     }
 }
 
-/// The outcome of the last refresh attempt, for rate limiting.
-struct RefreshAttempt {
-    at: Instant,
-    error: Option<String>,
-}
-
-/// A [`KeyBackend`] over AWS KMS. Build with [`AwsKmsBackend::connect`]
+/// A [`super::KeyBackend`] over AWS KMS. Build with [`AwsKmsBackend::connect`]
 /// inside a Tokio runtime (it keeps a handle to run refreshes on).
-pub struct AwsKmsBackend {
+pub type AwsKmsBackend = KeyRing<AwsKmsRoot>;
+
+/// One ring of KMS keys (an alias prefix) as a [`Root`].
+pub struct AwsKmsRoot {
     client: Client,
     config: AwsKmsConfig,
-    snapshot: ArcSwap<Snapshot>,
-    healthz: ArcSwap<Arc<str>>,
     runtime: tokio::runtime::Handle,
-    /// Serializes reloads and remembers the last attempt.
-    last_refresh: Mutex<RefreshAttempt>,
-    /// Coalesces the refreshes triggered by unknown key_ids.
-    on_demand: tokio::sync::Mutex<Option<Instant>>,
 }
 
-impl std::fmt::Debug for AwsKmsBackend {
+impl std::fmt::Debug for AwsKmsRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsKmsBackend")
+        f.debug_struct("AwsKmsRoot")
             .field("alias_prefix", &self.config.alias_prefix)
-            .field("primary_key_id", &self.snapshot.load().primary_key_id)
             .finish_non_exhaustive()
     }
 }
 
-/// Least time between two refreshes triggered by unknown key_ids.
-const ON_DEMAND_SPACING: Duration = Duration::from_secs(2);
-
-impl AwsKmsBackend {
+impl KeyRing<AwsKmsRoot> {
     /// Connects, reads the ring (it must have a usable primary) and runs a
     /// first self-test. Must run inside a Tokio runtime.
     pub async fn connect(config: AwsKmsConfig) -> Result<Self, AwsKmsError> {
@@ -231,158 +177,37 @@ impl AwsKmsBackend {
     /// As [`AwsKmsBackend::connect`], with a client built elsewhere.
     pub async fn with_client(client: Client, config: AwsKmsConfig) -> Result<Self, AwsKmsError> {
         let ring = ring::fetch(&client, &config.alias_prefix, false).await?;
-        let snapshot = Snapshot::from_ring(&ring).map_err(|error| {
+        let prefix = config.alias_prefix.clone();
+        let root = AwsKmsRoot {
+            client,
+            config,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let backend = KeyRing::new(root, listing(&ring)).map_err(|error| {
             AwsKmsError::Ring(RingError::Inconsistent {
-                prefix: config.alias_prefix.clone(),
+                prefix,
                 problem: error.to_string(),
             })
         })?;
-        let backend = Self {
-            client,
-            snapshot: ArcSwap::from_pointee(snapshot),
-            healthz: ArcSwap::from_pointee(Arc::from("self-test: not run yet")),
-            runtime: tokio::runtime::Handle::current(),
-            last_refresh: Mutex::new(RefreshAttempt {
-                at: Instant::now(),
-                error: None,
-            }),
-            on_demand: tokio::sync::Mutex::new(None),
-            config,
-        };
-        backend.run_self_test().await;
+        super::KeyBackend::self_test(&backend).await;
         Ok(backend)
     }
 
     /// The alias prefix served.
     pub fn alias_prefix(&self) -> &str {
-        &self.config.alias_prefix
+        &self.root().config.alias_prefix
     }
 
-    async fn encrypt(
-        &self,
-        snapshot: &Snapshot,
-        plaintext: &[u8],
-    ) -> Result<Wrapped, BackendError> {
-        if plaintext.is_empty() || plaintext.len() > blob::MAX_PLAINTEXT_LEN {
-            return Err(BackendError::InvalidInput(format!(
-                "plaintext is {} bytes; AWS KMS wraps 1 to {} bytes (kube-apiserver sends 32-byte seeds)",
-                plaintext.len(),
-                blob::MAX_PLAINTEXT_LEN
-            )));
-        }
-        let key_id = Arc::clone(&snapshot.primary_key_id);
-        let mut request = self
-            .client
-            .encrypt()
-            .key_id(&snapshot.primary_arn)
-            .plaintext(Blob::new(plaintext.to_vec()));
-        for (name, value) in blob::encryption_context(&key_id) {
-            request = request.encryption_context(name, value);
-        }
-        let output = self
-            .bounded("Encrypt", request.send())
-            .await?
-            .map_err(|error| {
-                BackendError::Unavailable(format!(
-                    "AWS KMS Encrypt under {key_id} failed: {}",
-                    DisplayErrorContext(&error)
-                ))
-            })?;
-        let ciphertext_blob = output.ciphertext_blob().ok_or_else(|| {
-            BackendError::Unavailable("AWS KMS Encrypt answered without CiphertextBlob".into())
-        })?;
-        let ciphertext = blob::frame(ciphertext_blob.as_ref()).map_err(|error| {
-            BackendError::Unavailable(format!("AWS KMS Encrypt under {key_id}: {error}"))
-        })?;
-        Ok(Wrapped {
-            ciphertext,
-            key_id,
-            annotations: BTreeMap::new(),
-        })
+    /// The longest a self-test may take: an Encrypt and a Decrypt (each
+    /// bounded by the call timeout) and a refresh of the ring.
+    pub fn self_test_timeout(&self) -> Duration {
+        self.root().self_test_timeout()
     }
+}
 
-    async fn decrypt(&self, key_id: &str, ciphertext: &[u8]) -> Result<SecretBytes, BackendError> {
-        let ciphertext_blob = blob::unframe(ciphertext).map_err(|_| BackendError::DecryptFailed)?;
-        let arn = match self.lookup(key_id) {
-            Some(found) => found?,
-            None => {
-                self.refresh_for_unknown(key_id).await;
-                self.lookup(key_id).ok_or(BackendError::UnknownKeyId)??
-            }
-        };
-        let mut request = self
-            .client
-            .decrypt()
-            .key_id(&arn)
-            .ciphertext_blob(Blob::new(ciphertext_blob.to_vec()));
-        for (name, value) in blob::encryption_context(key_id) {
-            request = request.encryption_context(name, value);
-        }
-        let mut output = self
-            .bounded("Decrypt", request.send())
-            .await?
-            .map_err(|error| decrypt_error(key_id, error))?;
-        match output.plaintext.take() {
-            Some(plaintext) => Ok(SecretBytes::new(plaintext.into_inner())),
-            None => Err(BackendError::Unavailable(
-                "AWS KMS Decrypt answered without Plaintext".into(),
-            )),
-        }
-    }
-
-    /// The ARN for `key_id`: `None` if unknown, `Some(Err)` if not usable.
-    fn lookup(&self, key_id: &str) -> Option<Result<String, BackendError>> {
-        let snapshot = self.snapshot.load();
-        snapshot.keys.get(key_id).map(|served| {
-            if served.usable {
-                Ok(served.arn.clone())
-            } else {
-                Err(BackendError::KeyDisabled)
-            }
-        })
-    }
-
-    /// Re-reads the ring when a well-formed key_id of this scheme is not in
-    /// the snapshot (at most once per [`ON_DEMAND_SPACING`]).
-    async fn refresh_for_unknown(&self, key_id: &str) {
-        if ring::parse_key_id(key_id).is_none() {
-            return;
-        }
-        let mut last = self.on_demand.lock().await;
-        let recent = last.is_some_and(|at| at.elapsed() < ON_DEMAND_SPACING);
-        if recent || self.snapshot.load().keys.contains_key(key_id) {
-            return;
-        }
-        *last = Some(Instant::now());
-        let limit = self.fetch_timeout();
-        let fetched = tokio::time::timeout(
-            limit,
-            ring::fetch(&self.client, &self.config.alias_prefix, false),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(RingError::Kms {
-                operation: "ListAliases/DescribeKey",
-                code: None,
-                detail: format!("no answer within {limit:?}"),
-            })
-        });
-        match fetched {
-            Ok(ring) => match Snapshot::from_ring(&ring) {
-                Ok(fresh) => {
-                    if fresh.keys.contains_key(key_id) {
-                        tracing::info!(key_id, "learned a new key version from AWS KMS");
-                    }
-                    self.snapshot.store(Arc::new(fresh));
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, "AWS KMS ring refresh for an unknown key_id: keeping the previous keys")
-                }
-            },
-            Err(error) => {
-                tracing::warn!(error = %error, "AWS KMS ring refresh for an unknown key_id failed")
-            }
-        }
+impl AwsKmsRoot {
+    fn self_test_timeout(&self) -> Duration {
+        self.config.call_timeout.saturating_mul(3)
     }
 
     /// Awaits one KMS call for at most the call timeout (the SDK enforces
@@ -400,65 +225,24 @@ impl AwsKmsBackend {
 
     /// The longest a ring fetch may take: ListAliases plus one DescribeKey
     /// per known version, each bounded by the call timeout.
-    fn fetch_timeout(&self) -> Duration {
-        let calls = u32::try_from(self.snapshot.load().fingerprint.len())
-            .unwrap_or(u32::MAX)
-            .saturating_add(2);
+    fn fetch_timeout(&self, known: usize) -> Duration {
+        let calls = u32::try_from(known).unwrap_or(u32::MAX).saturating_add(2);
         self.config
             .call_timeout
             .saturating_mul(calls)
             .max(Duration::from_secs(5))
     }
 
-    /// The longest a self-test may take: an Encrypt and a Decrypt (each
-    /// bounded by the call timeout) and a refresh of the ring.
-    pub fn self_test_timeout(&self) -> Duration {
-        self.config.call_timeout.saturating_mul(3)
-    }
-
-    async fn run_self_test(&self) {
-        let verdict = super::self_test_round_trip(self, self.self_test_timeout()).await;
-        self.healthz.store(Arc::new(super::health_text(verdict)));
-    }
-
-    fn reload_now(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
-        let mut last = self
-            .last_refresh
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !force && last.at.elapsed() < self.config.refresh_interval {
-            return match &last.error {
-                Some(error) => Err(BackendError::Unavailable(error.clone())),
-                None => Ok(ReloadOutcome::Unchanged),
-            };
-        }
-        last.at = Instant::now();
-        let result = self.fetch_blocking();
-        let outcome = result.and_then(|ring| {
-            let fresh = Snapshot::from_ring(&ring)?;
-            let current = self.snapshot.load();
-            if !force && fresh.fingerprint == current.fingerprint {
-                self.snapshot.store(Arc::new(fresh));
-                return Ok(ReloadOutcome::Unchanged);
-            }
-            let primary_key_id = Arc::clone(&fresh.primary_key_id);
-            self.snapshot.store(Arc::new(fresh));
-            Ok(ReloadOutcome::Reloaded { primary_key_id })
-        });
-        last.error = outcome.as_ref().err().map(ToString::to_string);
-        outcome
-    }
-
     /// Runs a ring fetch on the runtime and waits for it from this
     /// (blocking) thread: the server calls `reload` on a blocking thread.
-    fn fetch_blocking(&self) -> Result<AwsRing, BackendError> {
+    fn fetch_blocking(&self, known: usize) -> Result<AwsRing, BackendError> {
         let (sender, receiver) = std::sync::mpsc::channel();
         let client = self.client.clone();
         let prefix = self.config.alias_prefix.clone();
         self.runtime.spawn(async move {
             let _ = sender.send(ring::fetch(&client, &prefix, false).await);
         });
-        match receiver.recv_timeout(self.fetch_timeout()) {
+        match receiver.recv_timeout(self.fetch_timeout(known)) {
             Ok(Ok(ring)) => Ok(ring),
             Ok(Err(error)) => Err(BackendError::Unavailable(format!(
                 "reading the kube-kms keys under {} failed: {error}",
@@ -490,38 +274,155 @@ where
     }
 }
 
-impl KeyBackend for AwsKmsBackend {
-    fn status(&self) -> KeyStatus {
-        KeyStatus {
-            key_id: Arc::clone(&self.snapshot.load().primary_key_id),
-            healthz: Arc::clone(&self.healthz.load()),
+impl Root for AwsKmsRoot {
+    type Key = String;
+    type Marker = Vec<(u32, String, KeyState)>;
+
+    fn self_test(&self) -> SelfTest {
+        SelfTest::Bounded(self.self_test_timeout())
+    }
+
+    fn wrap<'a>(
+        &'a self,
+        arn: &String,
+        key_id: &Arc<str>,
+        plaintext: &[u8],
+        _health: &'a Health,
+    ) -> impl Future<Output = Result<Vec<u8>, BackendError>> + Send + use<'a> {
+        let refused = (plaintext.is_empty() || plaintext.len() > blob::MAX_PLAINTEXT_LEN)
+            .then(|| {
+                BackendError::InvalidInput(format!(
+                    "plaintext is {} bytes; AWS KMS wraps 1 to {} bytes (kube-apiserver sends 32-byte seeds)",
+                    plaintext.len(),
+                    blob::MAX_PLAINTEXT_LEN
+                ))
+            });
+        let key_id = Arc::clone(key_id);
+        let mut request = self.client.encrypt().key_id(arn);
+        if refused.is_none() {
+            request = request.plaintext(Blob::new(plaintext.to_vec()));
+        }
+        for (name, value) in blob::encryption_context(&key_id) {
+            request = request.encryption_context(name, value);
+        }
+        async move {
+            if let Some(refused) = refused {
+                return Err(refused);
+            }
+            let output = self
+                .bounded("Encrypt", request.send())
+                .await?
+                .map_err(|error| {
+                    BackendError::Unavailable(format!(
+                        "AWS KMS Encrypt under {key_id} failed: {}",
+                        DisplayErrorContext(&error)
+                    ))
+                })?;
+            let ciphertext_blob = output.ciphertext_blob().ok_or_else(|| {
+                BackendError::Unavailable("AWS KMS Encrypt answered without CiphertextBlob".into())
+            })?;
+            blob::frame(ciphertext_blob.as_ref()).map_err(|error| {
+                BackendError::Unavailable(format!("AWS KMS Encrypt under {key_id}: {error}"))
+            })
         }
     }
 
-    fn wrap(&self, plaintext: &[u8]) -> impl Future<Output = Result<Wrapped, BackendError>> + Send {
-        let snapshot = self.snapshot.load_full();
-        async move { self.encrypt(&snapshot, plaintext).await }
-    }
-
-    fn unwrap(
-        &self,
+    fn unwrap<'a>(
+        &'a self,
+        arn: &String,
         key_id: &str,
         ciphertext: &[u8],
-        _annotations: &BTreeMap<String, Vec<u8>>,
-    ) -> impl Future<Output = Result<SecretBytes, BackendError>> + Send {
-        self.decrypt(key_id, ciphertext)
+        _health: &'a Health,
+    ) -> impl Future<Output = Result<SecretBytes, BackendError>> + Send + use<'a> {
+        let key_id = key_id.to_owned();
+        let request = blob::unframe(ciphertext).map(|ciphertext_blob| {
+            let mut request = self
+                .client
+                .decrypt()
+                .key_id(arn)
+                .ciphertext_blob(Blob::new(ciphertext_blob.to_vec()));
+            for (name, value) in blob::encryption_context(&key_id) {
+                request = request.encryption_context(name, value);
+            }
+            request
+        });
+        async move {
+            let request = request.map_err(|_| BackendError::DecryptFailed)?;
+            let mut output = self
+                .bounded("Decrypt", request.send())
+                .await?
+                .map_err(|error| decrypt_error(&key_id, error))?;
+            match output.plaintext.take() {
+                Some(plaintext) => Ok(SecretBytes::new(plaintext.into_inner())),
+                None => Err(BackendError::Unavailable(
+                    "AWS KMS Decrypt answered without Plaintext".into(),
+                )),
+            }
+        }
     }
 
-    fn self_test(&self) -> impl Future<Output = ()> + Send {
-        self.run_self_test()
+    fn screen(&self, ciphertext: &[u8]) -> Result<(), BackendError> {
+        blob::unframe(ciphertext)
+            .map(|_| ())
+            .map_err(|_| BackendError::DecryptFailed)
     }
 
-    fn reload(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
-        self.reload_now(force)
+    fn read(
+        &self,
+        current: &Snapshot<String, Self::Marker>,
+        _force: bool,
+        _health: &Health,
+    ) -> Result<Option<Listing<String, Self::Marker>>, BackendError> {
+        Ok(Some(listing(&self.fetch_blocking(current.len())?)))
     }
 
-    fn version_counts(&self) -> VersionCounts {
-        self.snapshot.load().counts
+    fn no_primary(&self, listing: &Listing<String, Self::Marker>) -> BackendError {
+        let prefix = &self.config.alias_prefix;
+        BackendError::Unavailable(if listing.versions.is_empty() {
+            RingError::Empty {
+                prefix: prefix.clone(),
+            }
+            .to_string()
+        } else {
+            format!(
+                "no usable primary under {prefix}: {prefix}/primary is missing or its key is not enabled in KMS"
+            )
+        })
+    }
+
+    fn refresh_interval(&self) -> Option<Duration> {
+        Some(self.config.refresh_interval)
+    }
+
+    fn may_hold(&self, key_id: &str) -> bool {
+        ring::parse_key_id(key_id).is_some()
+    }
+
+    async fn read_now(
+        &self,
+        known: usize,
+        _health: &Health,
+    ) -> Result<Listing<String, Self::Marker>, BackendError> {
+        let limit = self.fetch_timeout(known);
+        let fetched = tokio::time::timeout(
+            limit,
+            ring::fetch(&self.client, &self.config.alias_prefix, false),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(RingError::Kms {
+                operation: "ListAliases/DescribeKey",
+                code: None,
+                detail: format!("no answer within {limit:?}"),
+            })
+        });
+        fetched
+            .map(|ring| listing(&ring))
+            .map_err(|error| BackendError::Unavailable(error.to_string()))
+    }
+
+    fn source(&self) -> String {
+        format!("AWS KMS keys under {}", self.config.alias_prefix)
     }
 }
 

@@ -1,10 +1,13 @@
-//! The file keyring as a [`KeyBackend`]: KEKs from a `kube-kms-keyring/v1`
-//! file (see [`crate::keyring`]), held in memory as one immutable snapshot.
+//! The file keyring as a root of trust: KEKs from a `kube-kms-keyring/v1`
+//! file (see [`crate::keyring`]), served by [`FileBackend`] (a
+//! [`KeyRing`] over [`FileRoot`]). Wrapping and unwrapping take
+//! microseconds and run inline (AES-256-GCM in [`crate::wrap`]); every new
+//! snapshot is self-tested before it serves. The key_id scheme is the
+//! keyring's: `kk-vN-<fingerprint>` ([`crate::keyring::key_id`]).
 //!
-//! Every call reads one [`ArcSwap`] snapshot (primary key_id + key_id → key),
-//! so Status and Encrypt agree even while a reload swaps in a new keyring.
-//! Wrapping and unwrapping take microseconds and run inline. A reload that
-//! fails leaves the previous snapshot serving.
+//! Reload: the file is re-read when its stamp (inode, size, mtime) changed,
+//! or always when forced. A reload that fails leaves the previous snapshot
+//! serving.
 //!
 //! Rollback: a reload that would drop a version the snapshot serves (its
 //! key_id gone from the file), or whose file has a lower `generation` than the
@@ -12,119 +15,82 @@
 //! broken file: the previous snapshot keeps serving, the reload error turns
 //! `/readyz` red, and [`KeyBackend::rollbacks_refused`] counts it (once per
 //! file). [`FileBackend::allow_rollback`] lets it through, with a warning.
-use std::collections::{BTreeMap, HashMap};
 use std::future::{ready, Future};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
-
-use super::{BackendError, KeyBackend, KeyStatus, ReloadOutcome, VersionCounts, Wrapped};
-use crate::keyring::{self, FileStamp, KeyState, Keyring, KeyringError};
+use super::ring::{Health, KeyRing, Listing, Root, SelfTest, Snapshot, Version};
+use super::BackendError;
+#[cfg(doc)]
+use super::KeyBackend;
+use crate::keyring::{self, FileStamp, Keyring, KeyringError};
 use crate::secret::SecretBytes;
 use crate::wrap::{WrapError, WrapKey};
 
 /// Re-exported from [`crate::backend`], where every backend finds it.
 pub use super::HEALTHY;
 
-/// A key known to the snapshot. Disabled and destroyed keys are remembered
-/// (without material) so Decrypt can say "disabled" instead of "unknown".
-enum Slot {
-    Usable(Arc<WrapKey>),
-    Disabled,
+/// A [`super::KeyBackend`] serving the keyring file at a path.
+///
+/// Use [`FileBackend::open`], then the [`super::KeyBackend`] methods; call
+/// `reload` when the file may have changed (file watch, SIGHUP) and
+/// `self_test` periodically.
+pub type FileBackend = KeyRing<FileRoot>;
+
+/// The keyring file at a path, as a [`Root`].
+#[derive(Debug)]
+pub struct FileRoot {
+    path: PathBuf,
+    /// Accept rollbacks (`serve --allow-keyring-rollback`).
+    allow_rollback: bool,
+    /// The stamp of the last file refused as a rollback (counted once).
+    refused: Mutex<Option<FileStamp>>,
+    rollbacks_refused: AtomicU64,
 }
 
-/// One consistent view of the keyring.
-struct Snapshot {
-    primary_key_id: Arc<str>,
-    primary: Arc<WrapKey>,
-    keys: HashMap<Box<str>, Slot>,
+/// What tells two reads of the file apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMarker {
     stamp: FileStamp,
-    counts: VersionCounts,
     generation: u64,
 }
 
-impl Snapshot {
-    fn from_keyring(keyring: &Keyring, stamp: FileStamp) -> Result<Self, BackendError> {
-        let mut keys = HashMap::with_capacity(keyring.versions().len());
-        let mut primary = None;
-        let mut counts = VersionCounts::default();
-        for version in keyring.versions() {
-            let counter = match version.state() {
-                KeyState::Primary => &mut counts.primary,
-                KeyState::Enabled => &mut counts.enabled,
-                KeyState::Disabled => &mut counts.disabled,
-                KeyState::Destroyed => &mut counts.destroyed,
-            };
-            *counter += 1;
-            let slot = match (version.state(), version.material()) {
-                (state, Some(kek)) if state.can_unwrap() => {
-                    // One prepared key serves as primary and in the map.
-                    let key = Arc::new(WrapKey::new(kek));
-                    if state == KeyState::Primary {
-                        primary = Some((Arc::<str>::from(version.key_id()), Arc::clone(&key)));
-                    }
-                    Slot::Usable(key)
-                }
-                _ => Slot::Disabled,
-            };
-            keys.insert(Box::from(version.key_id()), slot);
-        }
-        let (primary_key_id, primary) = primary.ok_or_else(|| {
-            BackendError::Unavailable("the keyring has no primary version".into())
-        })?;
-        Ok(Self {
-            primary_key_id,
-            primary,
-            keys,
+/// The versions of `keyring` (read with `stamp`), keys prepared.
+fn listing(keyring: &Keyring, stamp: FileStamp) -> Listing<WrapKey, FileMarker> {
+    let versions = keyring
+        .versions()
+        .iter()
+        .map(|version| Version {
+            key_id: Box::from(version.key_id()),
+            state: version.state(),
+            key: version
+                .material()
+                .filter(|_| version.state().can_unwrap())
+                .map(WrapKey::new),
+        })
+        .collect();
+    Listing {
+        versions,
+        marker: FileMarker {
             stamp,
-            counts,
             generation: keyring.generation(),
-        })
+        },
     }
+}
 
-    fn wrap(&self, plaintext: &[u8]) -> Result<Wrapped, BackendError> {
-        let ciphertext = self
-            .primary
-            .wrap(&self.primary_key_id, plaintext)
-            .map_err(|error| match error {
-                WrapError::PlaintextTooLarge { .. } => {
-                    BackendError::InvalidInput(error.to_string())
-                }
-                other => BackendError::Unavailable(other.to_string()),
-            })?;
-        Ok(Wrapped {
-            ciphertext,
-            key_id: Arc::clone(&self.primary_key_id),
-            annotations: BTreeMap::new(),
-        })
-    }
-
-    fn unwrap(&self, key_id: &str, ciphertext: &[u8]) -> Result<SecretBytes, BackendError> {
-        match self.keys.get(key_id) {
-            None => Err(BackendError::UnknownKeyId),
-            Some(Slot::Disabled) => Err(BackendError::KeyDisabled),
-            Some(Slot::Usable(kek)) => kek
-                .unwrap(key_id, ciphertext)
-                .map_err(|_| BackendError::DecryptFailed),
-        }
-    }
-
-    /// Why replacing this snapshot with `next` would be a rollback, if it would.
-    fn rollback_to(&self, next: &Keyring) -> Option<String> {
-        if next.generation() < self.generation {
+impl FileRoot {
+    /// Why replacing `current` with `next` would be a rollback, if it would.
+    fn rollback_to(current: &Snapshot<WrapKey, FileMarker>, next: &Keyring) -> Option<String> {
+        let serving = current.marker().generation;
+        if next.generation() < serving {
             return Some(format!(
-                "its generation {} is lower than the serving keyring's {} (an older copy of the file, e.g. restored from a backup)",
+                "its generation {} is lower than the serving keyring's {serving} (an older copy of the file, e.g. restored from a backup)",
                 next.generation(),
-                self.generation
             ));
         }
-        let mut dropped: Vec<&str> = self
-            .keys
-            .iter()
-            .filter(|(_, slot)| matches!(slot, Slot::Usable(_)))
-            .map(|(key_id, _)| &**key_id)
+        let mut dropped: Vec<&str> = current
+            .usable_key_ids()
             .filter(|key_id| !next.versions().iter().any(|v| v.key_id() == *key_id))
             .collect();
         if dropped.is_empty() {
@@ -136,108 +102,65 @@ impl Snapshot {
             dropped.join(", ")
         ))
     }
-
-    /// Wraps and unwraps a random canary; `Ok` or the reason it failed.
-    fn self_test(&self) -> Result<(), String> {
-        let canary = super::self_test_canary()?;
-        let wrapped = self.wrap(canary.expose_secret()).map_err(|error| {
-            format!(
-                "self-test: wrap under {} failed: {error}",
-                self.primary_key_id
-            )
-        })?;
-        let opened = self
-            .unwrap(&wrapped.key_id, &wrapped.ciphertext)
-            .map_err(|error| {
-                format!(
-                    "self-test: unwrap under {} failed: {error}",
-                    self.primary_key_id
-                )
-            })?;
-        super::check_self_test_canary(&canary, &opened, &self.primary_key_id)
-    }
 }
 
-/// A [`KeyBackend`] serving the keyring file at a path.
-///
-/// Use [`FileBackend::open`], then the [`KeyBackend`] methods; call
-/// [`KeyBackend::reload`] when the file may have changed (file watch, SIGHUP)
-/// and [`KeyBackend::self_test`] periodically.
-pub struct FileBackend {
-    path: PathBuf,
-    snapshot: ArcSwap<Snapshot>,
-    healthz: ArcSwap<Arc<str>>,
-    /// Serializes reloads so two of them cannot interleave their swaps; holds
-    /// the stamp of the last file refused as a rollback (counted once).
-    reloading: Mutex<Option<FileStamp>>,
-    /// Accept rollbacks (`serve --allow-keyring-rollback`).
-    allow_rollback: bool,
-    rollbacks_refused: AtomicU64,
-}
+impl Root for FileRoot {
+    type Key = WrapKey;
+    type Marker = FileMarker;
 
-impl std::fmt::Debug for FileBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileBackend")
-            .field("path", &self.path)
-            .field("primary_key_id", &self.snapshot.load().primary_key_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl FileBackend {
-    /// Loads and validates the keyring at `path` (ownership and mode checked,
-    /// see [`crate::keyring::store`]) and runs a first self-test.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, KeyringError> {
-        let path = path.as_ref().to_path_buf();
-        let loaded = keyring::load(&path)?;
-        let snapshot = Snapshot::from_keyring(&loaded.keyring, loaded.stamp).map_err(|error| {
-            KeyringError::Invalid {
-                path: path.clone(),
-                problem: error.to_string(),
-            }
-        })?;
-        let verdict = super::health_text(snapshot.self_test());
-        Ok(Self {
-            path,
-            snapshot: ArcSwap::from_pointee(snapshot),
-            healthz: ArcSwap::from_pointee(verdict),
-            reloading: Mutex::new(None),
-            allow_rollback: false,
-            rollbacks_refused: AtomicU64::new(0),
-        })
+    fn self_test(&self) -> SelfTest {
+        SelfTest::Inline
     }
 
-    /// Accept reloads that drop a served version or lower the generation
-    /// (`serve --allow-keyring-rollback`), logging a warning each time.
-    pub fn allow_rollback(mut self, allow: bool) -> Self {
-        self.allow_rollback = allow;
-        self
+    fn wrap<'a>(
+        &'a self,
+        key: &WrapKey,
+        key_id: &Arc<str>,
+        plaintext: &[u8],
+        _health: &'a Health,
+    ) -> impl Future<Output = Result<Vec<u8>, BackendError>> + Send + use<'a> {
+        ready(key.wrap(key_id, plaintext).map_err(|error| match error {
+            WrapError::PlaintextTooLarge { .. } => BackendError::InvalidInput(error.to_string()),
+            other => BackendError::Unavailable(other.to_string()),
+        }))
     }
 
-    /// The keyring file this backend serves.
-    pub fn path(&self) -> &Path {
-        &self.path
+    fn unwrap<'a>(
+        &'a self,
+        key: &WrapKey,
+        key_id: &str,
+        ciphertext: &[u8],
+        _health: &'a Health,
+    ) -> impl Future<Output = Result<SecretBytes, BackendError>> + Send + use<'a> {
+        ready(
+            key.unwrap(key_id, ciphertext)
+                .map_err(|_| BackendError::DecryptFailed),
+        )
     }
 
-    fn reload_now(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
-        let mut refused = self
-            .reloading
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let current = self.snapshot.load();
+    fn read(
+        &self,
+        current: &Snapshot<WrapKey, FileMarker>,
+        force: bool,
+        _health: &Health,
+    ) -> Result<Option<Listing<WrapKey, FileMarker>>, BackendError> {
         if !force {
             if let Ok(stamp) = FileStamp::of_path(&self.path) {
-                if stamp == current.stamp {
-                    return Ok(ReloadOutcome::Unchanged);
+                if stamp == current.marker().stamp {
+                    return Ok(None);
                 }
             }
         }
         let loaded = keyring::load(&self.path)
             .map_err(|error| BackendError::Unavailable(error.to_string()))?;
-        if let Some(reason) = current.rollback_to(&loaded.keyring) {
+        if let Some(reason) = Self::rollback_to(current, &loaded.keyring) {
             if self.allow_rollback {
                 tracing::warn!(keyring = %self.path.display(), %reason, "accepting a keyring rollback (--allow-keyring-rollback)");
             } else {
+                let mut refused = self
+                    .refused
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                 if *refused != Some(loaded.stamp) {
                     *refused = Some(loaded.stamp);
                     self.rollbacks_refused.fetch_add(1, Ordering::Relaxed);
@@ -248,54 +171,15 @@ impl FileBackend {
                 )));
             }
         }
-        let fresh = Snapshot::from_keyring(&loaded.keyring, loaded.stamp)?;
-        let verdict = fresh.self_test();
-        if let Err(reason) = &verdict {
-            return Err(BackendError::Unavailable(format!(
-                "new keyring {} rejected: {reason}",
-                self.path.display()
-            )));
-        }
-        let primary_key_id = Arc::clone(&fresh.primary_key_id);
-        self.snapshot.store(Arc::new(fresh));
-        self.healthz.store(Arc::new(super::health_text(verdict)));
-        Ok(ReloadOutcome::Reloaded { primary_key_id })
-    }
-}
-
-impl KeyBackend for FileBackend {
-    fn status(&self) -> KeyStatus {
-        KeyStatus {
-            key_id: Arc::clone(&self.snapshot.load().primary_key_id),
-            healthz: Arc::clone(&self.healthz.load()),
-        }
+        Ok(Some(listing(&loaded.keyring, loaded.stamp)))
     }
 
-    fn wrap(&self, plaintext: &[u8]) -> impl Future<Output = Result<Wrapped, BackendError>> + Send {
-        ready(self.snapshot.load().wrap(plaintext))
+    fn no_primary(&self, _listing: &Listing<WrapKey, FileMarker>) -> BackendError {
+        BackendError::Unavailable("the keyring has no primary version".into())
     }
 
-    fn unwrap(
-        &self,
-        key_id: &str,
-        ciphertext: &[u8],
-        _annotations: &BTreeMap<String, Vec<u8>>,
-    ) -> impl Future<Output = Result<SecretBytes, BackendError>> + Send {
-        ready(self.snapshot.load().unwrap(key_id, ciphertext))
-    }
-
-    fn self_test(&self) -> impl Future<Output = ()> + Send {
-        let verdict = self.snapshot.load().self_test();
-        self.healthz.store(Arc::new(super::health_text(verdict)));
-        ready(())
-    }
-
-    fn reload(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
-        self.reload_now(force)
-    }
-
-    fn version_counts(&self) -> VersionCounts {
-        self.snapshot.load().counts
+    fn source(&self) -> String {
+        format!("keyring {}", self.path.display())
     }
 
     fn rollbacks_refused(&self) -> u64 {
@@ -303,9 +187,44 @@ impl KeyBackend for FileBackend {
     }
 }
 
+impl KeyRing<FileRoot> {
+    /// Loads and validates the keyring at `path` (ownership and mode checked,
+    /// see [`crate::keyring::store`]) and runs a first self-test.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, KeyringError> {
+        let path = path.as_ref().to_path_buf();
+        let loaded = keyring::load(&path)?;
+        let root = FileRoot {
+            path: path.clone(),
+            allow_rollback: false,
+            refused: Mutex::new(None),
+            rollbacks_refused: AtomicU64::new(0),
+        };
+        KeyRing::new(root, listing(&loaded.keyring, loaded.stamp)).map_err(|error| {
+            KeyringError::Invalid {
+                path,
+                problem: error.to_string(),
+            }
+        })
+    }
+
+    /// Accept reloads that drop a served version or lower the generation
+    /// (`serve --allow-keyring-rollback`), logging a warning each time.
+    pub fn allow_rollback(mut self, allow: bool) -> Self {
+        self.root_mut().allow_rollback = allow;
+        self
+    }
+
+    /// The keyring file this backend serves.
+    pub fn path(&self) -> &Path {
+        &self.root().path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{KeyBackend, ReloadOutcome};
+    use std::collections::BTreeMap;
     use std::time::SystemTime;
 
     fn block_on<F: Future>(future: F) -> F::Output {

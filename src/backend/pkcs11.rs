@@ -1,4 +1,5 @@
-//! A PKCS#11 token (an HSM, or SoftHSM2 for a trial) as a [`KeyBackend`]:
+//! A PKCS#11 token (an HSM, or SoftHSM2 for a trial) as a root of trust
+//! ([`Pkcs11Root`], served as [`Pkcs11Backend`]):
 //! the KEKs are AES-256 keys generated inside the token that never leave it;
 //! the token itself wraps and unwraps the DEK seeds with CKM_AES_GCM.
 //!
@@ -20,28 +21,27 @@
 //! [`MAX_IN_FLIGHT`] threads and sessions. Each call, waiting for a turn
 //! included, is bounded by the call timeout; one that runs out answers
 //! Unavailable and marks the backend unhealthy. A self-test is bounded by
-//! [`Pkcs11Backend::self_test_timeout`].
+//! [`Pkcs11Root`]'s self-test timeout (three call timeouts).
 //! Status reads only memory: the primary's key_id from the last reload, and
 //! the verdict of the last self-test (or of the last call that found the
 //! token broken). Reload (polled by the server) re-reads the state records,
 //! so `kube-kms key rotate --backend pkcs11` on any node sharing the token
 //! takes effect within a poll interval.
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::session::Session;
 use tokio::sync::Semaphore;
 
-use super::{BackendError, KeyBackend, KeyStatus, ReloadOutcome, VersionCounts, Wrapped, HEALTHY};
-use crate::keyring::{KeyState, KeyringError};
+use super::ring::{Health, KeyRing, Listing, Root, SelfTest, Snapshot, Version};
+use super::BackendError;
+use crate::keyring::KeyringError;
 use crate::secret::SecretBytes;
 
 pub mod store;
@@ -243,93 +243,93 @@ fn open(
     Ok(Some(SecretBytes::new(plaintext)))
 }
 
-/// The key versions as the last reload saw them.
-struct Snapshot {
-    primary_key_id: Arc<str>,
-    states: HashMap<Box<str>, KeyState>,
-    fingerprint: Vec<(u32, u64)>,
-    counts: VersionCounts,
-}
-
-impl Snapshot {
-    fn from_keys(token: &Token, keys: &store::TokenKeys) -> Result<Self, Pkcs11Error> {
-        let primary = keys.primary().ok_or_else(|| Pkcs11Error::NoPrimary {
-            label: token.label().to_owned(),
-        })?;
-        let mut counts = VersionCounts::default();
-        let mut states = HashMap::with_capacity(keys.versions.len());
-        for version in &keys.versions {
-            *match version.state {
-                KeyState::Primary => &mut counts.primary,
-                KeyState::Enabled => &mut counts.enabled,
-                KeyState::Disabled => &mut counts.disabled,
-                KeyState::Destroyed => &mut counts.destroyed,
-            } += 1;
-            states.insert(Box::from(version.key_id.as_str()), version.state);
-        }
-        Ok(Self {
-            primary_key_id: Arc::from(primary.key_id.as_str()),
-            states,
-            fingerprint: keys.fingerprint(),
-            counts,
-        })
+/// The token's versions as a [`Listing`]: every version that unwraps has a
+/// key (`()`: the key_id names the key object).
+fn listing(keys: &store::TokenKeys) -> Listing<(), Vec<(u32, u64)>> {
+    Listing {
+        versions: keys
+            .versions
+            .iter()
+            .map(|version| Version {
+                key_id: Box::from(version.key_id.as_str()),
+                state: version.state,
+                key: Some(()),
+            })
+            .collect(),
+        marker: keys.fingerprint(),
     }
 }
 
-/// A [`KeyBackend`] whose KEKs live in a PKCS#11 token.
-pub struct Pkcs11Backend {
+/// A [`super::KeyBackend`] whose KEKs live in a PKCS#11 token.
+pub type Pkcs11Backend = KeyRing<Pkcs11Root>;
+
+/// A logged-in PKCS#11 token as a [`Root`].
+pub struct Pkcs11Root {
     token: Arc<Token>,
-    snapshot: ArcSwap<Snapshot>,
-    healthz: ArcSwap<Arc<str>>,
     turns: Arc<Semaphore>,
     call_timeout: Duration,
-    /// Serializes reloads; holds the lookalike objects the last read ignored
-    /// (to log them when they change, not on every poll).
-    reloading: Mutex<Vec<store::IgnoredObject>>,
+    /// The lookalike objects the last read ignored (to log them when they
+    /// change, not on every poll).
+    last_ignored: Mutex<Vec<store::IgnoredObject>>,
     /// How many lookalike objects the last read ignored (a metric).
     ignored: AtomicU64,
 }
 
-impl std::fmt::Debug for Pkcs11Backend {
+impl std::fmt::Debug for Pkcs11Root {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pkcs11Backend")
+        f.debug_struct("Pkcs11Root")
             .field("token", &self.token)
-            .field("primary_key_id", &self.snapshot.load().primary_key_id)
             .finish_non_exhaustive()
     }
 }
 
-impl Pkcs11Backend {
-    /// Opens the token of `config`, reads its key versions (a primary must
-    /// exist) and marks the backend healthy until the first self-test says
-    /// otherwise (the server runs one before serving).
+impl KeyRing<Pkcs11Root> {
+    /// Opens the token of `config` and reads its key versions (a primary
+    /// must exist). Status says the self-test has not run until the first
+    /// one (the server runs one before serving).
     pub fn open(config: &Pkcs11Config) -> Result<Self, Pkcs11Error> {
         let token = open_token(config)?;
         let keys = store::read(&token)?;
-        let snapshot = Snapshot::from_keys(&token, &keys)?;
-        let backend = Self {
+        if keys.primary().is_none() {
+            return Err(Pkcs11Error::NoPrimary {
+                label: token.label().to_owned(),
+            });
+        }
+        let label = token.label().to_owned();
+        let root = Pkcs11Root {
             token: Arc::new(token),
-            snapshot: ArcSwap::from_pointee(snapshot),
-            healthz: ArcSwap::from_pointee(Arc::from(HEALTHY)),
             turns: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             call_timeout: config.call_timeout.max(Duration::from_millis(10)),
-            reloading: Mutex::new(Vec::new()),
+            last_ignored: Mutex::new(Vec::new()),
             ignored: AtomicU64::new(0),
         };
-        backend.note_ignored(&mut backend.lock_reloading(), &keys.ignored);
-        Ok(backend)
+        root.note_ignored(&keys.ignored);
+        KeyRing::new(root, listing(&keys)).map_err(|error| Pkcs11Error::State {
+            label,
+            problem: error.to_string(),
+        })
     }
 
-    fn lock_reloading(&self) -> std::sync::MutexGuard<'_, Vec<store::IgnoredObject>> {
-        // What it guards is a log throttle: a panic cannot leave it harmful.
-        self.reloading
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The longest a self-test may take: a wrap, an unwrap and a reset.
+    pub fn self_test_timeout(&self) -> Duration {
+        self.root().self_test_timeout()
+    }
+}
+
+impl Pkcs11Root {
+    /// The longest a self-test may take: a wrap, an unwrap and a reset.
+    fn self_test_timeout(&self) -> Duration {
+        self.call_timeout.saturating_mul(3)
     }
 
     /// Counts the lookalike objects a read ignored, and logs them when they
     /// changed since the last read (labels and reasons only).
-    fn note_ignored(&self, last: &mut Vec<store::IgnoredObject>, now: &[store::IgnoredObject]) {
+    fn note_ignored(&self, now: &[store::IgnoredObject]) {
+        // What it guards is a log throttle: a panic cannot leave it harmful.
+        let mut last = self
+            .last_ignored
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.ignored.store(
             u64::try_from(now.len()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -349,24 +349,13 @@ impl Pkcs11Backend {
         *last = now.to_vec();
     }
 
-    fn mark_unhealthy(&self, reason: &str) {
-        if !self.healthz.load().contains(reason) {
-            tracing::warn!(reason = %reason, "token call failed: Status reports unhealthy until a self-test passes");
-        }
-        self.healthz.store(Arc::new(Arc::from(reason)));
-    }
-
-    /// The longest a self-test may take: a wrap, an unwrap and a reset.
-    pub fn self_test_timeout(&self) -> Duration {
-        self.call_timeout.saturating_mul(3)
-    }
-
     /// Runs `work` on a blocking thread when a turn is free, within the call
     /// timeout. The turn moves into the blocking closure: if the caller
     /// stops waiting (timeout, cancelled request), the turn stays taken
     /// until the token call actually returns.
     async fn on_token<T: Send + 'static>(
         &self,
+        health: &Health,
         work: impl FnOnce(&Token) -> T + Send + 'static,
     ) -> Result<T, BackendError> {
         let turns = Arc::clone(&self.turns);
@@ -393,152 +382,148 @@ impl Pkcs11Backend {
                     self.token.label(),
                     self.call_timeout
                 );
-                self.mark_unhealthy(&reason);
+                health.mark_unhealthy(&reason);
                 Err(BackendError::Unavailable(reason))
             }
         }
-    }
-
-    async fn wrap_now(&self, plaintext: &[u8]) -> Result<Wrapped, BackendError> {
-        if plaintext.len() > MAX_PLAINTEXT_LEN {
-            return Err(BackendError::InvalidInput(format!(
-                "plaintext of {} bytes is larger than the {MAX_PLAINTEXT_LEN} bytes this backend wraps",
-                plaintext.len()
-            )));
-        }
-        let key_id = Arc::clone(&self.snapshot.load().primary_key_id);
-        let seed = SecretBytes::copy_from(plaintext);
-        let id = Arc::clone(&key_id);
-        let result = self
-            .on_token(move |token| {
-                token.call(|session| seal(token, session, &id, seed.expose_secret()))
-            })
-            .await?;
-        match result {
-            Ok(Some(ciphertext)) => Ok(Wrapped {
-                ciphertext,
-                key_id,
-                annotations: BTreeMap::new(),
-            }),
-            Ok(None) => {
-                let reason = format!(
-                    "token {:?}: the key object of primary {key_id} is missing",
-                    self.token.label()
-                );
-                self.mark_unhealthy(&reason);
-                Err(BackendError::Unavailable(reason))
-            }
-            Err(error) => {
-                let reason = match classify(&self.token, error, false) {
-                    CallFailure::Token(reason) => reason,
-                    CallFailure::Rejected | CallFailure::KeyMissing => {
-                        "the token refused to encrypt".to_owned()
-                    }
-                };
-                self.mark_unhealthy(&reason);
-                Err(BackendError::Unavailable(reason))
-            }
-        }
-    }
-
-    async fn unwrap_now(
-        &self,
-        key_id: &str,
-        ciphertext: &[u8],
-    ) -> Result<SecretBytes, BackendError> {
-        match self.snapshot.load().states.get(key_id) {
-            None => return Err(BackendError::UnknownKeyId),
-            Some(state) if !state.can_unwrap() => return Err(BackendError::KeyDisabled),
-            Some(_) => {}
-        }
-        if ciphertext.len() < HEADER_LEN + GCM_TAG_LEN
-            || ciphertext.len() > 1024
-            || ciphertext.first() != Some(&CIPHERTEXT_TAG)
-            || ciphertext.get(1) != Some(&CIPHERTEXT_FORMAT)
-        {
-            return Err(BackendError::DecryptFailed);
-        }
-        let id = key_id.to_owned();
-        let sealed = ciphertext.to_vec();
-        let result = self
-            .on_token(move |token| token.call(|session| open(token, session, &id, &sealed)))
-            .await?;
-        let failure = match result {
-            Ok(Some(seed)) => return Ok(seed),
-            Ok(None) => CallFailure::KeyMissing,
-            Err(error) => classify(&self.token, error, true),
-        };
-        match failure {
-            CallFailure::Rejected => Err(BackendError::DecryptFailed),
-            CallFailure::KeyMissing => Err(BackendError::Unavailable(format!(
-                "token {:?}: the key object of {key_id} is missing",
-                self.token.label()
-            ))),
-            CallFailure::Token(reason) => {
-                self.mark_unhealthy(&reason);
-                Err(BackendError::Unavailable(reason))
-            }
-        }
-    }
-
-    fn reload_now(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
-        let mut last_ignored = self.lock_reloading();
-        let keys = match tokio::runtime::Handle::try_current() {
-            // The server calls reload on a blocking thread: bound the read
-            // like any token call.
-            Ok(runtime) => runtime.block_on(self.on_token(store::read))?,
-            Err(_) => store::read(&self.token),
-        }
-        .map_err(|error| BackendError::Unavailable(error.to_string()))?;
-        self.note_ignored(&mut last_ignored, &keys.ignored);
-        if !force && keys.fingerprint() == self.snapshot.load().fingerprint {
-            return Ok(ReloadOutcome::Unchanged);
-        }
-        let fresh = Snapshot::from_keys(&self.token, &keys)
-            .map_err(|error| BackendError::Unavailable(error.to_string()))?;
-        let primary_key_id = Arc::clone(&fresh.primary_key_id);
-        self.snapshot.store(Arc::new(fresh));
-        Ok(ReloadOutcome::Reloaded { primary_key_id })
     }
 }
 
-impl KeyBackend for Pkcs11Backend {
-    fn status(&self) -> KeyStatus {
-        KeyStatus {
-            key_id: Arc::clone(&self.snapshot.load().primary_key_id),
-            healthz: Arc::clone(&self.healthz.load()),
+impl Root for Pkcs11Root {
+    type Key = ();
+    type Marker = Vec<(u32, u64)>;
+
+    fn self_test(&self) -> SelfTest {
+        SelfTest::Bounded(self.self_test_timeout())
+    }
+
+    fn wrap<'a>(
+        &'a self,
+        _key: &(),
+        key_id: &Arc<str>,
+        plaintext: &[u8],
+        health: &'a Health,
+    ) -> impl Future<Output = Result<Vec<u8>, BackendError>> + Send + use<'a> {
+        let too_large = plaintext.len() > MAX_PLAINTEXT_LEN;
+        let length = plaintext.len();
+        let key_id = Arc::clone(key_id);
+        let seed = SecretBytes::copy_from(plaintext);
+        async move {
+            if too_large {
+                return Err(BackendError::InvalidInput(format!(
+                    "plaintext of {length} bytes is larger than the {MAX_PLAINTEXT_LEN} bytes this backend wraps"
+                )));
+            }
+            let id = Arc::clone(&key_id);
+            let result = self
+                .on_token(health, move |token| {
+                    token.call(|session| seal(token, session, &id, seed.expose_secret()))
+                })
+                .await?;
+            match result {
+                Ok(Some(ciphertext)) => Ok(ciphertext),
+                Ok(None) => {
+                    let reason = format!(
+                        "token {:?}: the key object of primary {key_id} is missing",
+                        self.token.label()
+                    );
+                    health.mark_unhealthy(&reason);
+                    Err(BackendError::Unavailable(reason))
+                }
+                Err(error) => {
+                    let reason = match classify(&self.token, error, false) {
+                        CallFailure::Token(reason) => reason,
+                        CallFailure::Rejected | CallFailure::KeyMissing => {
+                            "the token refused to encrypt".to_owned()
+                        }
+                    };
+                    health.mark_unhealthy(&reason);
+                    Err(BackendError::Unavailable(reason))
+                }
+            }
         }
     }
 
-    fn wrap(&self, plaintext: &[u8]) -> impl Future<Output = Result<Wrapped, BackendError>> + Send {
-        self.wrap_now(plaintext)
-    }
-
-    fn unwrap(
-        &self,
+    fn unwrap<'a>(
+        &'a self,
+        _key: &(),
         key_id: &str,
         ciphertext: &[u8],
-        _annotations: &BTreeMap<String, Vec<u8>>,
-    ) -> impl Future<Output = Result<SecretBytes, BackendError>> + Send {
-        self.unwrap_now(key_id, ciphertext)
-    }
-
-    async fn self_test(&self) {
-        let verdict = super::self_test_round_trip(self, self.self_test_timeout()).await;
-        if verdict.is_err() {
-            // Start afresh next time: new sessions, a new login. On a
-            // blocking thread and bounded: closing sessions is a token call.
-            let _ = self.on_token(|token| token.reset()).await;
+        health: &'a Health,
+    ) -> impl Future<Output = Result<SecretBytes, BackendError>> + Send + use<'a> {
+        let malformed = ciphertext.len() < HEADER_LEN + GCM_TAG_LEN
+            || ciphertext.len() > 1024
+            || ciphertext.first() != Some(&CIPHERTEXT_TAG)
+            || ciphertext.get(1) != Some(&CIPHERTEXT_FORMAT);
+        let key_id = key_id.to_owned();
+        let sealed = if malformed {
+            Vec::new()
+        } else {
+            ciphertext.to_vec()
+        };
+        async move {
+            if malformed {
+                return Err(BackendError::DecryptFailed);
+            }
+            let id = key_id.clone();
+            let result = self
+                .on_token(health, move |token| {
+                    token.call(|session| open(token, session, &id, &sealed))
+                })
+                .await?;
+            let failure = match result {
+                Ok(Some(seed)) => return Ok(seed),
+                Ok(None) => CallFailure::KeyMissing,
+                Err(error) => classify(&self.token, error, true),
+            };
+            match failure {
+                CallFailure::Rejected => Err(BackendError::DecryptFailed),
+                CallFailure::KeyMissing => Err(BackendError::Unavailable(format!(
+                    "token {:?}: the key object of {key_id} is missing",
+                    self.token.label()
+                ))),
+                CallFailure::Token(reason) => {
+                    health.mark_unhealthy(&reason);
+                    Err(BackendError::Unavailable(reason))
+                }
+            }
         }
-        self.healthz.store(Arc::new(super::health_text(verdict)));
     }
 
-    fn reload(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
-        self.reload_now(force)
+    fn read(
+        &self,
+        _current: &Snapshot<(), Vec<(u32, u64)>>,
+        _force: bool,
+        health: &Health,
+    ) -> Result<Option<Listing<(), Vec<(u32, u64)>>>, BackendError> {
+        let keys = match tokio::runtime::Handle::try_current() {
+            // The server calls reload on a blocking thread: bound the read
+            // like any token call.
+            Ok(runtime) => runtime.block_on(self.on_token(health, store::read))?,
+            Err(_) => store::read(&self.token),
+        }
+        .map_err(|error| BackendError::Unavailable(error.to_string()))?;
+        self.note_ignored(&keys.ignored);
+        Ok(Some(listing(&keys)))
     }
 
-    fn version_counts(&self) -> VersionCounts {
-        self.snapshot.load().counts
+    fn no_primary(&self, _listing: &Listing<(), Vec<(u32, u64)>>) -> BackendError {
+        BackendError::Unavailable(
+            Pkcs11Error::NoPrimary {
+                label: self.token.label().to_owned(),
+            }
+            .to_string(),
+        )
+    }
+
+    async fn after_failed_self_test(&self, health: &Health) {
+        // Start afresh next time: new sessions, a new login. On a blocking
+        // thread and bounded: closing sessions is a token call.
+        let _ = self.on_token(health, |token| token.reset()).await;
+    }
+
+    fn source(&self) -> String {
+        format!("token {:?}", self.token.label())
     }
 
     fn ignored_objects(&self) -> u64 {

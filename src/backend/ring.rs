@@ -1,0 +1,603 @@
+//! What every root of trust shares when it serves: [`KeyRing`] turns a
+//! [`Root`] (the key operations and the key_id scheme of one kind of root)
+//! into a [`KeyBackend`].
+//!
+//! A `KeyRing` owns:
+//! - one immutable [`Snapshot`] of the root's key versions behind an
+//!   [`ArcSwap`]: the primary (its key_id and key), key_id → key (or "not
+//!   usable": disabled, destroyed), the version counts, and the root's change
+//!   marker. Status, Encrypt and Decrypt each read one snapshot, so the key_id
+//!   Encrypt returns is the one Status reported for the same view;
+//! - the health text Status serves ([`Health`]): the last self-test's
+//!   verdict, or the reason a root call found the root broken;
+//! - reload: serialized; the root reads its versions (or says nothing
+//!   changed), a new snapshot is built and swapped in; on any error the
+//!   previous snapshot keeps serving. A root with a refresh interval is read
+//!   at most that often (the last error is repeated until the next read);
+//! - the on-demand read when a Decrypt names a key_id the root may hold but
+//!   the snapshot does not know (a version another node just made), at most
+//!   once per [`ON_DEMAND_SPACING`];
+//! - the self-test: a random canary wrapped under the snapshot's primary and
+//!   unwrapped again, inline on every new snapshot before it serves
+//!   ([`SelfTest::Inline`], for roots that answer at once) or through the
+//!   root within a time limit ([`SelfTest::Bounded`]);
+//! - a `Debug` that shows the root's own `Debug` (which must print nothing
+//!   secret) and the primary's key_id, never a key.
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use super::{BackendError, KeyBackend, KeyStatus, ReloadOutcome, VersionCounts, Wrapped, HEALTHY};
+use crate::keyring::KeyState;
+use crate::secret::SecretBytes;
+
+/// Least time between two on-demand reads for unknown key_ids.
+pub const ON_DEMAND_SPACING: Duration = Duration::from_secs(2);
+
+/// One key version as a root reports it.
+pub struct Version<K> {
+    /// Its public key_id.
+    pub key_id: Box<str>,
+    /// Its lifecycle state.
+    pub state: KeyState,
+    /// What the root needs to use the key (`None`: it cannot unwrap; only
+    /// taken from versions whose state unwraps).
+    pub key: Option<K>,
+}
+
+/// What one read of a root yields: its versions and a marker that is equal
+/// when nothing changed since an earlier read.
+pub struct Listing<K, M> {
+    /// The versions, in any order (the primary: the first primary with a key).
+    pub versions: Vec<Version<K>>,
+    /// Equal between two reads that found the same versions.
+    pub marker: M,
+}
+
+/// The listing a root `R` reads.
+pub type RootListing<R> = Listing<<R as Root>::Key, <R as Root>::Marker>;
+
+/// The snapshot a [`KeyRing`] of root `R` serves.
+pub type RootSnapshot<R> = Snapshot<<R as Root>::Key, <R as Root>::Marker>;
+
+/// How a root is self-tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfTest {
+    /// Wrap and unwrap answer at once (no I/O): every new snapshot is tested
+    /// before it serves, and one that fails is refused.
+    Inline,
+    /// Every call goes to the root: the periodic round trip must finish
+    /// within this time, else the root is unhealthy.
+    Bounded(Duration),
+}
+
+/// The health text Status serves: [`HEALTHY`] or why the root cannot serve.
+pub struct Health(ArcSwap<Arc<str>>);
+
+impl Health {
+    fn new(text: &str) -> Self {
+        Self(ArcSwap::from_pointee(Arc::from(text)))
+    }
+
+    /// The current text.
+    pub fn get(&self) -> Arc<str> {
+        Arc::clone(&self.0.load())
+    }
+
+    fn set(&self, text: Arc<str>) {
+        self.0.store(Arc::new(text));
+    }
+
+    /// A root call found the root broken: Status reports `reason` until the
+    /// next self-test passes (logged once per distinct reason).
+    pub fn mark_unhealthy(&self, reason: &str) {
+        if !self.0.load().contains(reason) {
+            tracing::warn!(reason = %reason, "root of trust call failed: Status reports unhealthy until a self-test passes");
+        }
+        self.set(Arc::from(reason));
+    }
+}
+
+/// The key versions a [`KeyRing`] serves, as one consistent view.
+pub struct Snapshot<K, M> {
+    primary_key_id: Arc<str>,
+    primary: Arc<K>,
+    /// `None`: the version is known but cannot unwrap (disabled, destroyed).
+    keys: HashMap<Box<str>, Option<Arc<K>>>,
+    counts: VersionCounts,
+    marker: M,
+}
+
+impl<K, M> Snapshot<K, M> {
+    /// The primary's key_id.
+    pub fn primary_key_id(&self) -> &Arc<str> {
+        &self.primary_key_id
+    }
+
+    /// The root's change marker of the read this snapshot came from.
+    pub fn marker(&self) -> &M {
+        &self.marker
+    }
+
+    /// How many versions the snapshot knows (whatever their state).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the snapshot knows no version (never: it has a primary).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key_ids of the versions that unwrap.
+    pub fn usable_key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys
+            .iter()
+            .filter(|(_, key)| key.is_some())
+            .map(|(key_id, _)| &**key_id)
+    }
+
+    /// The key for `key_id`: `Ok(None)` if unknown, an error if not usable.
+    fn lookup(&self, key_id: &str) -> Result<Option<&K>, BackendError> {
+        match self.keys.get(key_id) {
+            None => Ok(None),
+            Some(None) => Err(BackendError::KeyDisabled),
+            Some(Some(key)) => Ok(Some(key)),
+        }
+    }
+
+    fn build<R>(root: &R, listing: Listing<K, M>) -> Result<Self, BackendError>
+    where
+        R: Root<Key = K, Marker = M>,
+    {
+        let has_primary = listing
+            .versions
+            .iter()
+            .any(|version| version.state == KeyState::Primary && version.key.is_some());
+        if !has_primary {
+            return Err(root.no_primary(&listing));
+        }
+        let mut counts = VersionCounts::default();
+        let mut keys = HashMap::with_capacity(listing.versions.len());
+        let mut primary = None;
+        for version in listing.versions {
+            *match version.state {
+                KeyState::Primary => &mut counts.primary,
+                KeyState::Enabled => &mut counts.enabled,
+                KeyState::Disabled => &mut counts.disabled,
+                KeyState::Destroyed => &mut counts.destroyed,
+            } += 1;
+            let key = version
+                .key
+                .filter(|_| version.state.can_unwrap())
+                .map(Arc::new);
+            if let (KeyState::Primary, Some(key), None) = (version.state, &key, &primary) {
+                primary = Some((Arc::<str>::from(&*version.key_id), Arc::clone(key)));
+            }
+            keys.insert(version.key_id, key);
+        }
+        let (primary_key_id, primary) = primary.ok_or_else(|| {
+            BackendError::Unavailable("the keys have no usable primary version".into())
+        })?;
+        Ok(Self {
+            primary_key_id,
+            primary,
+            keys,
+            counts,
+            marker: listing.marker,
+        })
+    }
+}
+
+/// A kind of root of trust: its key operations and its key_id scheme.
+/// [`KeyRing`] does the rest (see the module doc). Implementations keep
+/// what the root needs (a path, a session pool, a client) and nothing secret
+/// in `Debug`.
+pub trait Root: Send + Sync + std::fmt::Debug + 'static {
+    /// What wrap and unwrap need of one version (a prepared key, a remote
+    /// key's name; `()` when the key_id is enough).
+    type Key: Send + Sync + 'static;
+    /// Equal between two reads that found the same versions.
+    type Marker: PartialEq + Send + Sync + 'static;
+
+    /// How the root is self-tested.
+    fn self_test(&self) -> SelfTest;
+
+    /// Wraps `plaintext` under `key` (the version `key_id`). The future may
+    /// borrow only `self` and `health`: copy what it needs of the rest.
+    /// Mark `health` unhealthy when the root itself failed.
+    fn wrap<'a>(
+        &'a self,
+        key: &Self::Key,
+        key_id: &Arc<str>,
+        plaintext: &[u8],
+        health: &'a Health,
+    ) -> impl Future<Output = Result<Vec<u8>, BackendError>> + Send + use<'a, Self>;
+
+    /// Unwraps `ciphertext` with `key` (the version `key_id`); a ciphertext
+    /// that fails authentication is [`BackendError::DecryptFailed`].
+    fn unwrap<'a>(
+        &'a self,
+        key: &Self::Key,
+        key_id: &str,
+        ciphertext: &[u8],
+        health: &'a Health,
+    ) -> impl Future<Output = Result<SecretBytes, BackendError>> + Send + use<'a, Self>;
+
+    /// A cheap check of a ciphertext's shape before its key is looked up
+    /// (a malformed one then never triggers an on-demand read).
+    fn screen(&self, _ciphertext: &[u8]) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Reads the versions (blocking; called on a blocking thread or outside
+    /// any runtime). `Ok(None)`: known unchanged since `current` without
+    /// reading (`force` asks to read anyway). An error leaves `current`
+    /// serving.
+    fn read(
+        &self,
+        current: &RootSnapshot<Self>,
+        force: bool,
+        health: &Health,
+    ) -> Result<Option<RootListing<Self>>, BackendError>;
+
+    /// Why `listing` cannot serve: it has no primary that unwraps.
+    fn no_primary(&self, _listing: &RootListing<Self>) -> BackendError {
+        BackendError::Unavailable("the keys have no usable primary version".into())
+    }
+
+    /// Read at most this often unless forced (a remote root that is slow or
+    /// billed per call); `None`: on every reload.
+    fn refresh_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether an unknown `key_id` is one of this root's scheme that a fresh
+    /// read may find (then [`Root::read_now`] is asked, rate-limited).
+    fn may_hold(&self, _key_id: &str) -> bool {
+        false
+    }
+
+    /// Reads the versions now from async code (the on-demand read), within
+    /// the root's own time limit. `known`: how many versions are served.
+    fn read_now<'a>(
+        &'a self,
+        _known: usize,
+        _health: &'a Health,
+    ) -> impl Future<Output = Result<RootListing<Self>, BackendError>> + Send + 'a {
+        async { Err(BackendError::Unavailable("no on-demand read".into())) }
+    }
+
+    /// Called after a self-test failed, before its verdict is recorded (e.g.
+    /// to start afresh with new sessions).
+    fn after_failed_self_test<'a>(
+        &'a self,
+        _health: &'a Health,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        async {}
+    }
+
+    /// What the keys are, for messages ("keyring /etc/kube-kms/keyring.json").
+    fn source(&self) -> String;
+
+    /// See [`KeyBackend::rollbacks_refused`].
+    fn rollbacks_refused(&self) -> u64 {
+        0
+    }
+
+    /// See [`KeyBackend::ignored_objects`].
+    fn ignored_objects(&self) -> u64 {
+        0
+    }
+}
+
+/// When the source was last read and what it said (for the refresh interval).
+struct LastRead {
+    at: Instant,
+    error: Option<BackendError>,
+}
+
+/// A [`KeyBackend`] made of a [`Root`] and the shared serving state.
+pub struct KeyRing<R: Root> {
+    root: R,
+    snapshot: ArcSwap<RootSnapshot<R>>,
+    health: Health,
+    /// Serializes reloads; remembers the last read.
+    reloading: Mutex<LastRead>,
+    /// Coalesces the on-demand reads for unknown key_ids.
+    on_demand: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl<R: Root> std::fmt::Debug for KeyRing<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("root", &self.root)
+            .field("primary_key_id", &self.snapshot.load().primary_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Root> KeyRing<R> {
+    /// Serves `listing` of `root`. An inline root is self-tested at once;
+    /// a bounded one reports "not run yet" until [`KeyBackend::self_test`]
+    /// runs (the server runs one before it serves).
+    pub fn new(root: R, listing: RootListing<R>) -> Result<Self, BackendError> {
+        let snapshot = Snapshot::build(&root, listing)?;
+        let ring = Self {
+            root,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            health: Health::new("self-test: not run yet"),
+            reloading: Mutex::new(LastRead {
+                at: Instant::now(),
+                error: None,
+            }),
+            on_demand: tokio::sync::Mutex::new(None),
+        };
+        if ring.root.self_test() == SelfTest::Inline {
+            let verdict = ring.test_inline(&ring.snapshot.load());
+            ring.health.set(health_text(verdict));
+        }
+        Ok(ring)
+    }
+
+    /// The root.
+    pub fn root(&self) -> &R {
+        &self.root
+    }
+
+    /// The root, to configure it before serving.
+    pub fn root_mut(&mut self) -> &mut R {
+        &mut self.root
+    }
+
+    /// The first step of an unwrap, without waiting: `Ok(None)` when the
+    /// snapshot does not know `key_id`.
+    fn start_unwrap<'a>(
+        &'a self,
+        key_id: &str,
+        ciphertext: &[u8],
+    ) -> Result<
+        Option<impl Future<Output = Result<SecretBytes, BackendError>> + Send + use<'a, R>>,
+        BackendError,
+    > {
+        let snapshot = self.snapshot.load();
+        Ok(match snapshot.lookup(key_id)? {
+            Some(key) => Some(self.root.unwrap(key, key_id, ciphertext, &self.health)),
+            None => None,
+        })
+    }
+
+    /// Reads the root for an unknown `key_id` (see [`ON_DEMAND_SPACING`]).
+    async fn read_for_unknown(&self, key_id: &str) {
+        let mut last = self.on_demand.lock().await;
+        let recent = last.is_some_and(|at| at.elapsed() < ON_DEMAND_SPACING);
+        let known = {
+            let snapshot = self.snapshot.load();
+            if snapshot.keys.contains_key(key_id) {
+                return;
+            }
+            snapshot.len()
+        };
+        if recent {
+            return;
+        }
+        *last = Some(Instant::now());
+        match self.root.read_now(known, &self.health).await {
+            Ok(listing) => match Snapshot::build(&self.root, listing) {
+                Ok(fresh) => {
+                    if fresh.keys.contains_key(key_id) {
+                        tracing::info!(key_id, source = %self.root.source(), "learned a new key version");
+                    }
+                    self.snapshot.store(Arc::new(fresh));
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "reading the keys for an unknown key_id: keeping the previous keys")
+                }
+            },
+            Err(error) => {
+                tracing::warn!(error = %error, "reading the keys for an unknown key_id failed")
+            }
+        }
+    }
+
+    /// Wraps and unwraps a random canary under `snapshot`'s primary.
+    async fn round_trip(&self, snapshot: &RootSnapshot<R>) -> Result<(), String> {
+        let canary = self_test_canary()?;
+        let key_id = &snapshot.primary_key_id;
+        let ciphertext = self
+            .root
+            .wrap(
+                &snapshot.primary,
+                key_id,
+                canary.expose_secret(),
+                &self.health,
+            )
+            .await
+            .map_err(|error| format!("self-test: wrap under {key_id} failed: {error}"))?;
+        let opened = self
+            .root
+            .unwrap(&snapshot.primary, key_id, &ciphertext, &self.health)
+            .await
+            .map_err(|error| format!("self-test: unwrap under {key_id} failed: {error}"))?;
+        check_self_test_canary(&canary, &opened, key_id)
+    }
+
+    /// The round trip of an inline root, without a runtime.
+    fn test_inline(&self, snapshot: &RootSnapshot<R>) -> Result<(), String> {
+        let mut test = std::pin::pin!(self.round_trip(snapshot));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match test.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(verdict) => verdict,
+            std::task::Poll::Pending => {
+                Err("self-test: the root did not answer at once (not an inline root)".into())
+            }
+        }
+    }
+
+    fn read_and_swap(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
+        let current = self.snapshot.load_full();
+        let Some(listing) = self.root.read(&current, force, &self.health)? else {
+            return Ok(ReloadOutcome::Unchanged);
+        };
+        if !force && listing.marker == current.marker {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let fresh = Snapshot::build(&self.root, listing)?;
+        let inline = self.root.self_test() == SelfTest::Inline;
+        if inline {
+            if let Err(reason) = self.test_inline(&fresh) {
+                return Err(BackendError::Unavailable(format!(
+                    "new {} rejected: {reason}",
+                    self.root.source()
+                )));
+            }
+        }
+        let primary_key_id = Arc::clone(&fresh.primary_key_id);
+        self.snapshot.store(Arc::new(fresh));
+        if inline {
+            self.health.set(Arc::from(HEALTHY));
+        }
+        Ok(ReloadOutcome::Reloaded { primary_key_id })
+    }
+}
+
+impl<R: Root> KeyBackend for KeyRing<R> {
+    fn status(&self) -> KeyStatus {
+        KeyStatus {
+            key_id: Arc::clone(&self.snapshot.load().primary_key_id),
+            healthz: self.health.get(),
+        }
+    }
+
+    fn wrap(&self, plaintext: &[u8]) -> impl Future<Output = Result<Wrapped, BackendError>> + Send {
+        // The call is made while the snapshot is held, and the future does
+        // not keep it: a reload can swap it while the root works.
+        let (call, key_id) = {
+            let snapshot = self.snapshot.load();
+            let key_id = Arc::clone(&snapshot.primary_key_id);
+            let call = self
+                .root
+                .wrap(&snapshot.primary, &key_id, plaintext, &self.health);
+            (call, key_id)
+        };
+        async move {
+            Ok(Wrapped {
+                ciphertext: call.await?,
+                key_id,
+                annotations: BTreeMap::new(),
+            })
+        }
+    }
+
+    fn unwrap(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+        _annotations: &BTreeMap<String, Vec<u8>>,
+    ) -> impl Future<Output = Result<SecretBytes, BackendError>> + Send {
+        let first = self
+            .root
+            .screen(ciphertext)
+            .and_then(|()| self.start_unwrap(key_id, ciphertext));
+        async move {
+            let call = match first? {
+                Some(call) => call,
+                None if self.root.may_hold(key_id) => {
+                    self.read_for_unknown(key_id).await;
+                    self.start_unwrap(key_id, ciphertext)?
+                        .ok_or(BackendError::UnknownKeyId)?
+                }
+                None => return Err(BackendError::UnknownKeyId),
+            };
+            call.await
+        }
+    }
+
+    async fn self_test(&self) {
+        let snapshot = self.snapshot.load_full();
+        let verdict = match self.root.self_test() {
+            SelfTest::Inline => self.test_inline(&snapshot),
+            SelfTest::Bounded(limit) => {
+                match tokio::time::timeout(limit, self.round_trip(&snapshot)).await {
+                    Ok(verdict) => verdict,
+                    Err(_) => Err(format!(
+                        "self-test: wrap and unwrap did not finish within {limit:?}"
+                    )),
+                }
+            }
+        };
+        if verdict.is_err() {
+            self.root.after_failed_self_test(&self.health).await;
+        }
+        self.health.set(health_text(verdict));
+    }
+
+    fn reload(&self, force: bool) -> Result<ReloadOutcome, BackendError> {
+        // What the lock guards is bookkeeping: a panic cannot leave it harmful.
+        let mut last = self
+            .reloading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(interval) = self.root.refresh_interval() {
+            if !force && last.at.elapsed() < interval {
+                return match &last.error {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(ReloadOutcome::Unchanged),
+                };
+            }
+            last.at = Instant::now();
+        }
+        let outcome = self.read_and_swap(force);
+        last.error = outcome.as_ref().err().cloned();
+        outcome
+    }
+
+    fn version_counts(&self) -> VersionCounts {
+        self.snapshot.load().counts
+    }
+
+    fn rollbacks_refused(&self) -> u64 {
+        self.root.rollbacks_refused()
+    }
+
+    fn ignored_objects(&self) -> u64 {
+        self.root.ignored_objects()
+    }
+}
+
+/// A random 32-byte canary for a self-test (the size of a DEK seed).
+fn self_test_canary() -> Result<SecretBytes, String> {
+    let mut canary = SecretBytes::new(vec![0u8; 32]);
+    getrandom::getrandom(canary.expose_secret_mut())
+        .map_err(|error| format!("self-test: random generator failed: {error}"))?;
+    Ok(canary)
+}
+
+/// What Status reports as healthz for a self-test verdict.
+fn health_text(verdict: Result<(), String>) -> Arc<str> {
+    match verdict {
+        Ok(()) => Arc::from(HEALTHY),
+        Err(reason) => Arc::from(reason),
+    }
+}
+
+/// The self-test verdict once the canary came back from `key_id` as `opened`.
+fn check_self_test_canary(
+    canary: &SecretBytes,
+    opened: &SecretBytes,
+    key_id: &str,
+) -> Result<(), String> {
+    if bool::from(subtle::ConstantTimeEq::ct_eq(
+        opened.expose_secret(),
+        canary.expose_secret(),
+    )) {
+        Ok(())
+    } else {
+        Err(format!(
+            "self-test: unwrap under {key_id} returned other bytes"
+        ))
+    }
+}
