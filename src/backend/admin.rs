@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::SystemTime;
 
-use crate::keyring::KeyState;
+use crate::keyring::{KeyState, VersionInfo};
 
 /// Why a key operation failed: the root's own error, message unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,30 @@ pub struct ListedVersion {
     pub json: serde_json::Value,
 }
 
+impl ListedVersion {
+    /// A row from a version's metadata, `fingerprint` as the last column and
+    /// as `"fingerprint"` in the JSON.
+    pub fn with_fingerprint(info: &VersionInfo, fingerprint: &str) -> Self {
+        let mut json = serde_json::json!(info);
+        if let Some(object) = json.as_object_mut() {
+            object.insert("fingerprint".into(), fingerprint.into());
+        }
+        Self {
+            id: info.id,
+            state: info.state,
+            key_id: info.key_id.clone(),
+            created: info.created.clone(),
+            last: fingerprint.to_owned(),
+            json,
+        }
+    }
+}
+
+/// How messages name a version: `version N (KEY_ID)`.
+pub fn describe(id: u32, key_id: &str) -> String {
+    format!("version {id} ({key_id})")
+}
+
 /// What `key list` shows.
 #[derive(Debug, Clone)]
 pub struct Listing {
@@ -60,8 +84,6 @@ pub struct Listing {
     /// Untrusted lookalike objects ignored, for roots that look for them
     /// (`"ignored_objects"` in the JSON).
     pub ignored_objects: Option<usize>,
-    /// Warnings for stderr (without the `kube-kms: ` prefix).
-    pub notes: Vec<String>,
 }
 
 /// The version the destroy gate judges.
@@ -111,4 +133,10 @@ pub trait KeyAdmin {
         judged: Option<SystemTime>,
         options: DestroyOptions,
     ) -> impl Future<Output = Result<String, AdminError>>;
+
+    /// What the operations so far found worth a warning (for stderr, without
+    /// the `kube-kms: ` prefix); taking them empties the list.
+    fn take_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

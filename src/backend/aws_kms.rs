@@ -42,6 +42,7 @@ use super::BackendError;
 use crate::keyring::KeyState;
 use crate::secret::SecretBytes;
 
+pub mod admin;
 pub mod blob;
 pub mod ring;
 

@@ -28,6 +28,10 @@ use crate::keyring::{self, FileStamp, Keyring, KeyringError};
 use crate::secret::SecretBytes;
 use crate::wrap::{WrapError, WrapKey};
 
+mod admin;
+
+pub use admin::FileAdmin;
+
 /// Re-exported from [`crate::backend`], where every backend finds it.
 pub use super::HEALTHY;
 

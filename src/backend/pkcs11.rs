@@ -44,6 +44,7 @@ use super::BackendError;
 use crate::keyring::KeyringError;
 use crate::secret::SecretBytes;
 
+pub mod admin;
 pub mod store;
 mod token;
 
