@@ -44,7 +44,7 @@ pub struct ListedVersion {
     pub key_id: String,
     /// Creation time, RFC 3339 UTC (`-` if unknown).
     pub created: String,
-    /// The root's last column (see [`Listing::last_column`]).
+    /// The root's last column (see [`Listing::last_column`]; empty if none).
     pub last: String,
     /// The version as `key list --format json` shows it.
     pub json: serde_json::Value,
@@ -79,8 +79,11 @@ pub fn describe(id: u32, key_id: &str) -> String {
 pub struct Listing {
     /// The versions, by number.
     pub versions: Vec<ListedVersion>,
-    /// The heading of the table's last column (`FINGERPRINT`, `KMS_STATE`).
-    pub last_column: &'static str,
+    /// The heading of the table's column after CREATED (`FINGERPRINT`,
+    /// `KMS_STATE`), if the root has one.
+    pub last_column: Option<&'static str>,
+    /// Lines the table ends with (e.g. the key's own settings).
+    pub footer: Vec<String>,
     /// Untrusted lookalike objects ignored, for roots that look for them
     /// (`"ignored_objects"` in the JSON).
     pub ignored_objects: Option<usize>,

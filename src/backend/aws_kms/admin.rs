@@ -104,7 +104,8 @@ impl KeyAdmin for AwsKmsAdmin {
             .map_err(AdminError::root)?;
         Ok(Listing {
             versions: ring.versions.values().map(row).collect(),
-            last_column: "KMS_STATE",
+            last_column: Some("KMS_STATE"),
+            footer: Vec::new(),
             ignored_objects: None,
         })
     }

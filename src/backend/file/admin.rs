@@ -85,7 +85,8 @@ impl KeyAdmin for FileAdmin {
             .collect();
         Ok(Listing {
             versions,
-            last_column: "FINGERPRINT",
+            last_column: Some("FINGERPRINT"),
+            footer: Vec::new(),
             ignored_objects: None,
         })
     }

@@ -92,7 +92,8 @@ impl KeyAdmin for Pkcs11Admin {
                     ListedVersion::with_fingerprint(&version.info(), fingerprint(&version.key_id))
                 })
                 .collect(),
-            last_column: "FINGERPRINT",
+            last_column: Some("FINGERPRINT"),
+            footer: Vec::new(),
             ignored_objects: Some(keys.ignored.len()),
         })
     }

@@ -12,6 +12,7 @@ use kube_kms::backend::admin::{DestroyOptions, KeyAdmin, Listing};
 use kube_kms::backend::aws_kms::admin::AwsKmsAdmin;
 use kube_kms::backend::file::FileAdmin;
 use kube_kms::backend::pkcs11::admin::Pkcs11Admin;
+use kube_kms::backend::vault::admin::VaultAdmin;
 
 use super::gate::{destroy_gate, GateArgs, GateVerdict};
 use super::ListFormat;
@@ -64,6 +65,19 @@ pub(crate) fn on_backend(
             BackendChoice::AwsKms(aws) => {
                 let selector = aws.selector();
                 let admin = AwsKmsAdmin::connect(&aws.config(), selector.clone()).await?;
+                run_admin(&admin, operation, &selector, now).await
+            }
+            BackendChoice::Vault(vault) => {
+                let selector = vault.selector();
+                let config = &vault.config;
+                let admin = VaultAdmin::connect(config, selector.clone())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot reach the Transit key {}/{} at {}",
+                            config.mount, config.key, config.address
+                        )
+                    })?;
                 run_admin(&admin, operation, &selector, now).await
             }
         }
@@ -159,10 +173,28 @@ fn write_table(out: &mut impl Write, listing: &Listing) -> std::io::Result<()> {
         .max()
         .unwrap_or(0)
         .max("KEY_ID".len());
+    let Some(last_column) = listing.last_column else {
+        writeln!(
+            out,
+            "{:<7}  {:<9}  {:<key_id_width$}  CREATED",
+            "VERSION", "STATE", "KEY_ID"
+        )?;
+        for version in &listing.versions {
+            writeln!(
+                out,
+                "{:<7}  {:<9}  {:<key_id_width$}  {}",
+                version.id,
+                version.state.as_str(),
+                version.key_id,
+                version.created,
+            )?;
+        }
+        return write_footer(out, listing);
+    };
     writeln!(
         out,
-        "{:<7}  {:<9}  {:<key_id_width$}  {:<20}  {}",
-        "VERSION", "STATE", "KEY_ID", "CREATED", listing.last_column
+        "{:<7}  {:<9}  {:<key_id_width$}  {:<20}  {last_column}",
+        "VERSION", "STATE", "KEY_ID", "CREATED"
     )?;
     for version in &listing.versions {
         writeln!(
@@ -174,6 +206,13 @@ fn write_table(out: &mut impl Write, listing: &Listing) -> std::io::Result<()> {
             version.created,
             version.last
         )?;
+    }
+    write_footer(out, listing)
+}
+
+fn write_footer(out: &mut impl Write, listing: &Listing) -> std::io::Result<()> {
+    for line in &listing.footer {
+        writeln!(out, "{line}")?;
     }
     Ok(())
 }
