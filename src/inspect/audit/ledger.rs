@@ -1,4 +1,4 @@
-//! The scan engine: the [`ObservationSink`] every source feeds.
+//! The ledger: the [`ObservationSink`] every source feeds during an audit.
 //!
 //! Owns scope (`--prefix`, `--resources`), classification of each value as it
 //! arrives (values are not retained: each becomes a compact record of interned
@@ -10,130 +10,14 @@
 
 use std::collections::HashMap;
 
-use crate::inspect::classify::{
-    Classification, Classifier, DekSourceType, Encoding, Malformation, Provider,
-};
-use crate::inspect::intern::{FastMap, Interner};
+use super::policy::LedgerOptions;
+use super::result::AuditResult;
+use crate::inspect::classify::{Classification, DekSourceType, Encoding, Malformation, Provider};
+use crate::inspect::intern::{sorted_ids, FastMap, Interner};
 use crate::inspect::resource::resource_name;
-pub use crate::inspect::resource::{resource_of, ResourceFilter};
 use crate::inspect::verify::pool::VerifyPool;
-use crate::inspect::verify::{object::expected_for_resource, VerifyFailure, VerifySummary};
+use crate::inspect::verify::{object::expected_for_resource, VerifyFailure};
 use crate::inspect::{Location, ObservationSink, Observed, Revision};
-
-/// Default key prefix of kube-apiserver.
-pub const DEFAULT_PREFIX: &str = "/registry";
-
-/// A `--require-provider` policy: a provider, optionally with its name
-/// (`kms-v2:kube-kms`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequiredProvider {
-    /// The provider every latest value must use.
-    pub provider: Provider,
-    /// The key/provider name it must have, if given.
-    pub name: Option<Vec<u8>>,
-}
-
-impl RequiredProvider {
-    /// Parses `PROVIDER` or `PROVIDER:NAME`.
-    pub fn parse(spec: &str) -> Option<Self> {
-        let (label, name) = match spec.split_once(':') {
-            Some((label, name)) => (label, Some(name.as_bytes().to_vec())),
-            None => (spec, None),
-        };
-        Some(Self {
-            provider: Provider::parse(label)?,
-            name,
-        })
-    }
-}
-
-/// Scope and policy of a scan.
-#[derive(Debug, Clone)]
-pub struct LedgerOptions {
-    /// Key prefix (`/registry`); keys outside it are ignored.
-    pub prefix: Vec<u8>,
-    /// Resources in scope.
-    pub resources: ResourceFilter,
-    /// Do not report plaintext (or malformed) history revisions.
-    pub ignore_history: bool,
-    /// Every latest value must use this provider.
-    pub require_provider: Option<RequiredProvider>,
-    /// kms v2 latest values must use one of these key_ids.
-    pub allowed_key_ids: Option<Vec<Vec<u8>>>,
-    /// Classifier (with configured names, if any).
-    pub classifier: Classifier,
-}
-
-impl Default for LedgerOptions {
-    fn default() -> Self {
-        Self {
-            prefix: DEFAULT_PREFIX.as_bytes().to_vec(),
-            resources: ResourceFilter::Only(vec!["secrets".to_string()]),
-            ignore_history: false,
-            require_provider: None,
-            allowed_key_ids: None,
-            classifier: Classifier::default(),
-        }
-    }
-}
-
-/// What is wrong with a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Finding {
-    /// The latest revision is plaintext.
-    Plaintext,
-    /// An older revision is plaintext (still on disk until compaction).
-    PlaintextHistory,
-    /// A `k8s:enc:` value that does not parse.
-    Malformed,
-    /// Not the provider `--require-provider` asks for.
-    WrongProvider,
-    /// kms v2 under a key_id not in `--allowed-key-ids`.
-    StaleKeyId,
-    /// Did not decrypt to a valid object with the keys given (`--verify-with`,
-    /// `--encryption-config`).
-    VerifyFailed,
-    /// Plaintext in a raft entry of the write-ahead log.
-    PlaintextWal,
-    /// Plaintext in a leftover `member/snap/*.snap.db`.
-    PlaintextSnapDb,
-}
-
-impl Finding {
-    /// Short code for JSON output.
-    pub fn code(self) -> &'static str {
-        match self {
-            Finding::Plaintext => "plaintext",
-            Finding::PlaintextHistory => "plaintext-history",
-            Finding::Malformed => "malformed",
-            Finding::WrongProvider => "wrong-provider",
-            Finding::StaleKeyId => "stale-key-id",
-            Finding::VerifyFailed => "verify-failed",
-            Finding::PlaintextWal => "plaintext-wal",
-            Finding::PlaintextSnapDb => "plaintext-snap-db",
-        }
-    }
-
-    /// Sentence for the table output.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Finding::Plaintext => "stored in plaintext",
-            Finding::PlaintextHistory => {
-                "older revision stored in plaintext (stays until compaction + defrag; in backups forever)"
-            }
-            Finding::Malformed => "encrypted-looking value that does not parse",
-            Finding::WrongProvider => "not under the required provider",
-            Finding::StaleKeyId => "kms v2 key_id not in the allowed list (stale; rewrite it)",
-            Finding::VerifyFailed => "failed verification",
-            Finding::PlaintextWal => {
-                "in the write-ahead log: stays until etcd purges this segment; in every copy of the data dir"
-            }
-            Finding::PlaintextSnapDb => {
-                "in a leftover snap.db: stays until the file is removed; in every copy of the data dir"
-            }
-        }
-    }
-}
 
 /// An interned classification (strings are ids into [`AuditResult::string`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,36 +42,36 @@ pub struct ClassInfo {
     pub malformation: Option<Malformation>,
 }
 
-const TOMBSTONE: u32 = u32::MAX;
+pub(super) const TOMBSTONE: u32 = u32::MAX;
 
 /// One change: 24 bytes, however large the value was.
 #[derive(Debug, Clone, Copy)]
-struct Record {
-    key: u32,
-    class: u32,
-    revision: Revision,
+pub(super) struct Record {
+    pub(super) key: u32,
+    pub(super) class: u32,
+    pub(super) revision: Revision,
 }
 
 /// A value read from a copy outside the keyspace (WAL entry, leftover
 /// snap.db), with where it is.
 #[derive(Debug, Clone, Copy)]
-struct CopyRecord {
-    key: u32,
-    class: u32,
+pub(super) struct CopyRecord {
+    pub(super) key: u32,
+    pub(super) class: u32,
     /// Interned segment or file name.
-    origin: u32,
+    pub(super) origin: u32,
     /// True for a WAL entry, false for a snap.db revision.
-    wal: bool,
-    offset: u64,
-    term: u64,
-    index: u64,
-    revision: Revision,
+    pub(super) wal: bool,
+    pub(super) offset: u64,
+    pub(super) term: u64,
+    pub(super) index: u64,
+    pub(super) revision: Revision,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct KeyInfo {
+pub(super) struct KeyInfo {
     /// Id of the key bytes in the key interner.
-    resource: u32,
+    pub(super) resource: u32,
 }
 
 /// The engine. Feed it with a source, then call [`Ledger::finish`].
@@ -553,482 +437,10 @@ impl ObservationSink for Ledger {
     }
 }
 
-/// The ids of `keys` in byte order of the keys. Keys share a long prefix
-/// (`/registry/secrets/`) and then often a namespace: a most-significant-first
-/// radix refinement sorts by 8 bytes at a time as one integer, and only the
-/// runs still tied move on to the next 8 bytes, so comparisons rarely touch
-/// the keys themselves (a comparison sort of whole keys was 8% of a scan).
-fn sorted_ids(keys: &Interner) -> Vec<u32> {
-    let count = keys.len() as u32;
-    let first = keys.get(0);
-    let mut shared = first.len();
-    for id in 1..count {
-        let key = keys.get(id);
-        shared = shared.min(
-            first
-                .iter()
-                .zip(key)
-                .take(shared)
-                .take_while(|(a, b)| a == b)
-                .count(),
-        );
-    }
-    // Big-endian with zero padding orders like the bytes; keys that differ
-    // only past their end (a shorter key padded) are settled by whole-key
-    // comparison once every key of the run has ended.
-    let word_at = |id: u32, depth: usize| {
-        let mut word = [0u8; 8];
-        let rest = keys.get(id).get(depth..).unwrap_or(&[]);
-        let take = rest.len().min(8);
-        if let (Some(target), Some(source)) = (word.get_mut(..take), rest.get(..take)) {
-            target.copy_from_slice(source);
-        }
-        u64::from_be_bytes(word)
-    };
-    let mut order: Vec<(u64, u32)> = (0..count).map(|id| (word_at(id, shared), id)).collect();
-    order.sort_unstable();
-    // Runs of equal words still to order, with the depth their words are
-    // at (an explicit stack: a crafted long key must not recurse deeply).
-    let mut tied = Vec::new();
-    push_tied_runs(&order, 0, shared, &mut tied);
-    while let Some((start, end, depth)) = tied.pop() {
-        let Some(run) = order.get_mut(start..end) else {
-            continue;
-        };
-        let next = depth + 8;
-        if run.iter().all(|&(_, id)| keys.get(id).len() <= next) {
-            run.sort_unstable_by(|&(_, a), &(_, b)| keys.get(a).cmp(keys.get(b)));
-            continue;
-        }
-        for entry in run.iter_mut() {
-            entry.0 = word_at(entry.1, next);
-        }
-        run.sort_unstable();
-        push_tied_runs(run, start, next, &mut tied);
-    }
-    order.into_iter().map(|(_, id)| id).collect()
-}
-
-/// Pushes `(start, end, depth)` for every run of 2+ equal words in `run`
-/// (which begins at `offset` in the whole order).
-fn push_tied_runs(
-    run: &[(u64, u32)],
-    offset: usize,
-    depth: usize,
-    tied: &mut Vec<(usize, usize, usize)>,
-) {
-    let mut start = 0;
-    while let Some(&(word, _)) = run.get(start) {
-        let length = run
-            .get(start..)
-            .unwrap_or(&[])
-            .iter()
-            .take_while(|&&(other, _)| other == word)
-            .count()
-            .max(1);
-        if length > 1 {
-            tied.push((offset + start, offset + start + length, depth));
-        }
-        start += length;
-    }
-}
-
-/// One value as reported: borrowed from the [`AuditResult`].
-#[derive(Debug, Clone, Copy)]
-pub struct ValueView<'r> {
-    /// The etcd key.
-    pub key: &'r [u8],
-    /// Its resource.
-    pub resource: &'r [u8],
-    /// Revision of this value.
-    pub revision: Revision,
-    /// True if this is the key's current value.
-    pub latest: bool,
-    /// Classification.
-    pub class: &'r ClassInfo,
-    /// What is wrong, if anything.
-    pub finding: Option<Finding>,
-    /// Id of the resource string (see [`AuditResult::string`]).
-    pub resource_id: u32,
-    /// Id of the classification (same id, same classification).
-    pub class_id: u32,
-    /// Why verification failed, if it did.
-    pub verify_failure: Option<VerifyFailure>,
-}
-
-/// Where a copy is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyLocation<'r> {
-    /// A raft entry of a WAL segment.
-    Wal {
-        /// The segment file.
-        segment: &'r [u8],
-        /// Byte offset of the entry's record.
-        offset: u64,
-        /// Raft term.
-        term: u64,
-        /// Raft index.
-        index: u64,
-    },
-    /// A revision in a leftover snap.db.
-    SnapDb {
-        /// The file.
-        file: &'r [u8],
-        /// The revision.
-        revision: Revision,
-    },
-}
-
-/// One value read from a copy outside the keyspace, as reported.
-#[derive(Debug, Clone, Copy)]
-pub struct CopyView<'r> {
-    /// The etcd key.
-    pub key: &'r [u8],
-    /// Its resource.
-    pub resource: &'r [u8],
-    /// Classification.
-    pub class: &'r ClassInfo,
-    /// Where it is.
-    pub location: CopyLocation<'r>,
-    /// What is wrong, if anything.
-    pub finding: Option<Finding>,
-}
-
-/// Counts of one (resource, provider, name, key_id) group.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GroupCounts {
-    /// Latest values.
-    pub latest: u64,
-    /// History values.
-    pub history: u64,
-}
-
-/// Per-resource counts, shaped like the fixtures' summaries.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResourceSummary {
-    /// Latest values by label (`identity`, `aescbc`, `kms-v2:<key_id>`...).
-    pub latest: std::collections::BTreeMap<String, u64>,
-    /// History values that are plaintext.
-    pub history_plaintext: u64,
-    /// History values (any provider).
-    pub history: u64,
-    /// Keys whose latest revision is a tombstone.
-    pub deleted: u64,
-    /// Revisions seen, tombstones included.
-    pub events: u64,
-}
-
-/// The outcome of a scan.
-#[derive(Debug)]
-pub struct AuditResult {
-    options: LedgerOptions,
-    keys: Interner,
-    key_info: Vec<KeyInfo>,
-    strings: Interner,
-    classes: Vec<ClassInfo>,
-    records: Vec<Record>,
-    copies: Vec<CopyRecord>,
-    latest: Vec<bool>,
-    read_errors: Vec<String>,
-    out_of_scope: u64,
-    verify_failures: HashMap<(u32, Revision), VerifyFailure>,
-    verification: Option<VerifySummary>,
-}
-
-impl AuditResult {
-    /// What verification did, when the scan verified values.
-    pub fn verification(&self) -> Option<&VerifySummary> {
-        self.verification.as_ref()
-    }
-
-    /// An interned string (name, key_id, kind, resource...).
-    pub fn string(&self, id: u32) -> &[u8] {
-        self.strings.get(id)
-    }
-
-    /// Number of interned strings (ids `0..string_count()`).
-    pub fn string_count(&self) -> usize {
-        self.strings.len()
-    }
-
-    /// An optional interned string as text (lossy for non-UTF-8).
-    pub fn text(&self, id: Option<u32>) -> Option<std::borrow::Cow<'_, str>> {
-        id.map(|id| String::from_utf8_lossy(self.strings.get(id)))
-    }
-
-    /// Non-fatal read problems reported by the source.
-    pub fn read_errors(&self) -> &[String] {
-        &self.read_errors
-    }
-
-    /// Adds a read problem found after the scan (e.g. by the caller).
-    pub fn push_read_error(&mut self, message: String) {
-        self.read_errors.push(message);
-    }
-
-    /// Revisions of keys outside the prefix or the resources in scope.
-    pub fn out_of_scope(&self) -> u64 {
-        self.out_of_scope
-    }
-
-    /// The options the scan ran with.
-    pub fn options(&self) -> &LedgerOptions {
-        &self.options
-    }
-
-    /// The label used in summaries: `kms-v2:<key_id>` for kms v2, else the provider.
-    pub fn label(&self, class: &ClassInfo) -> String {
-        match (class.provider, class.key_id) {
-            (Provider::KmsV2, Some(key_id)) => {
-                format!(
-                    "kms-v2:{}",
-                    String::from_utf8_lossy(self.strings.get(key_id))
-                )
-            }
-            (provider, _) => provider.as_str().to_string(),
-        }
-    }
-
-    fn finding(
-        &self,
-        class: &ClassInfo,
-        latest: bool,
-        verify_failure: Option<VerifyFailure>,
-    ) -> Option<Finding> {
-        let options = &self.options;
-        if class.provider == Provider::Malformed {
-            return (latest || !options.ignore_history).then_some(Finding::Malformed);
-        }
-        if verify_failure.is_some() && (latest || !options.ignore_history) {
-            return Some(Finding::VerifyFailed);
-        }
-        if !latest {
-            return (class.provider == Provider::Identity && !options.ignore_history)
-                .then_some(Finding::PlaintextHistory);
-        }
-        if class.provider == Provider::Identity {
-            return Some(Finding::Plaintext);
-        }
-        if let Some(required) = &options.require_provider {
-            let name_ok = required.name.as_ref().is_none_or(|name| {
-                class
-                    .name
-                    .is_some_and(|id| self.strings.get(id) == name.as_slice())
-            });
-            if class.provider != required.provider || !name_ok {
-                return Some(Finding::WrongProvider);
-            }
-        }
-        if let (Provider::KmsV2, Some(allowed)) = (class.provider, &options.allowed_key_ids) {
-            let key_id = class.key_id.map_or(&[][..], |id| self.strings.get(id));
-            if !allowed.iter().any(|allowed| allowed.as_slice() == key_id) {
-                return Some(Finding::StaleKeyId);
-            }
-        }
-        None
-    }
-
-    /// Every value examined (tombstones excluded), sorted by key then revision.
-    pub fn values(&self) -> impl Iterator<Item = ValueView<'_>> + '_ {
-        self.records
-            .iter()
-            .zip(self.latest.iter())
-            .filter(|(record, _)| record.class != TOMBSTONE)
-            .filter_map(move |(record, &latest)| {
-                let class = self.classes.get(record.class as usize)?;
-                let resource_id = self
-                    .key_info
-                    .get(record.key as usize)
-                    .map_or(u32::MAX, |info| info.resource);
-                let verify_failure = if self.verify_failures.is_empty() {
-                    None
-                } else {
-                    self.verify_failures
-                        .get(&(record.key, record.revision))
-                        .copied()
-                };
-                Some(ValueView {
-                    key: self.keys.get(record.key),
-                    resource: self.strings.get(resource_id),
-                    revision: record.revision,
-                    latest,
-                    class,
-                    finding: self.finding(class, latest, verify_failure),
-                    resource_id,
-                    class_id: record.class,
-                    verify_failure,
-                })
-            })
-    }
-
-    /// Every value read from a copy outside the keyspace (WAL entries,
-    /// leftover snap.db files), in the order read. Plaintext is a finding
-    /// wherever it is; malformed values too.
-    pub fn copies(&self) -> impl Iterator<Item = CopyView<'_>> + '_ {
-        self.copies.iter().filter_map(move |copy| {
-            let class = self.classes.get(copy.class as usize)?;
-            let resource = self
-                .key_info
-                .get(copy.key as usize)
-                .map_or(&[][..], |info| self.strings.get(info.resource));
-            let origin = self.strings.get(copy.origin);
-            let location = if copy.wal {
-                CopyLocation::Wal {
-                    segment: origin,
-                    offset: copy.offset,
-                    term: copy.term,
-                    index: copy.index,
-                }
-            } else {
-                CopyLocation::SnapDb {
-                    file: origin,
-                    revision: copy.revision,
-                }
-            };
-            let finding = match class.provider {
-                Provider::Identity if copy.wal => Some(Finding::PlaintextWal),
-                Provider::Identity => Some(Finding::PlaintextSnapDb),
-                Provider::Malformed => Some(Finding::Malformed),
-                _ => None,
-            };
-            Some(CopyView {
-                key: self.keys.get(copy.key),
-                resource,
-                class,
-                location,
-                finding,
-            })
-        })
-    }
-
-    /// Number of keys in scope.
-    pub fn key_count(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Per-resource summary.
-    pub fn resource_summaries(&self) -> std::collections::BTreeMap<String, ResourceSummary> {
-        // Count by (resource id, class id) first: no string work per record.
-        #[derive(Default)]
-        struct Counts {
-            events: u64,
-            deleted: u64,
-            latest: FastMap<u32, u64>,
-            history: FastMap<u32, u64>,
-        }
-        let mut by_resource: FastMap<u32, Counts> = FastMap::default();
-        for (index, record) in self.records.iter().enumerate() {
-            let resource = self
-                .key_info
-                .get(record.key as usize)
-                .map_or(u32::MAX, |info| info.resource);
-            let counts = by_resource.entry(resource).or_default();
-            counts.events += 1;
-            if record.class == TOMBSTONE {
-                let is_last = self
-                    .records
-                    .get(index + 1)
-                    .is_none_or(|next| next.key != record.key);
-                if is_last {
-                    counts.deleted += 1;
-                }
-            } else if self.latest.get(index).copied().unwrap_or(false) {
-                *counts.latest.entry(record.class).or_default() += 1;
-            } else {
-                *counts.history.entry(record.class).or_default() += 1;
-            }
-        }
-        let mut summaries = std::collections::BTreeMap::new();
-        for (resource, counts) in by_resource {
-            let mut summary = ResourceSummary {
-                deleted: counts.deleted,
-                events: counts.events,
-                ..ResourceSummary::default()
-            };
-            for (class, count) in counts.latest {
-                if let Some(class) = self.classes.get(class as usize) {
-                    *summary.latest.entry(self.label(class)).or_default() += count;
-                }
-            }
-            for (class, count) in counts.history {
-                summary.history += count;
-                if self
-                    .classes
-                    .get(class as usize)
-                    .is_some_and(|class| class.provider == Provider::Identity)
-                {
-                    summary.history_plaintext += count;
-                }
-            }
-            summaries.insert(
-                String::from_utf8_lossy(self.strings.get(resource)).into_owned(),
-                summary,
-            );
-        }
-        summaries
-    }
-
-    /// Counts by (resource, provider, name, key_id), for the summary table.
-    pub fn groups(&self) -> Vec<(GroupKey, GroupCounts)> {
-        let mut by_ids: FastMap<(u32, u32), GroupCounts> = FastMap::default();
-        for value in self.values() {
-            let counts = by_ids
-                .entry((value.resource_id, value.class_id))
-                .or_default();
-            if value.latest {
-                counts.latest += 1;
-            } else {
-                counts.history += 1;
-            }
-        }
-        let mut groups: std::collections::BTreeMap<GroupKey, GroupCounts> = Default::default();
-        for ((resource, class), counts) in by_ids {
-            let Some(class) = self.classes.get(class as usize) else {
-                continue;
-            };
-            let key = GroupKey {
-                resource: String::from_utf8_lossy(self.strings.get(resource)).into_owned(),
-                provider: class.provider,
-                name: class.name.map(|id| self.strings.get(id).to_vec()),
-                key_id: class.key_id.map(|id| self.strings.get(id).to_vec()),
-            };
-            let group = groups.entry(key).or_default();
-            group.latest += counts.latest;
-            group.history += counts.history;
-        }
-        groups.into_iter().collect()
-    }
-
-    /// Number of values with each finding.
-    pub fn finding_counts(&self) -> std::collections::BTreeMap<Finding, u64> {
-        let mut counts = std::collections::BTreeMap::new();
-        let findings = self
-            .values()
-            .map(|value| value.finding)
-            .chain(self.copies().map(|copy| copy.finding));
-        for finding in findings.flatten() {
-            *counts.entry(finding).or_insert(0) += 1;
-        }
-        counts
-    }
-}
-
-/// A row of the summary table.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct GroupKey {
-    /// Resource.
-    pub resource: String,
-    /// Provider.
-    pub provider: Provider,
-    /// Key/provider name, as stored.
-    pub name: Option<Vec<u8>>,
-    /// kms v2 key_id, as stored.
-    pub key_id: Option<Vec<u8>>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inspect::audit::{CopyLocation, Finding, RequiredProvider};
     use crate::inspect::classify::build;
 
     fn put(scan: &mut Ledger, key: &str, main: i64, value: &[u8]) {

@@ -23,7 +23,11 @@ use super::verify::{DekUnwrapper, Verifier};
 use super::ObservationSink;
 
 mod ledger;
-pub use ledger::*;
+mod policy;
+mod result;
+pub use ledger::{ClassInfo, Ledger};
+pub use policy::*;
+pub use result::*;
 
 /// What to audit and how to judge it (the flags of `etcd-inspect scan`
 /// that are not about the source or the output).
