@@ -643,18 +643,32 @@ async fn a_changed_token_file_is_read_again() {
     let dir = temp_dir();
     let key = "file";
     let bao = dev_bao(dir.path(), key);
-    let first = bao.token(&["kube-kms"], "");
+    // A renewable token that lives 6 seconds unless renewed.
+    let first = bao.token(&["kube-kms"], "6s");
     let token_path = secret_file(dir.path(), "token", &first);
     let serve = VaultServe::start(
         dir.path(),
         &bao,
         key,
-        &["--vault-token-file", token_path.to_str().unwrap()],
+        &[
+            "--vault-token-file",
+            token_path.to_str().unwrap(),
+            "--log-level",
+            "debug",
+        ],
     )
     .await;
     let mut client = serve.client().await;
     let seed = seed();
     let wrapped = client.encrypt(&seed, "e").await.unwrap();
+    // Past its first TTL: renewed (renew-self), still working.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    client.encrypt(&seed, "e-renewed").await.unwrap();
+    assert!(
+        serve.log_text().contains("renewed the Vault token"),
+        "{}",
+        serve.log_text()
+    );
     // A new token in the file (as Vault Agent would write it), the old one revoked.
     let second = bao.token(&["kube-kms"], "");
     let replacement = secret_file(dir.path(), "token.new", &second);
@@ -891,6 +905,55 @@ async fn etcd_inspect_verifies_values_through_the_vault_plugin() {
         serde_json::json!({}),
         "{summary}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_a_namespace() {
+    let dir = temp_dir();
+    let bao = Bao::start_dev(dir.path());
+    bao.cli(&["namespace", "create", "team"]);
+    bao.cli(&["secrets", "enable", "-namespace=team", "transit"]);
+    bao.cli(&[
+        "write",
+        "-namespace=team",
+        "-f",
+        "transit/keys/ns",
+        "type=aes128-gcm96",
+    ]);
+    let token = secret_file(dir.path(), "token", &bao.root_token);
+    let serve = VaultServe::start(
+        dir.path(),
+        &bao,
+        "ns",
+        &[
+            "--vault-token-file",
+            token.to_str().unwrap(),
+            "--vault-namespace",
+            "team",
+        ],
+    )
+    .await;
+    let mut client = serve.client().await;
+    assert_eq!(
+        client.status().await.unwrap().key_id,
+        "kk-vault-v1-transit/ns"
+    );
+    let seed = seed();
+    let wrapped = client.encrypt(&seed, "e").await.unwrap();
+    let opened = client.decrypt_encrypted(&wrapped, "d").await.unwrap();
+    assert_eq!(opened.expose_secret(), &seed[..]);
+    drop(serve);
+    // Outside the namespace the key does not exist.
+    let (mut command, _, log) = VaultServe::command(
+        dir.path(),
+        &bao,
+        "ns",
+        &["--vault-token-file", token.to_str().unwrap()],
+    );
+    assert!(!command.status().unwrap().success());
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("no Transit key"));
 }
 
 /// A self-signed client certificate (P-256) made with the openssl CLI.
