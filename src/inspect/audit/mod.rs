@@ -239,3 +239,6 @@ fn classifier(key_names: &[String], config: Option<&EncryptionConfig>) -> Classi
     }
     Classifier::with_names(&names)
 }
+
+#[cfg(test)]
+mod tests;
