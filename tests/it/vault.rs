@@ -908,6 +908,35 @@ async fn etcd_inspect_verifies_values_through_the_vault_plugin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_with_a_bad_token_keeps_the_old_one_renewed() {
+    let dir = temp_dir();
+    let key = "badfile";
+    let bao = dev_bao(dir.path(), key);
+    let token = bao.token(&["kube-kms"], "6s");
+    let token_path = secret_file(dir.path(), "token", &token);
+    let serve = VaultServe::start(
+        dir.path(),
+        &bao,
+        key,
+        &["--vault-token-file", token_path.to_str().unwrap()],
+    )
+    .await;
+    let mut client = serve.client().await;
+    let seed = seed();
+    client.encrypt(&seed, "e").await.unwrap();
+    // The file now holds something Vault refuses: the plugin keeps (and
+    // renews) the token it has, and says so once, not every second.
+    let replacement = secret_file(dir.path(), "token.new", "not-a-valid-token");
+    std::fs::rename(&replacement, &token_path).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    client.encrypt(&seed, "after-ttl").await.unwrap();
+    let log = serve.log_text();
+    let warnings = log.matches("its token cannot be used").count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(!log.contains("not-a-valid-token") && !log.contains(&token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_in_a_namespace() {
     let dir = temp_dir();
     let bao = Bao::start_dev(dir.path());

@@ -216,6 +216,10 @@ struct LookupData {
     renewable: bool,
 }
 
+/// Pause after an upkeep round that could not renew nor log in (Vault
+/// away): bounds the retries and their log lines.
+const FAILED_UPKEEP_PAUSE: Duration = Duration::from_secs(5);
+
 /// The token holder of one backend.
 pub struct Auth {
     method: AuthMethod,
@@ -224,6 +228,9 @@ pub struct Auth {
     /// Serializes logins and renewals.
     changing: tokio::sync::Mutex<()>,
     call_timeout: Duration,
+    /// The token file's identity when its token was last refused: not
+    /// tried (nor reported) again until the file changes once more.
+    refused_file: std::sync::Mutex<Option<Option<FileStamp>>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -258,6 +265,7 @@ impl Auth {
             session: ArcSwap::from_pointee(session),
             changing: tokio::sync::Mutex::new(()),
             call_timeout,
+            refused_file: std::sync::Mutex::new(None),
         })
     }
 
@@ -279,10 +287,13 @@ impl Auth {
         if current.generation != generation {
             return true;
         }
+        let mut file_stamp = None;
         if let AuthMethod::TokenFile(path) = &self.method {
-            if stamp(path) == current.stamp {
+            let now = stamp(path);
+            if now == current.stamp || self.already_refused(now) {
                 return false;
             }
+            file_stamp = Some(now);
         }
         match acquire(&self.method, &self.http, self.call_timeout, generation + 1).await {
             Ok(session) => {
@@ -295,6 +306,9 @@ impl Auth {
             }
             Err(error) => {
                 tracing::warn!(%error, "Vault denied the token and getting a new one failed");
+                if file_stamp.is_some() {
+                    self.set_refused(file_stamp);
+                }
                 false
             }
         }
@@ -309,17 +323,22 @@ impl Auth {
         let now = Instant::now();
         let next_generation = current.generation + 1;
         if let AuthMethod::TokenFile(path) = &self.method {
-            if stamp(path) != current.stamp {
+            let now_stamp = stamp(path);
+            // A file whose token was refused is not tried again until it
+            // changes; meanwhile the current token is still renewed below.
+            if now_stamp != current.stamp && !self.already_refused(now_stamp) {
                 match acquire(&self.method, &self.http, self.call_timeout, next_generation).await {
                     Ok(session) => {
                         tracing::info!(file = %path.display(), "the Vault token file changed; using the new token");
                         self.session.store(Arc::new(session));
+                        self.set_refused(None);
+                        return Duration::from_secs(1);
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "the Vault token file changed but its token cannot be used; keeping the previous one")
+                        tracing::warn!(%error, "the Vault token file changed but its token cannot be used; keeping the previous one");
+                        self.set_refused(Some(now_stamp));
                     }
                 }
-                return Duration::from_secs(1);
             }
         }
         let Some(renew_at) = current.renew_at else {
@@ -345,7 +364,10 @@ impl Auth {
             {
                 tracing::warn!("the Vault token from the token file expires within a minute and cannot be renewed: write a new token into the file");
             }
-            return Duration::from_secs(1);
+            // Past the renewal point with nothing renewed: ask again (and
+            // warn) every few seconds, not every second; a changed file
+            // or a 403 is still acted on at once through `recover`.
+            return FAILED_UPKEEP_PAUSE;
         }
         match acquire(&self.method, &self.http, self.call_timeout, next_generation).await {
             Ok(session) => {
@@ -356,10 +378,26 @@ impl Auth {
                 self.session.store(Arc::new(session));
             }
             Err(error) => {
-                tracing::warn!(%error, "logging in to Vault again failed; will retry")
+                tracing::warn!(%error, "logging in to Vault again failed; will retry");
+                return FAILED_UPKEEP_PAUSE;
             }
         }
         Duration::from_secs(1)
+    }
+
+    fn already_refused(&self, now: Option<FileStamp>) -> bool {
+        *self
+            .refused_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            == Some(now)
+    }
+
+    fn set_refused(&self, refused: Option<Option<FileStamp>>) {
+        *self
+            .refused_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = refused;
     }
 
     async fn renew(&self, current: &Session) -> Result<Session, AuthError> {
