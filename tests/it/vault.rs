@@ -639,6 +639,46 @@ async fn approle_tokens_are_renewed_and_a_revoked_one_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approle_token_near_its_max_ttl_is_replaced_before_it_expires() {
+    let dir = temp_dir();
+    let key = "maxttl";
+    let bao = dev_bao(dir.path(), key);
+    // 6 s per renewal, 9 s in all: the second renewal comes back short.
+    let (role_id, secret_id) = bao.approle_with_max("kube-kms", &["kube-kms"], "6s", "9s");
+    let role_file = secret_file(dir.path(), "role-id", &role_id);
+    let secret_path = secret_file(dir.path(), "secret-id", &secret_id);
+    let serve = VaultServe::start(
+        dir.path(),
+        &bao,
+        key,
+        &[
+            "--vault-role-id-file",
+            role_file.to_str().unwrap(),
+            "--vault-secret-id-file",
+            secret_path.to_str().unwrap(),
+            "--self-test-interval",
+            "300ms",
+        ],
+    )
+    .await;
+    let mut client = serve.client().await;
+    let seed = seed();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    client.encrypt(&seed, "e").await.unwrap();
+    let log = serve.log_text();
+    // Logged in again ahead of the max TTL: no call (the self-test calls
+    // every 300 ms) ever met an expired token.
+    assert!(log.contains("reaches its max TTL"), "{log}");
+    assert!(!log.contains("Vault denied the token"), "{log}");
+    assert!(!log.contains("self-test failed"), "{log}");
+    assert!(!log.contains("renewing the Vault token failed"), "{log}");
+    assert!(
+        log.contains("logged in to Vault again before the token expires"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_token_file_is_read_again() {
     let dir = temp_dir();
     let key = "file";

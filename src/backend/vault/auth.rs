@@ -119,6 +119,9 @@ pub struct Session {
     /// When the token expires; `None`: never.
     expires_at: Option<Instant>,
     renewable: bool,
+    /// The TTL (seconds) the token was granted: a renewal that returns
+    /// less has met the token's max TTL.
+    granted: u64,
     /// The token file's identity when read.
     stamp: Option<FileStamp>,
 }
@@ -423,14 +426,27 @@ impl Auth {
                 detail: "no auth section".into(),
             })
         })?;
-        let (renew_at, expires_at) = lifetimes(answer.auth.lease_duration, Instant::now());
+        let lease = answer.auth.lease_duration;
+        let (renew_at, expires_at) = lifetimes(lease, Instant::now());
+        // Shorter than granted: the max TTL is near and renewing again
+        // cannot help; the next round logs in again (AppRole, cert) at 2/3
+        // of what is left, before the token expires.
+        let capped = lease < current.granted;
+        if capped {
+            tracing::info!(
+                method = self.method.kind(),
+                seconds_left = lease,
+                "the Vault token reaches its max TTL; a new one comes before it expires"
+            );
+        }
         Ok(Session {
             token: current.token.clone(),
             header: current.header.clone(),
             generation: current.generation,
             renew_at,
             expires_at,
-            renewable: answer.auth.renewable,
+            renewable: answer.auth.renewable && !capped,
+            granted: current.granted,
             stamp: current.stamp,
         })
     }
@@ -485,6 +501,7 @@ async fn acquire(
                 renew_at,
                 expires_at,
                 renewable: lookup.data.renewable,
+                granted: lookup.data.ttl,
                 stamp: before,
             });
         }
@@ -539,6 +556,7 @@ async fn acquire(
         renew_at,
         expires_at,
         renewable: parsed.auth.renewable,
+        granted: parsed.auth.lease_duration,
         stamp,
     })
 }

@@ -402,6 +402,17 @@ impl Bao {
     /// Enables AppRole at `approle/` and creates role `name` with
     /// `policies` and token TTL `ttl`; returns (role_id, secret_id).
     pub fn approle(&self, name: &str, policies: &[&str], ttl: &str) -> (String, String) {
+        self.approle_with_max(name, policies, ttl, "1h")
+    }
+
+    /// As [`Bao::approle`], tokens renewable up to `max_ttl` in all.
+    pub fn approle_with_max(
+        &self,
+        name: &str,
+        policies: &[&str],
+        ttl: &str,
+        max_ttl: &str,
+    ) -> (String, String) {
         let (status, _) = self.api(
             "POST",
             "sys/auth/approle",
@@ -417,7 +428,7 @@ impl Bao {
             Some(serde_json::json!({
                 "token_policies": policies,
                 "token_ttl": ttl,
-                "token_max_ttl": "1h",
+                "token_max_ttl": max_ttl,
             })),
         );
         let role = self.api_ok("GET", &format!("auth/approle/role/{name}/role-id"), None);
