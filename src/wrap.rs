@@ -117,8 +117,7 @@ impl WrapKey {
     /// Wraps `plaintext` for `key_id` in the current format, with a fresh random salt.
     pub fn wrap(&self, key_id: &str, plaintext: &[u8]) -> Result<Vec<u8>, WrapError> {
         check_plaintext_len(plaintext)?;
-        let mut salt = [0u8; SALT_LEN];
-        getrandom::getrandom(&mut salt).map_err(WrapError::Random)?;
+        let salt = fresh_salt()?;
         self.seal(key_id, plaintext, &salt)
     }
 
@@ -160,15 +159,15 @@ impl WrapKey {
         };
         let (ciphertext, tag) = body.split_at(body.len() - TAG_LEN);
         let mut plaintext = SecretBytes::copy_from(ciphertext);
-        cipher
-            .aead
-            .decrypt_in_place_detached(
+        with_associated_data(cipher.domain, key_id, |aad| {
+            cipher.aead.decrypt_in_place_detached(
                 &cipher.nonce,
-                &associated_data(cipher.domain, key_id),
+                aad,
                 plaintext.expose_secret_mut(),
                 Tag::from_slice(tag),
             )
-            .map_err(|_| WrapError::Unwrap)?;
+        })
+        .map_err(|_| WrapError::Unwrap)?;
         Ok(plaintext)
     }
 }
@@ -276,11 +275,10 @@ impl WrapCipher {
         out.push(version);
         out.extend_from_slice(salt);
         out.extend_from_slice(plaintext);
-        let sealed = self.aead.encrypt_in_place_detached(
-            &self.nonce,
-            &associated_data(self.domain, key_id),
-            out.get_mut(HEADER_LEN..).ok_or(WrapError::Unwrap)?,
-        );
+        let body = out.get_mut(HEADER_LEN..).ok_or(WrapError::Unwrap)?;
+        let sealed = with_associated_data(self.domain, key_id, |aad| {
+            self.aead.encrypt_in_place_detached(&self.nonce, aad, body)
+        });
         match sealed {
             Ok(tag) => {
                 out.extend_from_slice(&tag);
@@ -295,12 +293,81 @@ impl WrapCipher {
     }
 }
 
+/// Associated data up to this long is built on the stack (kube-kms' own
+/// key_ids make 39 bytes; AWS KMS and PKCS#11 ones stay under it too).
+const STACK_AAD_LEN: usize = 128;
+
+/// Calls `f` with the associated data `domain || 0x00 || key_id`: on the
+/// stack when it fits in [`STACK_AAD_LEN`] bytes (one allocation less per
+/// call), else in a `Vec`. Both hold the same bytes.
+fn with_associated_data<R>(domain: &[u8], key_id: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    let len = domain.len() + 1 + key_id.len();
+    let mut stack = [0u8; STACK_AAD_LEN];
+    match stack.get_mut(..len) {
+        Some(aad) => {
+            let (prefix, rest) = aad.split_at_mut(domain.len());
+            prefix.copy_from_slice(domain);
+            if let Some((separator, id)) = rest.split_first_mut() {
+                *separator = 0;
+                id.copy_from_slice(key_id.as_bytes());
+            }
+            f(aad)
+        }
+        None => f(&associated_data(domain, key_id)),
+    }
+}
+
 fn associated_data(domain: &[u8], key_id: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(domain.len() + 1 + key_id.len());
     aad.extend_from_slice(domain);
     aad.push(0);
     aad.extend_from_slice(key_id.as_bytes());
     aad
+}
+
+/// Salts one refill of a thread's pool holds.
+const SALTS_PER_REFILL: usize = 32;
+
+/// A thread's unused OS randomness, handed out one salt at a time.
+struct SaltPool {
+    salts: [[u8; SALT_LEN]; SALTS_PER_REFILL],
+    /// Index of the first salt not yet handed out.
+    next: usize,
+}
+
+std::thread_local! {
+    static SALTS: std::cell::RefCell<SaltPool> = const {
+        std::cell::RefCell::new(SaltPool {
+            salts: [[0; SALT_LEN]; SALTS_PER_REFILL],
+            next: SALTS_PER_REFILL,
+        })
+    };
+}
+
+/// A fresh random salt from the operating system's generator, drawn
+/// [`SALTS_PER_REFILL`] salts at a time: one `getrandom` system call per 32
+/// wraps instead of one per wrap (the system call cost more than the rest
+/// of the wrap's cryptography together). Each salt is handed out once and
+/// wiped as it is taken, so none can come out twice; a salt is public (it
+/// is written into the wrapped seed) but must never repeat under a KEK,
+/// since it selects the one-message key. A failed refill hands out nothing.
+/// A forked child would inherit the pool: kube-kms only forks to exec
+/// (`std::process::Command`), and a child never wraps.
+fn fresh_salt() -> Result<[u8; SALT_LEN], WrapError> {
+    SALTS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let pool = &mut *pool;
+        loop {
+            if let Some(taken) = pool.salts.get_mut(pool.next) {
+                let salt = *taken;
+                taken.zeroize();
+                pool.next += 1;
+                return Ok(salt);
+            }
+            getrandom::getrandom(pool.salts.as_flattened_mut()).map_err(WrapError::Random)?;
+            pool.next = 0;
+        }
+    })
 }
 
 #[cfg(test)]
@@ -343,6 +410,63 @@ mod tests {
             unwrap(&kek(1), KEY_ID, &again).unwrap().expose_secret(),
             &seed
         );
+    }
+
+    #[test]
+    fn salts_never_repeat_across_refills_and_threads() {
+        let draw = || {
+            (0..SALTS_PER_REFILL * 5 + 3)
+                .map(|_| fresh_salt().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let threads: Vec<_> = (0..4).map(|_| std::thread::spawn(draw)).collect();
+        let mut seen = std::collections::HashSet::new();
+        for salt in draw()
+            .into_iter()
+            .chain(threads.into_iter().flat_map(|t| t.join().unwrap()))
+        {
+            assert_ne!(salt, [0u8; SALT_LEN], "a wiped pool byte handed out");
+            assert!(seen.insert(salt), "a salt came out twice");
+        }
+        assert_eq!(seen.len(), 5 * (SALTS_PER_REFILL * 5 + 3));
+        // And each wrap carries its own salt.
+        let key = WrapKey::new(&kek(1));
+        let salts: std::collections::HashSet<Vec<u8>> = (0..100)
+            .map(|_| key.wrap(KEY_ID, &[0u8; 32]).unwrap()[1..HEADER_LEN].to_vec())
+            .collect();
+        assert_eq!(salts.len(), 100);
+    }
+
+    #[test]
+    fn associated_data_is_the_same_on_the_stack_and_the_heap() {
+        for len in [
+            0,
+            1,
+            22,
+            STACK_AAD_LEN - DOMAIN_V2.len() - 1,
+            STACK_AAD_LEN,
+            1024,
+        ] {
+            let key_id = "k".repeat(len);
+            let built = with_associated_data(DOMAIN_V2, &key_id, <[u8]>::to_vec);
+            assert_eq!(
+                built,
+                associated_data(DOMAIN_V2, &key_id),
+                "key_id of {len} bytes"
+            );
+            // Bound to the key_id either way: a one-byte change does not open.
+            let key = WrapKey::new(&kek(3));
+            let wrapped = key.wrap(&key_id, &[7u8; 32]).unwrap();
+            assert_eq!(
+                key.unwrap(&key_id, &wrapped).unwrap().expose_secret(),
+                &[7u8; 32]
+            );
+            let other = format!("{key_id}x");
+            assert!(
+                key.unwrap(&other, &wrapped).is_err(),
+                "key_id of {len} bytes"
+            );
+        }
     }
 
     #[test]
