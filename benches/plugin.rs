@@ -781,7 +781,7 @@ async fn cold_start(
 }
 
 /// A remote backend beside a file-keyring plugin in the same run: Encrypt
-/// and Decrypt per second at concurrency 16 (alternating rounds, median),
+/// and Decrypt per second at concurrency 16 (alternating rounds, each figure's median),
 /// then the file plugin's cold start.
 async fn side_by_side_with_file(
     setup: &PluginSetup,
@@ -811,7 +811,7 @@ async fn side_by_side_with_file(
             remotes.push(measure(&remote, op, SIDE_CONCURRENCY, period).await?);
             files.push(measure(&local, op, SIDE_CONCURRENCY, period).await?);
         }
-        let (r, f) = (median(remotes), median(files));
+        let (r, f) = (medians(&remotes), medians(&files));
         println!(
             "  {:<8} {}: {:.0}/s p50 {} us p99 {} us, plugin CPU {:.1} us/call | file: {:.0}/s p50 {} us p99 {} us, plugin CPU {:.1} us/call",
             if op == Op::Encrypt { "Encrypt" } else { "Decrypt" },
@@ -829,7 +829,11 @@ async fn side_by_side_with_file(
     remote.stop();
     local.stop();
     if cold_secrets > 0 {
-        cold_start(&file, &file_dir, cold_secrets).await?;
+        let mut checks = Vec::new();
+        cold_start(&file, &file_dir, cold_secrets, &mut checks).await?;
+        for (ok, text) in &checks {
+            println!("  [{}] {text}", if *ok { "ok" } else { "MISSED" });
+        }
     }
     Ok(())
 }
