@@ -5,8 +5,10 @@
 //! certificate login (the client certificate of `--vault-client-cert`).
 //!
 //! A token with a TTL is renewed (`auth/token/renew-self`) when two thirds of
-//! it have passed; when renewal fails or the token is not renewable, AppRole
-//! and cert log in again. A call that Vault answers with 403 asks
+//! it have passed; when renewal fails, comes back shorter than granted (the
+//! max TTL is near) or the token is not renewable, AppRole and cert log in
+//! again before it expires. A token file that changed to a token Vault
+//! refuses is reported once and not tried again until it changes. A call that Vault answers with 403 asks
 //! [`Auth::recover`] once: AppRole and cert log in again, a token file is
 //! re-read (and the call retried only if the file changed).
 //!
