@@ -651,3 +651,90 @@ pub fn vault_stored_form(data: &[u8]) {
         assert_eq!(transit::expand(version.wrapping_add(1), stored), None);
     }
 }
+
+/// `wal_segment`: the first byte is a mode. Bit 0: read as the last segment
+/// (a torn record is tolerated). Bit 1 clear: the rest is a segment as is;
+/// bit 1 set: the rest, cut into chunks (a length byte, then that many
+/// bytes), becomes the data of entry records framed and chained by the
+/// writer, so the request decoder is reached past the CRC; they must all
+/// read back exactly. Either way: no panic, errors name an offset inside
+/// the file, records are 8-byte aligned and in order, and every put's key
+/// and value lie inside its entry's data.
+pub fn wal_segment(data: &[u8]) {
+    use kube_kms::inspect::source::wal::request::{decode_entry, decode_request, Op};
+    use kube_kms::inspect::source::wal::segment::encode::{entry, SegmentWriter};
+    use kube_kms::inspect::source::wal::segment::{RecordType, SegmentReader};
+
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let last = mode & 1 == 1;
+    let (bytes, chunks) = if mode & 2 == 0 {
+        (rest.to_vec(), None)
+    } else {
+        let mut writer = SegmentWriter::new(u32::from(mode) << 8);
+        let mut chunks = Vec::new();
+        let mut input = rest;
+        while let Some((&len, tail)) = input.split_first() {
+            let take = usize::from(len).min(tail.len());
+            let (chunk, tail) = tail.split_at(take);
+            let record = entry(1, chunks.len() as u64 + 1, 0, chunk);
+            writer.record(RecordType::Entry, &record);
+            chunks.push(record);
+            input = tail;
+        }
+        let mut bytes = writer.bytes;
+        bytes.resize(bytes.len() + usize::from(mode >> 2) * 8, 0);
+        (bytes, Some(chunks))
+    };
+    let size = bytes.len() as u64;
+    let mut reader = SegmentReader::new(bytes.as_slice(), size, u32::from(mode) << 8, last);
+    let mut previous = None;
+    let mut entries = Vec::new();
+    loop {
+        match reader.next_record() {
+            Ok(Some(record)) => {
+                assert_eq!(record.offset % 8, 0);
+                assert!(previous.is_none_or(|before| before < record.offset));
+                assert!(record.offset + 8 + record.data.len() as u64 <= size);
+                previous = Some(record.offset);
+                if record.kind != RecordType::Entry {
+                    continue;
+                }
+                entries.push(record.data.to_vec());
+                if let Ok(decoded) = decode_entry(record.data) {
+                    let mut ops = Vec::new();
+                    let _ = decode_request(decoded.data, &mut ops);
+                    let span = decoded.data.as_ptr_range();
+                    for op in ops {
+                        let (Op::Put { key, .. } | Op::Delete { key }) = op;
+                        let inside = |part: &[u8]| {
+                            part.is_empty()
+                                || (span.start <= part.as_ptr()
+                                    && part.as_ptr_range().end <= span.end)
+                        };
+                        assert!(inside(key));
+                        if let Op::Put { value, .. } = op {
+                            assert!(inside(value));
+                        }
+                    }
+                }
+            }
+            Ok(None) => {
+                assert!(reader.end().is_some());
+                break;
+            }
+            Err(error) => {
+                assert!(
+                    chunks.is_none(),
+                    "a segment the writer framed failed: {error}"
+                );
+                assert!(error.offset() <= size);
+                break;
+            }
+        }
+    }
+    if let Some(chunks) = chunks {
+        assert_eq!(entries, chunks);
+    }
+}

@@ -77,6 +77,11 @@ fn encryption_config_inputs() {
 }
 
 #[test]
+fn wal_segment_inputs() {
+    assert!(run_inputs("wal_segment", checks::wal_segment) >= 3);
+}
+
+#[test]
 fn classify_value_inputs() {
     assert!(run_inputs("classify_value", checks::classify_value) >= 3);
 }
