@@ -43,7 +43,6 @@
 //! bundle, changing nothing, if any version's id or key_id is held locally with
 //! other material. The material is held only in [`Key256`] and zeroizing
 //! buffers; nothing here formats it.
-use std::borrow::Cow;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -52,7 +51,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
-use super::format::{self, MaterialText};
+use super::wire::{decode_key_material, parse_time, DocumentIn, DocumentOut, VersionOut};
 use super::{key_id, store, KeyState, KeyVersion, Keyring, KeyringError, VersionInfo};
 use crate::secret::Key256;
 
@@ -248,21 +247,6 @@ pub struct Exported {
     pub versions: Vec<VersionInfo>,
 }
 
-#[derive(serde::Serialize)]
-struct BundleOut<'a> {
-    format: &'static str,
-    versions: Vec<VersionOut<'a>>,
-}
-
-#[derive(serde::Serialize)]
-struct VersionOut<'a> {
-    id: u32,
-    key_id: &'a str,
-    state: &'static str,
-    created: String,
-    material: &'a str,
-}
-
 /// Encrypts versions `ids` of `keyring` into an age bundle.
 pub fn export(
     keyring: &Keyring,
@@ -300,8 +284,9 @@ pub fn export(
             text
         })
         .collect();
-    let out = BundleOut {
+    let out = DocumentOut {
         format: FORMAT,
+        generation: None,
         versions: chosen
             .iter()
             .zip(&encoded)
@@ -310,7 +295,8 @@ pub fn export(
                 key_id: &version.key_id,
                 state: version.state.as_str(),
                 created: humantime::format_rfc3339(version.created).to_string(),
-                material: material.as_str(),
+                disabled_at: None,
+                material: Some(material.as_str()),
             })
             .collect(),
     };
@@ -546,31 +532,8 @@ pub fn open(bytes: &[u8], unlock: &Unlock) -> Result<Bundle, BundleError> {
     parse(&payload)
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BundleIn<'a> {
-    #[serde(borrow)]
-    format: Cow<'a, str>,
-    #[serde(borrow)]
-    versions: Vec<VersionIn<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VersionIn<'a> {
-    id: u32,
-    #[serde(borrow)]
-    key_id: Cow<'a, str>,
-    #[serde(borrow)]
-    state: Cow<'a, str>,
-    #[serde(borrow)]
-    created: Cow<'a, str>,
-    #[serde(borrow)]
-    material: MaterialText<'a>,
-}
-
 fn parse(payload: &[u8]) -> Result<Bundle, BundleError> {
-    let parsed: BundleIn<'_> = serde_json::from_slice(payload).map_err(|error| {
+    let parsed: DocumentIn<'_> = serde_json::from_slice(payload).map_err(|error| {
         // serde_json quotes offending values; report the position only.
         invalid(format!(
             "its contents are not kube-kms-bundle/v1 JSON (line {}, column {})",
@@ -582,6 +545,11 @@ fn parse(payload: &[u8]) -> Result<Bundle, BundleError> {
         return Err(invalid(format!(
             "the \"format\" field must be \"{FORMAT}\"; export it again with this kube-kms version"
         )));
+    }
+    if parsed.generation.is_some() {
+        return Err(invalid(
+            "it has a \"generation\" field, which only keyring files have",
+        ));
     }
     if parsed.versions.is_empty() {
         return Err(invalid("it holds no versions"));
@@ -610,9 +578,19 @@ fn parse(payload: &[u8]) -> Result<Bundle, BundleError> {
                 )))
             }
         };
-        let created = format::parse_time(&version.created)
+        let created = parse_time(&version.created)
             .ok_or_else(|| invalid(format!("version {id}: created is not an RFC 3339 time")))?;
-        let material = decode_material(id, version.material.0)?;
+        if version.disabled_at.is_some() {
+            return Err(invalid(format!(
+                "version {id}: a bundle carries no disabled_at"
+            )));
+        }
+        let material = version.material.ok_or_else(|| {
+            invalid(format!(
+                "version {id}: material is missing; a bundle carries only versions with material"
+            ))
+        })?;
+        let material = decode_material(id, material.0)?;
         let key_id = version.key_id.into_owned();
         if key_id::parse(&key_id).map(|(n, _)| n) != Some(id)
             || !bool::from(subtle::ConstantTimeEq::ct_eq(
@@ -645,7 +623,7 @@ fn parse(payload: &[u8]) -> Result<Bundle, BundleError> {
 }
 
 fn decode_material(id: u32, text: &str) -> Result<Key256, BundleError> {
-    format::decode_key_material(text).ok_or_else(|| {
+    decode_key_material(text).ok_or_else(|| {
         invalid(format!(
             "version {id}: material must be 32 bytes in standard padded base64"
         ))
@@ -855,6 +833,31 @@ fn create_from(
 mod tests {
     use super::*;
     use std::time::SystemTime;
+
+    /// The shapes are shared with the keyring file (`wire`), the rules are
+    /// not: a payload with a file's `generation`, a `disabled_at`, or a
+    /// version without material is refused.
+    #[test]
+    fn payloads_keep_to_the_bundle_fields() {
+        let ring = Keyring::initial(SystemTime::now()).unwrap();
+        let version = ring.primary().unwrap();
+        let material = BASE64.encode(version.material().unwrap().expose_secret());
+        let payload = |extra_doc: &str, extra_version: &str, material: &str| {
+            format!(
+                r#"{{"format":"{FORMAT}"{extra_doc},"versions":[{{"id":1,"key_id":"{}","state":"primary","created":"2026-01-01T00:00:00Z"{extra_version}{material}}}]}}"#,
+                version.key_id()
+            )
+        };
+        let with_material = format!(r#","material":"{material}""#);
+        parse(payload("", "", &with_material).as_bytes()).unwrap();
+        for refused in [
+            payload(r#","generation":3"#, "", &with_material),
+            payload("", r#","disabled_at":"2026-01-02T00:00:00Z""#, &with_material),
+            payload("", "", ""),
+        ] {
+            assert!(parse(refused.as_bytes()).is_err(), "{refused}");
+        }
+    }
 
     fn ring_with(n: usize) -> Keyring {
         let now = SystemTime::now();

@@ -19,99 +19,24 @@
 //! `generation` counts the writes (absent in files written before it existed,
 //! read as 0); see [`super::Keyring::generation`].
 //!
+//! The JSON shapes (shared with export bundles) are in [`super::wire`].
 //! Parsing never copies key material out of the caller's (zeroizing) buffer
 //! except into [`Key256`]: `material` is deserialized as a string borrowed from
 //! the input (base64 has no JSON escapes, so an escaped one is refused) and
 //! decoded into a zeroizing buffer. Error messages never quote string values
 //! from the file, so a misplaced key cannot end up in a log.
-use std::borrow::Cow;
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use serde::de::{self, Deserialize, Deserializer, Visitor};
 use zeroize::Zeroizing;
 
+use super::wire::{decode_key_material, parse_time, DocumentIn, DocumentOut, VersionIn, VersionOut};
 use super::{key_id, KeyState, KeyVersion, Keyring, KeyringError};
 use crate::secret::Key256;
 
 /// The value of the `format` field this version reads and writes.
 pub const FORMAT: &str = "kube-kms-keyring/v1";
-/// Longest base64 text accepted for a material field (32 bytes encode to 44).
-const MAX_MATERIAL_TEXT: usize = 64;
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileIn<'a> {
-    #[serde(borrow)]
-    format: Cow<'a, str>,
-    #[serde(default)]
-    generation: u64,
-    #[serde(borrow)]
-    versions: Vec<VersionIn<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VersionIn<'a> {
-    id: u32,
-    #[serde(borrow)]
-    key_id: Cow<'a, str>,
-    #[serde(borrow)]
-    state: Cow<'a, str>,
-    #[serde(borrow)]
-    created: Cow<'a, str>,
-    #[serde(default, borrow)]
-    disabled_at: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    material: Option<MaterialText<'a>>,
-}
-
-/// Base64 key material, borrowed from the input buffer (never copied); the
-/// keyring file and export bundles ([`super::bundle`]) both carry it.
-pub(super) struct MaterialText<'a>(pub(super) &'a str);
-
-impl<'de: 'a, 'a> Deserialize<'de> for MaterialText<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MaterialVisitor;
-        impl<'de> Visitor<'de> for MaterialVisitor {
-            type Value = MaterialText<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a base64 string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
-                Ok(MaterialText(text))
-            }
-            // Reached only for strings with JSON escapes: refuse without quoting them.
-            fn visit_str<E: de::Error>(self, _text: &str) -> Result<Self::Value, E> {
-                Err(E::custom(
-                    "material must be plain base64 (standard alphabet, padded) without JSON escapes",
-                ))
-            }
-        }
-        deserializer.deserialize_str(MaterialVisitor)
-    }
-}
-
-#[derive(serde::Serialize)]
-struct FileOut<'a> {
-    format: &'static str,
-    generation: u64,
-    versions: Vec<VersionOut<'a>>,
-}
-
-#[derive(serde::Serialize)]
-struct VersionOut<'a> {
-    id: u32,
-    key_id: &'a str,
-    state: &'static str,
-    created: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    disabled_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    material: Option<&'a str>,
-}
 
 fn invalid(problem: impl Into<String>) -> KeyringError {
     KeyringError::Invalid {
@@ -123,7 +48,7 @@ fn invalid(problem: impl Into<String>) -> KeyringError {
 /// Parses and validates a keyring from the file's bytes. Errors carry the path
 /// `<memory>`; [`super::store`] attaches the real one.
 pub fn parse(bytes: &[u8]) -> Result<Keyring, KeyringError> {
-    let file: FileIn<'_> = serde_json::from_slice(bytes).map_err(|error| {
+    let file: DocumentIn<'_> = serde_json::from_slice(bytes).map_err(|error| {
         invalid(format!(
             "{} (the file must be JSON in the kube-kms-keyring/v1 format; see docs/keyring.md, or restore it from a backup)",
             redact_quoted(&error.to_string())
@@ -141,7 +66,8 @@ pub fn parse(bytes: &[u8]) -> Result<Keyring, KeyringError> {
     versions.sort_by_key(|v| v.id);
     let keyring = Keyring {
         versions,
-        generation: file.generation,
+        // Absent in files written before it existed.
+        generation: file.generation.unwrap_or(0),
     };
     keyring.validate()?;
     Ok(keyring)
@@ -181,27 +107,6 @@ fn parse_version(version: VersionIn<'_>) -> Result<KeyVersion, KeyringError> {
     })
 }
 
-/// An RFC 3339 time as the keyring and bundles write it.
-pub(super) fn parse_time(text: &str) -> Option<SystemTime> {
-    if !text.is_ascii() {
-        return None;
-    }
-    humantime::parse_rfc3339(text).ok()
-}
-
-/// 32 bytes of key material from standard padded base64, decoded into a
-/// zeroizing buffer; `None` for anything else.
-pub(super) fn decode_key_material(text: &str) -> Option<Key256> {
-    if text.len() > MAX_MATERIAL_TEXT {
-        return None;
-    }
-    let mut decoded = Zeroizing::new([0u8; 48]);
-    let len = BASE64
-        .decode_slice(text.as_bytes(), decoded.as_mut_slice())
-        .ok()?;
-    decoded.get(..len).and_then(Key256::from_slice)
-}
-
 fn decode_material(id: u32, text: &str) -> Result<Key256, KeyringError> {
     decode_key_material(text).ok_or_else(|| {
         invalid(format!(
@@ -232,9 +137,9 @@ pub(crate) fn serialize_as(
             })
         })
         .collect();
-    let out = FileOut {
+    let out = DocumentOut {
         format: FORMAT,
-        generation,
+        generation: Some(generation),
         versions: keyring
             .versions
             .iter()

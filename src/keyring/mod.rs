@@ -10,6 +10,7 @@
 //! - [`peer_check`] asks running plugin instances whether they hold the local versions.
 //! - [`store`] reads the file (ownership and mode checked) and writes it
 //!   atomically under an exclusive lock.
+//! - `wire` holds the JSON shapes the file and bundles share.
 //!
 //! Invariants (checked on every load and before every write): exactly one
 //! version is primary; ids and key_ids are unique; every key_id matches its
@@ -27,6 +28,7 @@ pub mod key_id;
 pub mod ops;
 pub mod peer_check;
 pub mod store;
+mod wire;
 
 pub use store::{create, load, modify, remove_stale_temps, FileStamp, LoadedKeyring};
 
