@@ -31,7 +31,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
-use super::wire::{decode_key_material, parse_time, DocumentIn, DocumentOut, VersionIn, VersionOut};
+use super::wire::{
+    decode_key_material, parse_time, DocumentIn, DocumentOut, VersionIn, VersionOut,
+};
 use super::{key_id, KeyState, KeyVersion, Keyring, KeyringError};
 use crate::secret::Key256;
 

@@ -118,4 +118,3 @@ pub(super) fn decode_key_material(text: &str) -> Option<Key256> {
         .ok()?;
     decoded.get(..len).and_then(Key256::from_slice)
 }
-
