@@ -1,5 +1,7 @@
 //! Unit tests of `bundle`.
+use super::open::parse;
 use super::*;
+use crate::keyring::KeyState;
 use std::time::SystemTime;
 
 /// The shapes are shared with the keyring file (`wire`), the rules are
