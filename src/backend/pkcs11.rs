@@ -5,7 +5,9 @@
 //!
 //! - [`store`] owns the token objects (keys and their state records), the
 //!   key_id scheme and the `kube-kms key` operations on a token.
-//! - `token` owns the module, the PIN and the pool of logged-in sessions.
+//! - `token` owns the module, the PIN and the pool of logged-in sessions;
+//!   `lock` the token-wide lock of the key commands; [`admin`] the
+//!   `kube-kms key` operations ([`admin::Pkcs11Admin`]).
 //!
 //! Wrapped seed (what Encrypt returns, 62 bytes for a 32-byte seed):
 //! `0x70 ('p') | 0x01 (format 1) | IV (12 random bytes from the OS) | GCM
@@ -45,6 +47,7 @@ use crate::keyring::KeyringError;
 use crate::secret::SecretBytes;
 
 pub mod admin;
+mod lock;
 pub mod store;
 mod token;
 

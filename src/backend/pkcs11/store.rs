@@ -38,13 +38,12 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cryptoki::error::Error as CryptokiError;
-use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
+pub use super::lock::LOCK_APPLICATION;
 use super::token::{CallError, Token};
 use super::Pkcs11Error;
-use crate::keyring::ops::Transition;
 use crate::keyring::{KeyState, VersionInfo};
 
 /// CKA_APPLICATION of the state records.
@@ -68,7 +67,7 @@ pub fn record_label(id: u32) -> String {
 /// The JSON in a state record's CKA_VALUE.
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Record {
+pub(super) struct Record {
     format: String,
     version: u32,
     key_id: String,
@@ -188,13 +187,13 @@ impl TokenKeys {
     }
 }
 
-fn seconds(time: SystemTime) -> u64 {
+pub(super) fn seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn time_of(seconds: u64) -> SystemTime {
+pub(super) fn time_of(seconds: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(seconds)
 }
 
@@ -378,320 +377,9 @@ pub(crate) fn call_failure(
     }
 }
 
-fn write_record(
-    session: &Session,
-    version: &TokenVersion,
-    generation: u64,
-) -> Result<(), CryptokiError> {
-    let record = Record {
-        format: RECORD_FORMAT.to_owned(),
-        version: version.id,
-        key_id: version.key_id.clone(),
-        state: version.state.as_str().to_owned(),
-        created: seconds(version.created),
-        disabled_at: version.disabled_at.map(seconds),
-        generation,
-    };
-    let value = serde_json::to_vec(&record).map_err(|_| CryptokiError::InvalidValue)?;
-    session.create_object(&[
-        Attribute::Class(ObjectClass::DATA),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Application(APPLICATION.to_vec()),
-        Attribute::Label(record_label(version.id).into_bytes()),
-        Attribute::Value(value),
-    ])?;
-    Ok(())
-}
+mod change;
 
-/// Writes the new records (generations counted up from `keys`), then deletes
-/// the records they supersede.
-fn commit(
-    session: &Session,
-    keys: &TokenKeys,
-    changed: &[TokenVersion],
-) -> Result<(), CryptokiError> {
-    let mut generation = keys.next_generation();
-    for version in changed {
-        write_record(session, version, generation)?;
-        generation = generation.saturating_add(1);
-    }
-    for version in changed {
-        for handle in keys.records.get(&version.id).into_iter().flatten() {
-            session.destroy_object(*handle)?;
-        }
-    }
-    Ok(())
-}
-
-fn random_tag() -> Result<String, Pkcs11Error> {
-    let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes).map_err(Pkcs11Error::Random)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// The template of a new KEK: generated inside, never leaves the token.
-fn kek_template(id: u32, key_id: &str) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Sign(false),
-        Attribute::Verify(false),
-        Attribute::Derive(false),
-        Attribute::AllowedMechanisms(vec![MechanismType::AES_GCM]),
-        Attribute::Label(key_label(id).into_bytes()),
-        Attribute::Id(key_id.as_bytes().to_vec()),
-    ]
-}
-
-/// CKA_APPLICATION of the lock object (not [`APPLICATION`]: a lock is not a
-/// state record).
-pub const LOCK_APPLICATION: &[u8] = b"kube-kms-lock";
-/// How long a lock may be held before others take it as left by a crashed
-/// command.
-const LOCK_STALE_AFTER: Duration = Duration::from_secs(60);
-/// How long a command waits for the lock.
-const LOCK_WAIT: Duration = Duration::from_secs(30);
-
-/// Mutual exclusion of the `kube-kms key` commands that change a token, for
-/// every node that shares it. PKCS#11 has no atomic create-if-absent, so the
-/// lock is taken by creating a private data object (CKA_APPLICATION
-/// `kube-kms-lock`) and then looking: if it is the only lock object, the
-/// lock is ours; if another exists, ours is deleted and the command tries
-/// again after a random pause. Two commands that overlap both see two
-/// objects and both back off, so at most one ever proceeds. A lock older than
-/// [`LOCK_STALE_AFTER`] (by its recorded time) is taken as left behind by a
-/// crashed command and deleted. Public lock objects are ignored: anyone
-/// could create them.
-///
-/// Not every token shows an object created by one process to another at
-/// once (SoftHSM2 does not), so commands on the same node first take an
-/// exclusive `flock` on the PIN file (every command of a node names the same
-/// file), then start afresh with the token (a new C_Initialize: the state
-/// they read is the one the previous command left).
-struct TokenLock<'t> {
-    token: &'t Token,
-    handle: ObjectHandle,
-    /// The node-local lock, released after the token's.
-    _local: std::fs::File,
-}
-
-impl<'t> TokenLock<'t> {
-    fn acquire(token: &'t Token) -> Result<Self, Pkcs11Error> {
-        let local = token.lock_locally()?;
-        token.reset();
-        let started = std::time::Instant::now();
-        loop {
-            let mut nonce = [0u8; 8];
-            getrandom::getrandom(&mut nonce).map_err(Pkcs11Error::Random)?;
-            let now = seconds(SystemTime::now());
-            let mut value = now.to_be_bytes().to_vec();
-            value.extend_from_slice(&nonce);
-            let attempt = token
-                .call(|session| {
-                    let mine = session.create_object(&[
-                        Attribute::Class(ObjectClass::DATA),
-                        Attribute::Token(true),
-                        Attribute::Private(true),
-                        Attribute::Application(LOCK_APPLICATION.to_vec()),
-                        Attribute::Label(b"kube-kms-lock".to_vec()),
-                        Attribute::Value(value.clone()),
-                    ])?;
-                    let mut others = 0;
-                    for handle in session.find_objects(&[
-                        Attribute::Class(ObjectClass::DATA),
-                        Attribute::Token(true),
-                        Attribute::Private(true),
-                        Attribute::Application(LOCK_APPLICATION.to_vec()),
-                    ])? {
-                        if handle == mine {
-                            continue;
-                        }
-                        let mut taken_at = None;
-                        for attribute in session.get_attributes(handle, &[AttributeType::Value])? {
-                            if let Attribute::Value(bytes) = attribute {
-                                taken_at = bytes
-                                    .get(..8)
-                                    .and_then(|b| b.try_into().ok())
-                                    .map(u64::from_be_bytes);
-                            }
-                        }
-                        let stale = taken_at.is_none_or(|at| {
-                            now.saturating_sub(at) > LOCK_STALE_AFTER.as_secs()
-                        });
-                        if stale {
-                            tracing::warn!(token = %token.label(), "removing a stale kube-kms lock (a key command crashed while it held it)");
-                            session.destroy_object(handle)?;
-                        } else {
-                            others += 1;
-                        }
-                    }
-                    if others > 0 {
-                        session.destroy_object(mine)?;
-                        return Ok(None);
-                    }
-                    Ok(Some(mine))
-                })
-                .map_err(|error| call_failure(token, "taking the token's lock", error))?;
-            if let Some(handle) = attempt {
-                return Ok(Self {
-                    token,
-                    handle,
-                    _local: local,
-                });
-            }
-            if started.elapsed() > LOCK_WAIT {
-                return Err(Pkcs11Error::State {
-                    label: token.label().to_owned(),
-                    problem: format!(
-                        "another kube-kms key command has been changing the keys for more than {}s; run this one again when it is done (a lock left by a crashed command expires after {}s)",
-                        LOCK_WAIT.as_secs(),
-                        LOCK_STALE_AFTER.as_secs()
-                    ),
-                });
-            }
-            let mut pause = [0u8; 1];
-            getrandom::getrandom(&mut pause).map_err(Pkcs11Error::Random)?;
-            std::thread::sleep(Duration::from_millis(10 + u64::from(pause[0])));
-        }
-    }
-}
-
-impl Drop for TokenLock<'_> {
-    fn drop(&mut self) {
-        let handle = self.handle;
-        if let Err(error) = self.token.call(|session| session.destroy_object(handle)) {
-            tracing::warn!(token = %self.token.label(), error = %call_failure(self.token, "releasing the token's lock", error), "the lock stays until it expires");
-        }
-    }
-}
-
-/// What `rotate` did.
-#[derive(Debug, Clone)]
-pub struct Rotation {
-    /// The new primary.
-    pub primary: VersionInfo,
-    /// The previous primary, now enabled (none on an empty token).
-    pub previous: Option<VersionInfo>,
-}
-
-/// Generates version N+1 in the token and makes it primary; the old primary
-/// stays enabled. On a token without versions this creates version 1.
-pub fn rotate(token: &Token, now: SystemTime) -> Result<Rotation, Pkcs11Error> {
-    let _lock = TokenLock::acquire(token)?;
-    let keys = read(token)?;
-    let highest = keys.versions.iter().map(|v| v.id).max().unwrap_or(0);
-    let id = highest.checked_add(1).ok_or_else(|| Pkcs11Error::State {
-        label: token.label().to_owned(),
-        problem: "version numbers are exhausted; use a new token".into(),
-    })?;
-    let key_id = format!("{KEY_ID_PREFIX}{id}-{}", random_tag()?);
-    let created = time_of(seconds(now));
-    let fresh = TokenVersion {
-        id,
-        key_id: key_id.clone(),
-        state: KeyState::Primary,
-        created,
-        disabled_at: None,
-        generation: 0,
-    };
-    let mut changed = vec![fresh.clone()];
-    let previous = keys.primary().map(|old| TokenVersion {
-        state: KeyState::Enabled,
-        ..old.clone()
-    });
-    changed.extend(previous.clone());
-    token
-        .call(|session| {
-            session.generate_key(&Mechanism::AesKeyGen, &kek_template(id, &key_id))?;
-            commit(session, &keys, &changed)
-        })
-        .map_err(|error| call_failure(token, "generating the new key", error))?;
-    Ok(Rotation {
-        primary: fresh.info(),
-        previous: previous.map(|v| v.info()),
-    })
-}
-
-/// Applies `transition` to version `id` under the file keyring's rules.
-/// `disabled_at`, when given, must still be the version's disable time (the
-/// destroy gate judged its scan reports against it).
-pub fn transition(
-    token: &Token,
-    id: u32,
-    transition: Transition,
-    now: SystemTime,
-    disabled_at: Option<SystemTime>,
-) -> Result<VersionInfo, Pkcs11Error> {
-    let _lock = TokenLock::acquire(token)?;
-    let keys = read(token)?;
-    let target = keys
-        .version(id)
-        .ok_or_else(|| Pkcs11Error::UnknownVersion {
-            label: token.label().to_owned(),
-            id,
-        })?;
-    if disabled_at.is_some() && target.disabled_at != disabled_at {
-        return Err(Pkcs11Error::Refused(
-            crate::keyring::KeyringError::Refused {
-                action: transition.action(),
-                id,
-                reason:
-                    "the token changed while the scan reports were checked; run the command again"
-                        .into(),
-            },
-        ));
-    }
-    let state = transition.check(id, target.state)?;
-    let mut updated = TokenVersion {
-        state,
-        ..target.clone()
-    };
-    match transition {
-        Transition::Disable => updated.disabled_at = Some(time_of(seconds(now))),
-        Transition::Enable => updated.disabled_at = None,
-        Transition::Promote | Transition::Destroy => {}
-    }
-    let mut changed = vec![updated.clone()];
-    if transition == Transition::Promote {
-        if let Some(old) = keys.primary() {
-            changed.push(TokenVersion {
-                state: KeyState::Enabled,
-                ..old.clone()
-            });
-        }
-    }
-    let key_id = updated.key_id.clone();
-    token
-        .call(|session| {
-            commit(session, &keys, &changed)?;
-            if transition == Transition::Destroy {
-                let objects = session.find_objects(&[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::Token(true),
-                    Attribute::Id(key_id.as_bytes().to_vec()),
-                ])?;
-                for object in objects {
-                    session.destroy_object(object)?;
-                }
-            }
-            Ok(())
-        })
-        .map_err(|error| call_failure(token, "changing the key state", error))?;
-    if transition == Transition::Destroy {
-        token.forget_key(&key_id);
-    }
-    Ok(updated.info())
-}
+pub use change::{rotate, transition, Rotation};
 
 #[cfg(test)]
 mod tests;
