@@ -14,7 +14,7 @@
 //! Layout: [`ring`] holds what every root shares when it serves
 //! ([`ring::KeyRing`]: the swapped snapshot, status, reload, self-test,
 //! counts, Debug); [`admin`] the `kube-kms key` operations every root offers
-//! ([`admin::KeyAdmin`]). Each root is one module: [`file`], [`pkcs11`],
+//! ([`admin::KeyAdmin`]). Each root is one module: [`mod@file`], [`pkcs11`],
 //! [`aws_kms`].
 //!
 //! A new root plugs in as one module `src/backend/NAME.rs` (or `NAME/`):

@@ -41,7 +41,7 @@
 //! removes, demotes or re-enables a local version, never brings back the
 //! material of a version destroyed locally, is idempotent, and refuses the whole
 //! bundle, changing nothing, if any version's id or key_id is held locally with
-//! other material. The material is held only in [`Key256`] and zeroizing
+//! other material. The material is held only in [`crate::secret::Key256`] and zeroizing
 //! buffers; nothing here formats it.
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -19,7 +19,7 @@
 //! `generation` counts the writes (absent in files written before it existed,
 //! read as 0); see [`super::Keyring::generation`].
 //!
-//! The JSON shapes (shared with export bundles) are in [`super::wire`].
+//! The JSON shapes (shared with export bundles) are in `keyring/wire.rs`.
 //! Parsing never copies key material out of the caller's (zeroizing) buffer
 //! except into [`Key256`]: `material` is deserialized as a string borrowed from
 //! the input (base64 has no JSON escapes, so an escaped one is refused) and

@@ -125,7 +125,7 @@ pub fn plan(keyring: &Keyring, bundle: &Bundle) -> Result<ImportOutcome, Keyring
 /// When no keyring exists at `path` (a new node), it is created from the
 /// bundle with `set_primary` as primary, which is then required (a new node
 /// must write with the key the others use; the caller says which).
-/// Check the bundle's [`fingerprint`] first ([`check_fingerprint`]).
+/// Check the bundle's [`super::fingerprint`] first ([`super::check_fingerprint`]).
 pub fn import(
     path: &Path,
     bundle: &Bundle,

@@ -118,7 +118,7 @@ const ROTATE_ATTEMPTS: u32 = 8;
 /// The alias `P/vN` is the compare-and-swap: `CreateAlias` fails when it
 /// exists, so of two rotations at once only one gets version N+1; the other
 /// schedules its unused new key for deletion, reads the ring again and tries
-/// N+2 (up to [`ROTATE_ATTEMPTS`] times). No version's key_id is lost.
+/// N+2 (up to `ROTATE_ATTEMPTS` times). No version's key_id is lost.
 pub async fn rotate(client: &Client, prefix: &str) -> Result<Rotation, RingError> {
     validate_prefix(prefix)?;
     let mut attempt = 1;
