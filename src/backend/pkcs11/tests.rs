@@ -1,4 +1,5 @@
 //! Unit tests of `pkcs11`.
+use super::gcm::aad;
 use super::*;
 
 #[test]
