@@ -15,7 +15,7 @@
 //! ([`ring::KeyRing`]: the swapped snapshot, status, reload, self-test,
 //! counts, Debug); [`admin`] the `kube-kms key` operations every root offers
 //! ([`admin::KeyAdmin`]). Each root is one module: [`mod@file`], [`pkcs11`],
-//! [`aws_kms`].
+//! [`aws_kms`], [`vault`].
 //!
 //! A new root plugs in as one module `src/backend/NAME.rs` (or `NAME/`):
 //! 1. implement [`ring::Root`] for a `NameRoot` (its key operations: wrap and
@@ -26,10 +26,11 @@
 //!    `pub type NameBackend = ring::KeyRing<NameRoot>` with an `open`/`connect`
 //!    that builds it with [`ring::KeyRing::new`];
 //! 2. implement [`admin::KeyAdmin`] for its `kube-kms key` operations;
-//! 3. register both in the binary: a `--backend` value and its options in
-//!    `src/bin/kube-kms/backend_args.rs` (`BackendKind`, `BackendChoice`,
-//!    `resolve`), one arm in `serve.rs` (`serve`: open it, `serve_with`) and
-//!    one in `key/run.rs` (`with_admin`: open its admin).
+//! 3. register both in the binary (`src/bin/kube-kms/`): its flags and
+//!    `--backend-config` section in `backend_NAME.rs` (see `backend_aws.rs`),
+//!    a `--backend` value in `backend_args.rs` (`BackendKind`,
+//!    `BackendChoice`, `resolve`), one arm in `serve.rs` (`serve`: open it,
+//!    `serve_with`) and one in `key/run.rs` (`on_backend`: open its admin).
 //!
 //! The server (`crate::server`) sees only [`KeyBackend`], never a root.
 use std::collections::BTreeMap;
