@@ -238,6 +238,26 @@ mod tests {
             .block_on(future)
     }
 
+    /// The shared Debug shows the root (the path) and the primary's key_id,
+    /// never key material.
+    #[test]
+    fn debug_shows_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ring.json");
+        keyring::create(&path, &Keyring::initial(SystemTime::now()).unwrap()).unwrap();
+        let backend = FileBackend::open(&path).unwrap();
+        let shown = format!("{backend:?}");
+        assert!(shown.contains(&*backend.status().key_id), "{shown}");
+        assert!(shown.contains("ring.json"), "{shown}");
+        let file = std::fs::read_to_string(&path).unwrap();
+        let material = file
+            .split("\"material\": \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap();
+        assert!(!shown.contains(material), "{shown}");
+    }
+
     #[test]
     fn status_wrap_unwrap_reload() {
         let dir = tempfile::tempdir().unwrap();

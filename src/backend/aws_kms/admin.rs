@@ -16,12 +16,20 @@ const REFRESH_HINT: &str =
     " (running plugins pick it up within --aws-refresh-interval, or at once on SIGHUP)";
 
 /// The key operations on one ring (alias prefix) in AWS KMS.
-#[derive(Debug)]
 pub struct AwsKmsAdmin {
     client: Client,
     prefix: String,
     /// The flags that name this ring in a suggested command.
     selector: String,
+}
+
+impl std::fmt::Debug for AwsKmsAdmin {
+    // Not the client's: its configuration is the SDK's to show.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsKmsAdmin")
+            .field("alias_prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AwsKmsAdmin {
