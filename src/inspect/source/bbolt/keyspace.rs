@@ -108,16 +108,18 @@ pub struct FileSummary {
 }
 
 /// CPU time of each thread of a file scan (`None`: not measurable here, see
-/// [`crate::inspect::cputime`]). The scan's wall time is about the largest of them.
+/// [`crate::inspect::cputime`]). On two cores the scan's wall time is about
+/// the larger of the largest of them and half their sum.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadCpu {
     /// The walk: parsing pages, decoding revisions, classifying values
     /// (and reading, without a read-ahead thread).
     pub walk: Option<std::time::Duration>,
-    /// The read-ahead threads, which read the walk's next chunks (zero when
-    /// the checksum thread keeps the other core busy instead).
+    /// The read-ahead threads: without the checksum, the one that reads the
+    /// walk's next chunks; with it, the one that reads the file for the
+    /// checksum thread (the walk then reads on its own thread).
     pub read_ahead: std::time::Duration,
-    /// The snapshot checksum thread: reading the whole image and its SHA-256
+    /// The snapshot checksum thread: the SHA-256 of the whole file
     /// (`None` when not checked).
     pub checksum: Option<std::time::Duration>,
 }
@@ -175,8 +177,8 @@ pub fn read_image<R: ReadAt + Sync>(
         let verifier = options.verify_trailer.then(|| {
             scope.spawn(|| {
                 let cpu = cputime::thread_cpu_time();
-                let hashed = db.hash_file();
-                (hashed, cputime::thread_cpu_since(cpu))
+                let (hashed, reader_cpu) = db.hash_file_timed(super::meta::HASH_BLOCK);
+                (hashed, cputime::thread_cpu_since(cpu), reader_cpu)
             })
         });
         // With the checksum thread busy on the second core, the walk reads
@@ -186,15 +188,17 @@ pub fn read_image<R: ReadAt + Sync>(
         let walk = db.walk_with(&mut visitor, verifier.is_none());
         cpu.walk = cputime::thread_cpu_since(walk_cpu);
         let trailer = verifier.map(|handle| {
-            let (status, checksum_cpu) = handle.join().unwrap_or((
+            let (status, checksum_cpu, reader_cpu) = handle.join().unwrap_or((
                 Err(BboltError::Page {
                     pgid: 0,
                     offset: 0,
                     problem: "checksum thread died".to_string(),
                 }),
                 None,
+                None,
             ));
             cpu.checksum = checksum_cpu;
+            cpu.read_ahead += reader_cpu.unwrap_or_default();
             status
         });
         (walk, trailer)
@@ -243,7 +247,7 @@ pub fn read_image<R: ReadAt + Sync>(
     summary.reachable = walk.reachable;
     summary.txid = db.meta().txid;
     summary.bytes_read = walk.bytes_read;
-    cpu.read_ahead = walk.read_ahead_cpu;
+    cpu.read_ahead += walk.read_ahead_cpu;
     summary.cpu = cpu;
     summary.file_size = db.file_size();
     summary.meta_fallback = db.meta_fallback().map(str::to_string);

@@ -17,7 +17,11 @@ pub(super) const META_SIZE: usize = META_CHECKSUMMED + 8;
 const TRAILER_SIZE: u64 = 32;
 /// Bytes hashed per read when checking a snapshot trailer: the buffer stays
 /// in the core's L2 cache between the kernel's copy and the hash.
-const HASH_BLOCK: usize = 256 << 10;
+pub(super) const HASH_BLOCK: usize = 256 << 10;
+/// What hashing a file gives: the trailer's verdict and the file's SHA-256.
+type Hashed = Result<(TrailerStatus, [u8; 32]), BboltError>;
+/// Blocks the checksum's reader thread may have filled before the hash takes them.
+const HASH_READ_AHEAD: usize = 2;
 
 /// A decoded meta page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,8 +317,11 @@ impl<R: ReadAt> Database<R> {
     }
 
     /// Verifies the snapshot trailer: SHA-256 of the image. Reads the whole
-    /// image sequentially, [`HASH_BLOCK`] bytes at a time.
-    pub fn verify_trailer(&self) -> Result<TrailerStatus, BboltError> {
+    /// file sequentially, [`HASH_BLOCK`] bytes at a time, on a reader thread.
+    pub fn verify_trailer(&self) -> Result<TrailerStatus, BboltError>
+    where
+        R: Sync,
+    {
         if self.trailer.is_none() {
             return Ok(TrailerStatus::Absent);
         }
@@ -324,23 +331,101 @@ impl<R: ReadAt> Database<R> {
     /// Reads the whole file once: verifies the snapshot trailer (if any)
     /// against the image's SHA-256, and returns the SHA-256 of the whole
     /// file (what `sha256sum` prints), which reports use as its identity.
-    pub fn hash_file(&self) -> Result<(TrailerStatus, [u8; 32]), BboltError> {
-        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buf = AlignedBuf::with_len(HASH_BLOCK);
-        let mut offset = 0u64;
-        while offset < self.image_size {
-            let len = (self.image_size - offset).min(buf.len() as u64) as usize;
-            let chunk = buf.get_mut(..len).unwrap_or(&mut []);
-            read_exact_at(&self.source, chunk, offset, self.file_size)?;
-            hasher.update(&*chunk);
-            offset += len as u64;
-        }
-        // The file hash goes on over the trailer; the image hash stops here.
-        let mut file_hasher = hasher.clone();
-        let tail_len = (self.file_size - self.image_size).min(buf.len() as u64) as usize;
-        let tail = buf.get_mut(..tail_len).unwrap_or(&mut []);
-        read_exact_at(&self.source, tail, self.image_size, self.file_size)?;
-        file_hasher.update(&*tail);
+    pub fn hash_file(&self) -> Result<(TrailerStatus, [u8; 32]), BboltError>
+    where
+        R: Sync,
+    {
+        self.hash_file_timed(HASH_BLOCK).0
+    }
+
+    /// [`Database::hash_file`], reading `block` bytes at a time (tests use
+    /// small blocks), and the CPU time of its reader thread.
+    ///
+    /// The reads run on a thread of their own, [`HASH_READ_AHEAD`] blocks
+    /// ahead of the hash: the kernel's copy out of the page cache (a quarter
+    /// of the hashing thread's CPU) then leaves the critical path of a
+    /// checksummed scan, which is the SHA-256 itself.
+    pub(super) fn hash_file_timed(&self, block: usize) -> (Hashed, Option<std::time::Duration>)
+    where
+        R: Sync,
+    {
+        let block = block.max(1) as u64;
+        let (image_size, file_size) = (self.image_size, self.file_size);
+        std::thread::scope(|scope| {
+            // Filled blocks wait here (bounded, so memory stays a few
+            // blocks); emptied buffers go back to the reader for reuse.
+            let (filled, ready) = std::sync::mpsc::sync_channel(HASH_READ_AHEAD);
+            let (give_back, returned) = std::sync::mpsc::channel::<AlignedBuf>();
+            let reader = scope.spawn(move || {
+                let cpu = crate::inspect::cputime::thread_cpu_time();
+                // The image in blocks, then the trailer (if any) on its own,
+                // so that no block straddles the end of the image.
+                let mut offset = 0u64;
+                while offset < file_size {
+                    let limit = if offset < image_size {
+                        image_size
+                    } else {
+                        file_size
+                    };
+                    let len = (limit - offset).min(block) as usize;
+                    let mut buf = returned.try_recv().unwrap_or_default();
+                    buf.resize(len);
+                    let read =
+                        read_exact_at(&self.source, &mut buf, offset, file_size).map(|()| buf);
+                    let failed = read.is_err();
+                    // A closed channel means the hash stopped early: stop too.
+                    if filled.send(read).is_err() || failed {
+                        break;
+                    }
+                    offset += len as u64;
+                }
+                crate::inspect::cputime::thread_cpu_since(cpu)
+            });
+            let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut image_hash = None;
+            let mut hashed = 0u64;
+            let mut failure = None;
+            for read in ready.iter() {
+                let buf = match read {
+                    Ok(buf) => buf,
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                };
+                if hashed == image_size && image_hash.is_none() {
+                    // The file hash goes on over the trailer; the image hash stops here.
+                    image_hash = Some(hasher.clone());
+                }
+                hasher.update(&buf);
+                hashed += buf.len() as u64;
+                // The reader may be done already: then the buffer is dropped.
+                let _ = give_back.send(buf);
+            }
+            drop(ready);
+            let cpu = reader.join().ok().flatten();
+            if let Some(error) = failure {
+                return (Err(error), cpu);
+            }
+            if hashed != file_size {
+                let error = BboltError::Io {
+                    offset: hashed,
+                    len: file_size - hashed.min(file_size),
+                    source: std::io::Error::other("the checksum's reader thread stopped"),
+                };
+                return (Err(error), cpu);
+            }
+            let image_hash = image_hash.unwrap_or_else(|| hasher.clone());
+            (self.check_trailer(image_hash, hasher), cpu)
+        })
+    }
+
+    /// Compares the image's hash with the trailer; returns the file's SHA-256.
+    fn check_trailer(
+        &self,
+        hasher: ring::digest::Context,
+        file_hasher: ring::digest::Context,
+    ) -> Result<(TrailerStatus, [u8; 32]), BboltError> {
         let mut file_digest = [0u8; 32];
         file_digest.copy_from_slice(file_hasher.finish().as_ref());
         let Some(expected) = self.trailer else {

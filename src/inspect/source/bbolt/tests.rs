@@ -155,3 +155,58 @@ fn garbage_is_not_bbolt() {
     assert!(matches!(error, BboltError::NoValidMeta { .. }), "{error}");
     assert!(error.to_string().contains("magic"), "{error}");
 }
+
+/// The checksum's reader thread hands the hash the file in blocks: whatever
+/// the block size (one byte, blocks that do not divide the image, one block
+/// for all), the trailer verdict and the file's SHA-256 are those of the
+/// bytes, and a flipped image byte or trailer byte is a mismatch.
+#[test]
+fn hash_file_reads_in_blocks_of_any_size() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/apiserver/kmsv2-rotated.db");
+    let bytes = std::fs::read(&path).expect("fixture");
+    let want: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &bytes)
+        .as_ref()
+        .try_into()
+        .expect("32 bytes");
+    let image_len = bytes.len() - 32;
+    let blocks = [
+        1,
+        4096,
+        4096 * 3 + 512,
+        256 << 10,
+        image_len,
+        bytes.len() * 2,
+    ];
+    let db = Database::open(bytes.clone()).expect("open");
+    assert!(db.has_trailer());
+    for block in blocks {
+        let (hashed, _) = db.hash_file_timed(block);
+        let (status, digest) = hashed.expect("hash");
+        assert_eq!(status, TrailerStatus::Verified, "block {block}");
+        assert_eq!(digest, want, "block {block}");
+    }
+    // No trailer: the image is the file (a member's db).
+    let untrailed = Database::open(bytes[..image_len].to_vec()).expect("open");
+    assert!(!untrailed.has_trailer());
+    let (status, digest) = untrailed.hash_file_timed(4096).0.expect("hash");
+    assert_eq!(status, TrailerStatus::Absent);
+    assert_eq!(
+        digest.as_slice(),
+        ring::digest::digest(&ring::digest::SHA256, &bytes[..image_len]).as_ref()
+    );
+    // A flipped byte past the meta pages (the walk never needs to read it
+    // for the hash to see it), then a flipped trailer byte.
+    for flip in [image_len - 1, bytes.len() - 1] {
+        let mut corrupt = bytes.clone();
+        corrupt[flip] ^= 0x01;
+        let db = Database::open(corrupt).expect("open");
+        for block in blocks {
+            let error = db.hash_file_timed(block).0.unwrap_err();
+            assert!(
+                matches!(error, BboltError::TrailerMismatch { .. }),
+                "flip {flip}, block {block}: {error}"
+            );
+        }
+    }
+}
