@@ -1,4 +1,5 @@
 //! Unit tests of `auth`.
+use super::login::read_secret;
 use super::*;
 
 #[test]
