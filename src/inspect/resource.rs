@@ -2,6 +2,16 @@
 //! key → resource mapping (kube-apiserver's key layout, `storage.md`), the
 //! built-in Kind ↔ resource table, the plural kube-apiserver guesses for other
 //! kinds, and the `--resources` filter built on them.
+//!
+//! Names: a resource is named as its keys are stored. kube-apiserver keeps
+//! the resources of its built-in API groups without the group
+//! (`/registry/deployments/`, `/registry/clusterroles/`; [`UNGROUPED_GROUPS`]),
+//! so they are named by the bare resource (`deployments`), while groups
+//! served by other storage keep it in the key and in the name
+//! (`apiservices.apiregistration.k8s.io`, CRDs, custom resources
+//! `widgets.example.com`). A `resource.group` the user or an
+//! EncryptionConfiguration writes is reduced to that name by
+//! [`stored_resource`] before it is compared with any key's resource.
 
 use std::borrow::Cow;
 
@@ -26,6 +36,7 @@ impl ResourceFilter {
                 Some((group, resource)) => format!("{resource}.{group}"),
                 None => name.to_string(),
             })
+            .map(|name| stored_resource(&name).to_string())
             .collect();
         if names.iter().any(|name| name == "all") {
             ResourceFilter::All
@@ -38,7 +49,9 @@ impl ResourceFilter {
     pub fn includes(&self, resource: &str) -> bool {
         match self {
             ResourceFilter::All => true,
-            ResourceFilter::Only(names) => names.iter().any(|name| name == resource),
+            ResourceFilter::Only(names) => {
+                names.iter().any(|name| stored_resource(name) == resource)
+            }
         }
     }
 
@@ -51,7 +64,7 @@ impl ResourceFilter {
             ResourceFilter::Only(names) => {
                 let resource = resource_for_any_kind(kind);
                 let plural = resource.split('.').next().unwrap_or_default();
-                self.includes(&resource)
+                self.includes(stored_resource(&resource))
                     || names
                         .iter()
                         .any(|name| name.split('.').next() == Some(plural))
@@ -60,11 +73,59 @@ impl ResourceFilter {
     }
 }
 
+/// The API groups kube-apiserver stores without the group in the key: its
+/// built-in groups (`pkg/registry/*/rest`, whose storage prefix is the bare
+/// resource, `pkg/kubeapiserver/default_storage_factory_builder.go`), incl.
+/// the legacy `extensions` and the groups whose resources are never stored
+/// (authentication, authorization). Not here, as their servers keep the group:
+/// `apiregistration.k8s.io` (the aggregator), `apiextensions.k8s.io` (CRDs)
+/// and every custom resource's group.
+pub const UNGROUPED_GROUPS: &[&str] = &[
+    "apps",
+    "batch",
+    "autoscaling",
+    "policy",
+    "extensions",
+    "networking.k8s.io",
+    "rbac.authorization.k8s.io",
+    "storage.k8s.io",
+    "scheduling.k8s.io",
+    "coordination.k8s.io",
+    "node.k8s.io",
+    "discovery.k8s.io",
+    "certificates.k8s.io",
+    "admissionregistration.k8s.io",
+    "flowcontrol.apiserver.k8s.io",
+    "events.k8s.io",
+    "resource.k8s.io",
+    "storagemigration.k8s.io",
+    "internal.apiserver.k8s.io",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+];
+
+/// The name [`resource_of`] gives the keys of `name` (`resource` or
+/// `resource.group`): the bare resource for a group kube-apiserver stores
+/// ungrouped (`deployments.apps` → `deployments`, `events.events.k8s.io` →
+/// `events`, which cohabit with the core ones) or the core group written
+/// `secrets.`; otherwise `name` itself (`widgets.example.com`).
+pub fn stored_resource(name: &str) -> &str {
+    match name.split_once('.') {
+        Some((resource, group)) if group.is_empty() || UNGROUPED_GROUPS.contains(&group) => {
+            resource
+        }
+        _ => name,
+    }
+}
+
 /// The resource a key belongs to, by kube-apiserver's key layout (see
-/// `storage.md`): `<prefix>/<resource>/...`, `<prefix>/<group>/<resource>/...`
-/// for groups (a first segment with a dot), reported as `resource.group`, and
-/// the historical odd paths (`services/specs`, `services/endpoints`,
-/// `minions`, `controllers`). `None` for keys outside the prefix.
+/// `storage.md`): `<prefix>/<resource>/...` (core and built-in groups, named
+/// by the bare resource: see the module doc), `<prefix>/<group>/<resource>/...`
+/// for other groups (a first segment with a dot), reported as
+/// `resource.group`, and the historical odd paths (`services/specs`,
+/// `services/endpoints`, `minions`, `controllers`, `ingress`,
+/// `podsecuritypolicy`: `SpecialDefaultResourcePrefixes`). `None` for keys
+/// outside the prefix.
 pub fn resource_of(key: &[u8], prefix: &[u8]) -> Option<String> {
     resource_name(key, prefix).map(Cow::into_owned)
 }
@@ -84,6 +145,8 @@ pub(crate) fn resource_name<'k>(key: &'k [u8], prefix: &[u8]) -> Option<Cow<'k, 
         ("services", Some("endpoints")) => Cow::Borrowed("endpoints"),
         ("minions", _) => Cow::Borrowed("nodes"),
         ("controllers", _) => Cow::Borrowed("replicationcontrollers"),
+        ("ingress", _) => Cow::Borrowed("ingresses"),
+        ("podsecuritypolicy", _) => Cow::Borrowed("podsecuritypolicies"),
         (group, Some(resource)) if group.contains('.') && !resource.is_empty() => {
             Cow::Owned(format!("{resource}.{group}"))
         }
@@ -99,12 +162,14 @@ pub fn key_range(prefix: &str, resources: &ResourceFilter) -> Vec<u8> {
     let prefix = prefix.trim_end_matches('/');
     let directory = match resources {
         ResourceFilter::Only(names) if names.len() == 1 => {
-            let name = names.first().map(String::as_str).unwrap_or_default();
+            let name = stored_resource(names.first().map(String::as_str).unwrap_or_default());
             match name {
                 "services" => "services/specs".to_string(),
                 "endpoints" => "services/endpoints".to_string(),
                 "nodes" => "minions".to_string(),
                 "replicationcontrollers" => "controllers".to_string(),
+                "ingresses" => "ingress".to_string(),
+                "podsecuritypolicies" => "podsecuritypolicy".to_string(),
                 _ => match name.split_once('.') {
                     Some((resource, group)) => format!("{group}/{resource}"),
                     None => name.to_string(),
@@ -163,7 +228,7 @@ pub fn resource_for_kind(kind: &str) -> Option<&'static str> {
 pub fn kind_of_resource(resource: &[u8]) -> Option<&'static str> {
     KINDS
         .iter()
-        .find(|(name, _)| name.as_bytes() == resource)
+        .find(|(name, _)| stored_resource(name).as_bytes() == resource)
         .map(|(_, kind)| *kind)
 }
 
@@ -252,13 +317,15 @@ mod tests {
         // key_range is resource_of read backwards: a key in the range belongs
         // to the resource, whatever odd directory kube-apiserver gives it.
         // (Built-in groups are stored without their group, `/registry/
-        // deployments/`; `deployments.apps` names no key kube-apiserver writes.)
+        // deployments/`, and named so: see built_in_groups_name_their_ungrouped_keys.)
         for resource in [
             "secrets",
             "services",
             "endpoints",
             "nodes",
             "replicationcontrollers",
+            "ingresses",
+            "podsecuritypolicies",
             "deployments",
             "widgets.example.com",
         ] {
@@ -275,6 +342,66 @@ mod tests {
         assert_eq!(key_range("/registry", &ResourceFilter::All), b"/registry/");
         let two = ResourceFilter::parse("secrets,configmaps");
         assert_eq!(key_range("/registry", &two), b"/registry/");
+    }
+
+    #[test]
+    fn built_in_groups_name_their_ungrouped_keys() {
+        // kube-apiserver stores its built-in groups without the group (a real
+        // v1.32 db: `/registry/clusterroles/`, `/registry/deployments/`), so
+        // `resource.group` must match those keys and select their range.
+        let p = b"/registry";
+        for (name, key) in [
+            ("deployments.apps", "/registry/deployments/ns/d"),
+            ("apps/deployments", "/registry/deployments/ns/d"),
+            (
+                "clusterroles.rbac.authorization.k8s.io",
+                "/registry/clusterroles/admin",
+            ),
+            ("ingresses.networking.k8s.io", "/registry/ingress/ns/i"),
+            ("ingresses.extensions", "/registry/ingress/ns/i"),
+            ("events.events.k8s.io", "/registry/events/ns/e"),
+            ("leases.coordination.k8s.io", "/registry/leases/ns/l"),
+            (
+                "podsecuritypolicies.policy",
+                "/registry/podsecuritypolicy/p",
+            ),
+            ("secrets.", "/registry/secrets/ns/s"),
+            (
+                "apiservices.apiregistration.k8s.io",
+                "/registry/apiregistration.k8s.io/apiservices/v1.apps",
+            ),
+            (
+                "customresourcedefinitions.apiextensions.k8s.io",
+                "/registry/apiextensions.k8s.io/customresourcedefinitions/w",
+            ),
+            ("widgets.example.com", "/registry/example.com/widgets/ns/w"),
+            // A custom resource that shares a built-in's plural keeps its group.
+            (
+                "deployments.example.com",
+                "/registry/example.com/deployments/ns/d",
+            ),
+        ] {
+            let filter = ResourceFilter::parse(name);
+            let resource = resource_of(key.as_bytes(), p).expect("in the prefix");
+            assert!(filter.includes(&resource), "{name} must match {key}");
+            assert!(
+                name.contains('/')
+                    || ResourceFilter::Only(vec![name.to_string()]).includes(&resource),
+                "{name} (unparsed) must match {key}"
+            );
+            let range = key_range("/registry", &filter);
+            assert!(key.as_bytes().starts_with(&range), "{name}: {key}");
+        }
+        assert!(!ResourceFilter::parse("deployments.example.com").includes("deployments"));
+        assert!(!ResourceFilter::parse("deployments.apps").includes("deployments.example.com"));
+        assert_eq!(
+            stored_resource("widgets.example.com"),
+            "widgets.example.com"
+        );
+        assert!(ResourceFilter::parse("deployments.apps").includes_kind(b"Deployment"));
+        // The verifier's kind table names resources as keys do.
+        assert_eq!(kind_of_resource(b"deployments"), Some("Deployment"));
+        assert_eq!(kind_of_resource(b"jobs"), Some("Job"));
     }
 
     #[test]

@@ -752,3 +752,48 @@ fn timings_report_each_threads_cpu_time() {
         String::from_utf8_lossy(&skipped.stderr)
     );
 }
+
+/// kube-apiserver stores its built-in groups' resources without the group
+/// (`/registry/clusterroles/`), so a filter naming the group
+/// (`clusterroles.rbac.authorization.k8s.io`, as an EncryptionConfiguration
+/// does) must examine exactly what the bare name does, not nothing.
+#[test]
+fn built_in_group_resources_match_their_ungrouped_keys() {
+    let path = fixtures::fixture_dir().join("apiserver/plaintext.db");
+    let (bare_code, bare, _) = scan_json(&path, &["--resources", "clusterroles"]);
+    assert_eq!(
+        (bare_code, bare.len()),
+        (1, 66),
+        "the fixture's clusterroles"
+    );
+    for name in [
+        "clusterroles.rbac.authorization.k8s.io",
+        "rbac.authorization.k8s.io/clusterroles",
+    ] {
+        let (code, values, summary) = scan_json(&path, &["--resources", name]);
+        assert_eq!((code, values.len()), (1, 66), "{name}: {summary}");
+        assert!(values
+            .iter()
+            .all(|value| value["resource"]["text"] == "clusterroles"));
+    }
+    // Two names (no single key range): the filter itself must match.
+    let (code, values, _) = scan_json(
+        &path,
+        &[
+            "--resources",
+            "clusterroles.rbac.authorization.k8s.io,flowschemas.flowcontrol.apiserver.k8s.io",
+        ],
+    );
+    let (_, flowschemas, _) = scan_json(&path, &["--resources", "flowschemas"]);
+    assert!(!flowschemas.is_empty());
+    assert_eq!((code, values.len()), (1, 66 + flowschemas.len()));
+    // The aggregator's own storage keeps its group.
+    let (_, apiservices, _) = scan_json(
+        &path,
+        &["--resources", "apiservices.apiregistration.k8s.io"],
+    );
+    assert!(!apiservices.is_empty());
+    assert!(apiservices
+        .iter()
+        .all(|value| value["resource"]["text"] == "apiservices.apiregistration.k8s.io"));
+}
