@@ -6,7 +6,6 @@
 use crate::common;
 use crate::common::plugin;
 
-use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -14,8 +13,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::etcd;
-use kube_kms::client::KmsClient;
-use plugin::{http_get, seed, temp_dir, KUBE_KMS};
+use plugin::{
+    code_of, http_get, no_annotations, seed, temp_dir, wait_status, ServeProcess, KUBE_KMS,
+};
 use rustix::process::Signal;
 
 const ETCD_INSPECT: &str = env!("CARGO_BIN_EXE_etcd-inspect");
@@ -181,14 +181,10 @@ fn list(dir: &Path, moto: &Moto, prefix: &str) -> Vec<(u64, String, String)> {
 }
 
 /// `kube-kms serve --backend aws-kms` as a child process.
-struct AwsServe {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
+struct AwsServe;
 
 impl AwsServe {
-    async fn start(dir: &Path, moto: &Moto, prefix: &str, extra: &[&str]) -> AwsServe {
+    async fn start(dir: &Path, moto: &Moto, prefix: &str, extra: &[&str]) -> ServeProcess {
         let socket = dir.join("kms.sock");
         let log = dir.join("serve.log");
         let mut command = Command::new(KUBE_KMS);
@@ -197,86 +193,10 @@ impl AwsServe {
             .args(aws_flags(moto, prefix))
             .arg("--socket")
             .arg(&socket)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("serve log"));
+            .args(extra);
         aws_env(&mut command, dir);
-        let mut serve = AwsServe {
-            child: command.spawn().expect("start kube-kms serve"),
-            socket,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = serve.child.try_wait() {
-                panic!("kube-kms serve exited ({status}): {}", serve.log_text());
-            }
-            if let Ok(mut client) = KmsClient::connect_path(&serve.socket).await {
-                if client.status().await.is_ok() {
-                    return serve;
-                }
-            }
-            assert!(Instant::now() < deadline, "not ready: {}", serve.log_text());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        ServeProcess::spawn(command, socket, log).await
     }
-
-    async fn client(&self) -> KmsClient {
-        KmsClient::connect_path(&self.socket)
-            .await
-            .expect("connect")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: Signal) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("serve pid");
-        rustix::process::kill_process(pid, signal).expect("signal kube-kms serve");
-    }
-}
-
-impl Drop for AwsServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls Status until `done(status)` holds; panics after `limit`.
-async fn wait_status(
-    client: &mut KmsClient,
-    limit: Duration,
-    what: &str,
-    done: impl Fn(&kube_kms::proto::v2::StatusResponse) -> bool,
-) -> kube_kms::proto::v2::StatusResponse {
-    let started = Instant::now();
-    loop {
-        let status = client.status().await.expect("Status");
-        if done(&status) {
-            return status;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: Status still says key_id {} healthz {:?} after {limit:?}",
-            status.key_id,
-            status.healthz
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn code_of(error: kube_kms::client::ClientError) -> tonic::Code {
-    error
-        .status()
-        .map(|status| status.code())
-        .expect("an RPC status")
-}
-
-fn no_annotations() -> HashMap<String, Vec<u8>> {
-    HashMap::new()
 }
 
 /// A row of `key list`.
@@ -424,7 +344,7 @@ async fn round_trip_rotation_disable_and_destroy() {
     assert_eq!(versions.len(), 3);
     assert!(versions[2].2.starts_with("kk-aws-v3-"));
     assert_eq!(versions[2].1, "primary");
-    assert!(serve.log_text().contains("serving KMS v2"));
+    assert!(serve.stderr().contains("serving KMS v2"));
 }
 
 /// A KMS client of the test's own, to forge ciphertexts as someone with
@@ -558,7 +478,7 @@ async fn wrong_encryption_context_tampering_and_unknown_key_ids_are_rejected() {
     let opened = client.decrypt_encrypted(&wrapped, "ok").await.unwrap();
     assert_eq!(opened.expose_secret(), &seed[..]);
     let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-    assert!(!serve.log_text().contains(&hex));
+    assert!(!serve.stderr().contains(&hex));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -633,7 +553,7 @@ async fn kms_unreachable_turns_healthz_and_readyz_then_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let log = serve.log_text();
+    let log = serve.stderr();
     assert!(log.contains("self-test failed"), "{log}");
     assert!(log.contains("self-test passed"), "{log}");
 }

@@ -6,16 +6,16 @@
 use crate::common;
 use crate::common::plugin;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::bao::{serve_policy, Bao};
 use common::etcd;
-use kube_kms::client::KmsClient;
-use plugin::{http_get, seed, temp_dir, KUBE_KMS};
+use plugin::{
+    code_of, http_get, no_annotations, seed, temp_dir, wait_status, ServeProcess, KUBE_KMS,
+};
 
 const ETCD_INSPECT: &str = env!("CARGO_BIN_EXE_etcd-inspect");
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -105,11 +105,7 @@ fn row(id: u64, state: &str, key_id: &str) -> (u64, String, String) {
 }
 
 /// `kube-kms serve --backend vault` as a child process.
-struct VaultServe {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
+struct VaultServe;
 
 impl VaultServe {
     fn command(dir: &Path, bao: &Bao, key: &str, extra: &[&str]) -> (Command, PathBuf, PathBuf) {
@@ -129,82 +125,10 @@ impl VaultServe {
         (command, socket, log)
     }
 
-    async fn start(dir: &Path, bao: &Bao, key: &str, extra: &[&str]) -> VaultServe {
-        let (mut command, socket, log) = Self::command(dir, bao, key, extra);
-        let mut serve = VaultServe {
-            child: command.spawn().expect("start kube-kms serve"),
-            socket,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = serve.child.try_wait() {
-                panic!("kube-kms serve exited ({status}): {}", serve.log_text());
-            }
-            if let Ok(mut client) = KmsClient::connect_path(&serve.socket).await {
-                if client.status().await.is_ok() {
-                    return serve;
-                }
-            }
-            assert!(Instant::now() < deadline, "not ready: {}", serve.log_text());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    async fn start(dir: &Path, bao: &Bao, key: &str, extra: &[&str]) -> ServeProcess {
+        let (command, socket, log) = Self::command(dir, bao, key, extra);
+        ServeProcess::spawn(command, socket, log).await
     }
-
-    async fn client(&self) -> KmsClient {
-        KmsClient::connect_path(&self.socket)
-            .await
-            .expect("connect")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for VaultServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls Status until `done(status)` holds; panics after `limit`.
-async fn wait_status(
-    client: &mut KmsClient,
-    limit: Duration,
-    what: &str,
-    done: impl Fn(&kube_kms::proto::v2::StatusResponse) -> bool,
-) -> kube_kms::proto::v2::StatusResponse {
-    let started = Instant::now();
-    loop {
-        let status = client.status().await.expect("Status");
-        if done(&status) {
-            return status;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: Status still says key_id {} healthz {:?} after {limit:?}",
-            status.key_id,
-            status.healthz
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn code_of(error: kube_kms::client::ClientError) -> tonic::Code {
-    error
-        .status()
-        .map(|status| status.code())
-        .expect("an RPC status")
-}
-
-fn no_annotations() -> HashMap<String, Vec<u8>> {
-    HashMap::new()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +347,7 @@ async fn round_trip_rotation_and_key_commands() {
     // The plugin kept serving through all of it, from one process.
     let opened = client.decrypt_encrypted(&third, "d3").await.unwrap();
     assert_eq!(opened.expose_secret(), &third_seed[..]);
-    let log = serve.log_text();
+    let log = serve.stderr();
     assert!(log.contains("serving KMS v2"), "{log}");
     assert!(!log.contains(&bao.root_token));
 }
@@ -526,7 +450,7 @@ async fn wrong_associated_data_tampering_and_unknown_key_ids_are_rejected() {
     let opened = client.decrypt_encrypted(&wrapped, "ok").await.unwrap();
     assert_eq!(opened.expose_secret(), &seed[..]);
     let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-    let log = serve.log_text();
+    let log = serve.stderr();
     assert!(!log.contains(&hex) && !log.contains(&B64.encode(&seed)));
 }
 
@@ -617,7 +541,7 @@ async fn approle_tokens_are_renewed_and_a_revoked_one_is_replaced() {
     assert_eq!(status.healthz, "ok");
     let opened = client.decrypt_encrypted(&wrapped, "d").await.unwrap();
     assert_eq!(opened.expose_secret(), &seed[..]);
-    let log = serve.log_text();
+    let log = serve.stderr();
     assert!(log.contains("renewed the Vault token"), "{log}");
 
     // Revoke every token AppRole gave out: the next call gets a 403, logs
@@ -628,7 +552,7 @@ async fn approle_tokens_are_renewed_and_a_revoked_one_is_replaced() {
         .await
         .unwrap();
     assert_eq!(opened.expose_secret(), &seed[..]);
-    let log = serve.log_text();
+    let log = serve.stderr();
     assert!(
         log.contains("Vault denied the token; got a new one"),
         "{log}"
@@ -665,7 +589,7 @@ async fn an_approle_token_near_its_max_ttl_is_replaced_before_it_expires() {
     let seed = seed();
     tokio::time::sleep(Duration::from_secs(12)).await;
     client.encrypt(&seed, "e").await.unwrap();
-    let log = serve.log_text();
+    let log = serve.stderr();
     // Logged in again ahead of the max TTL: no call (the self-test calls
     // every 300 ms) ever met an expired token.
     assert!(log.contains("reaches its max TTL"), "{log}");
@@ -705,9 +629,9 @@ async fn a_changed_token_file_is_read_again() {
     tokio::time::sleep(Duration::from_secs(9)).await;
     client.encrypt(&seed, "e-renewed").await.unwrap();
     assert!(
-        serve.log_text().contains("renewed the Vault token"),
+        serve.stderr().contains("renewed the Vault token"),
         "{}",
-        serve.log_text()
+        serve.stderr()
     );
     // A new token in the file (as Vault Agent would write it), the old one revoked.
     let second = bao.token(&["kube-kms"], "");
@@ -721,7 +645,7 @@ async fn a_changed_token_file_is_read_again() {
     let opened = client.decrypt_encrypted(&wrapped, "d").await.unwrap();
     assert_eq!(opened.expose_secret(), &seed[..]);
     client.encrypt(&seed, "e2").await.unwrap();
-    let log = serve.log_text();
+    let log = serve.stderr();
     assert!(
         log.contains("the Vault token file changed") || log.contains("got a new one"),
         "{log}"
@@ -804,7 +728,7 @@ async fn vault_stopped_then_started_turns_healthz_red_then_green() {
     }
     // The same process all along.
     assert_eq!(serve.pid(), pid);
-    let log = serve.log_text();
+    let log = serve.stderr();
     assert!(log.contains("self-test failed"), "{log}");
     assert!(log.contains("self-test passed"), "{log}");
 }
@@ -970,7 +894,7 @@ async fn a_token_file_with_a_bad_token_keeps_the_old_one_renewed() {
     std::fs::rename(&replacement, &token_path).unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     client.encrypt(&seed, "after-ttl").await.unwrap();
-    let log = serve.log_text();
+    let log = serve.stderr();
     let warnings = log.matches("its token cannot be used").count();
     assert_eq!(warnings, 1, "{log}");
     assert!(!log.contains("not-a-valid-token") && !log.contains(&token));
@@ -1105,9 +1029,9 @@ async fn tls_certificate_login_with_a_private_ca() {
     let opened = client.decrypt_encrypted(&wrapped, "d").await.unwrap();
     assert_eq!(opened.expose_secret(), &seed[..]);
     assert!(
-        serve.log_text().contains("got a new one"),
+        serve.stderr().contains("got a new one"),
         "{}",
-        serve.log_text()
+        serve.stderr()
     );
     drop(serve);
 

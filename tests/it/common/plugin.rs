@@ -153,13 +153,22 @@ impl ServeProcess {
     ) -> Self {
         let socket = dir.join("kms.sock");
         let stderr_path = dir.join("serve.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("create the log file");
-        let child = Command::new(KUBE_KMS)
+        let mut command = Command::new(KUBE_KMS);
+        command
             .arg("serve")
             .arg("--socket")
             .arg(&socket)
             .args(args)
-            .envs(envs.iter().copied())
+            .envs(envs.iter().copied());
+        Self::spawn(command, socket, stderr_path).await
+    }
+
+    /// Runs `command` (a `kube-kms serve` serving on `socket`, built by the
+    /// caller with its backend's flags and environment) with its stderr in
+    /// `stderr_path`, and waits until it answers Status.
+    pub async fn spawn(mut command: Command, socket: PathBuf, stderr_path: PathBuf) -> Self {
+        let stderr = std::fs::File::create(&stderr_path).expect("create the log file");
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -170,7 +179,7 @@ impl ServeProcess {
             socket,
             stderr_path,
         };
-        process.wait_ready(Duration::from_secs(20)).await;
+        process.wait_ready(Duration::from_secs(30)).await;
         process
     }
 
@@ -293,4 +302,40 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     (code, body)
+}
+
+/// Polls Status until `done(status)` holds; panics after `limit`.
+pub async fn wait_status(
+    client: &mut KmsClient,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&kube_kms::proto::v2::StatusResponse) -> bool,
+) -> kube_kms::proto::v2::StatusResponse {
+    let started = Instant::now();
+    loop {
+        let status = client.status().await.expect("Status");
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: Status still says key_id {} healthz {:?} after {limit:?}",
+            status.key_id,
+            status.healthz
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The gRPC code of a failed call.
+pub fn code_of(error: kube_kms::client::ClientError) -> tonic::Code {
+    error
+        .status()
+        .map(|status| status.code())
+        .expect("an RPC status")
+}
+
+/// No annotations on a call.
+pub fn no_annotations() -> std::collections::HashMap<String, Vec<u8>> {
+    std::collections::HashMap::new()
 }
