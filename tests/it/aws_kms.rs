@@ -154,30 +154,13 @@ fn key_command(dir: &Path, moto: &Moto, prefix: &str, args: &[&str]) -> Output {
 /// `kube-kms key ARGS`, which must succeed; returns stdout.
 fn key_ok(dir: &Path, moto: &Moto, prefix: &str, args: &[&str]) -> String {
     let output = key_command(dir, moto, prefix, args);
-    assert!(
-        output.status.success(),
-        "kube-kms key {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    plugin::key_stdout(output, args)
 }
 
 /// `key list --format json` as (id, state, key_id).
 fn list(dir: &Path, moto: &Moto, prefix: &str) -> Vec<(u64, String, String)> {
     let text = key_ok(dir, moto, prefix, &["list", "--format", "json"]);
-    let value: serde_json::Value = serde_json::from_str(&text).expect("key list JSON");
-    value["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .map(|v| {
-            (
-                v["id"].as_u64().expect("id"),
-                v["state"].as_str().expect("state").to_owned(),
-                v["key_id"].as_str().expect("key_id").to_owned(),
-            )
-        })
-        .collect()
+    plugin::key_list_rows(&text)
 }
 
 /// `kube-kms serve --backend aws-kms` as a child process.

@@ -75,29 +75,12 @@ fn key_command(dir: &Path, bao: &Bao, key: &str, args: &[&str]) -> Output {
 
 fn key_ok(dir: &Path, bao: &Bao, key: &str, args: &[&str]) -> String {
     let output = key_command(dir, bao, key, args);
-    assert!(
-        output.status.success(),
-        "kube-kms key {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    plugin::key_stdout(output, args)
 }
 
 fn list(dir: &Path, bao: &Bao, key: &str) -> Vec<(u64, String, String)> {
     let text = key_ok(dir, bao, key, &["list", "--format", "json"]);
-    let value: serde_json::Value = serde_json::from_str(&text).expect("key list JSON");
-    value["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .map(|v| {
-            (
-                v["id"].as_u64().expect("id"),
-                v["state"].as_str().expect("state").to_owned(),
-                v["key_id"].as_str().expect("key_id").to_owned(),
-            )
-        })
-        .collect()
+    plugin::key_list_rows(&text)
 }
 
 fn row(id: u64, state: &str, key_id: &str) -> (u64, String, String) {

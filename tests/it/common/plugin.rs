@@ -339,3 +339,30 @@ pub fn code_of(error: kube_kms::client::ClientError) -> tonic::Code {
 pub fn no_annotations() -> std::collections::HashMap<String, Vec<u8>> {
     std::collections::HashMap::new()
 }
+
+/// The stdout of a `kube-kms key` run that must have succeeded.
+pub fn key_stdout(output: std::process::Output, args: &[&str]) -> String {
+    assert!(
+        output.status.success(),
+        "kube-kms key {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The rows of `key list --format json` as (id, state, key_id).
+pub fn key_list_rows(json: &str) -> Vec<(u64, String, String)> {
+    let value: serde_json::Value = serde_json::from_str(json).expect("key list JSON");
+    value["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_u64().expect("id"),
+                v["state"].as_str().expect("state").to_owned(),
+                v["key_id"].as_str().expect("key_id").to_owned(),
+            )
+        })
+        .collect()
+}
