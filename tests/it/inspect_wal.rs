@@ -236,6 +236,19 @@ fn data_dir_scan_finds_plaintext_in_the_wal_of_a_clean_db() {
     assert!(run.values.is_empty());
     let run = scan(&[&["--prefix", "/other"][..], &args].concat());
     assert_eq!(run.code, 0, "{}", run.summary);
+    // --require-provider judges current values, as for the db scan; WAL
+    // entries are copies, judged alone: plaintext stays a finding, an
+    // encrypted copy under another provider is not one.
+    let run = scan(&[&["--require-provider", "kms-v2"][..], &args].concat());
+    assert_eq!(run.code, 1, "{}", run.summary);
+    assert_eq!(run.summary["findings"]["plaintext-wal"], SECRETS);
+    let run = scan(&[&["--require-provider", "aescbc"][..], &args].concat());
+    assert_eq!(run.code, 1, "{}", run.summary);
+    assert_eq!(run.summary["findings"]["plaintext-wal"], SECRETS);
+    assert!(wal_values(&run)
+        .iter()
+        .filter(|v| v["provider"] == "kms-v2")
+        .all(|v| v["finding"].is_null()));
 
     damaged_and_torn_copies(&data_dir, &plaintext);
 }
