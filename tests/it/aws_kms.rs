@@ -13,12 +13,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::etcd;
+use common::inspect::{secret_object, summary_of, ETCD_INSPECT};
 use plugin::{
     code_of, http_get, no_annotations, seed, temp_dir, wait_status, ServeProcess, KUBE_KMS,
 };
 use rustix::process::Signal;
 
-const ETCD_INSPECT: &str = env!("CARGO_BIN_EXE_etcd-inspect");
 const REGION: &str = "us-east-1";
 
 /// Where tools/install-deps puts moto's server (override: KUBE_KMS_MOTO_SERVER).
@@ -541,31 +541,6 @@ async fn kms_unreachable_turns_healthz_and_readyz_then_recovers() {
     assert!(log.contains("self-test passed"), "{log}");
 }
 
-/// A Secret as kube-apiserver stores it without encryption.
-fn secret_object(name: &str) -> Vec<u8> {
-    // ObjectMeta { name = 1, namespace = 3 }, Secret { metadata = 1, data = 2 }.
-    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
-        out.push(number << 3 | 2);
-        let mut len = bytes.len();
-        while len >= 0x80 {
-            out.push((len as u8) | 0x80);
-            len >>= 7;
-        }
-        out.push(len as u8);
-        out.extend_from_slice(bytes);
-    }
-    let mut meta = Vec::new();
-    field(&mut meta, 1, name.as_bytes());
-    field(&mut meta, 3, b"default");
-    let mut entry = Vec::new();
-    field(&mut entry, 1, b"password");
-    field(&mut entry, 2, b"hunter2");
-    let mut secret = Vec::new();
-    field(&mut secret, 1, &meta);
-    field(&mut secret, 2, &entry);
-    kube_kms::inspect::classify::build::plaintext_protobuf("v1", "Secret", &secret)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_inspect_verifies_values_through_the_aws_plugin() {
     let dir = temp_dir();
@@ -679,15 +654,6 @@ async fn etcd_inspect_verifies_values_through_the_aws_plugin() {
             .is_empty(),
         "{summary}"
     );
-}
-
-fn summary_of(json_lines: &str) -> serde_json::Value {
-    json_lines
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|record| record["type"] == "summary")
-        .map(|record| record["data"].clone())
-        .expect("a summary record")
 }
 
 #[test]

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use common::bao::{serve_policy, Bao};
 use common::etcd;
+use common::inspect::{secret_object, summary_of, ETCD_INSPECT};
 use plugin::{
     code_of, http_get, no_annotations, seed, temp_dir, wait_status, ServeProcess, KUBE_KMS,
 };
 
-const ETCD_INSPECT: &str = env!("CARGO_BIN_EXE_etcd-inspect");
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// A dev server with transit at `transit/`, an AEAD key `key` and the
@@ -714,39 +714,6 @@ async fn vault_stopped_then_started_turns_healthz_red_then_green() {
     let log = serve.stderr();
     assert!(log.contains("self-test failed"), "{log}");
     assert!(log.contains("self-test passed"), "{log}");
-}
-
-/// A Secret as kube-apiserver stores it without encryption.
-fn secret_object(name: &str) -> Vec<u8> {
-    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
-        out.push(number << 3 | 2);
-        let mut len = bytes.len();
-        while len >= 0x80 {
-            out.push((len as u8) | 0x80);
-            len >>= 7;
-        }
-        out.push(len as u8);
-        out.extend_from_slice(bytes);
-    }
-    let mut meta = Vec::new();
-    field(&mut meta, 1, name.as_bytes());
-    field(&mut meta, 3, b"default");
-    let mut entry = Vec::new();
-    field(&mut entry, 1, b"password");
-    field(&mut entry, 2, b"hunter2");
-    let mut secret = Vec::new();
-    field(&mut secret, 1, &meta);
-    field(&mut secret, 2, &entry);
-    kube_kms::inspect::classify::build::plaintext_protobuf("v1", "Secret", &secret)
-}
-
-fn summary_of(json_lines: &str) -> serde_json::Value {
-    json_lines
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|record| record["type"] == "summary")
-        .map(|record| record["data"].clone())
-        .expect("a summary record")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,3 +52,38 @@ pub fn etcd_inspect(args: &[&str]) -> InspectRun {
         summary,
     }
 }
+
+/// The `data` of the summary record in `--format json` output.
+pub fn summary_of(json_lines: &str) -> Value {
+    json_lines
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|record| record["type"] == "summary")
+        .map(|record| record["data"].clone())
+        .expect("a summary record")
+}
+
+/// A Secret `default/NAME` as kube-apiserver stores it without encryption.
+pub fn secret_object(name: &str) -> Vec<u8> {
+    // ObjectMeta { name = 1, namespace = 3 }, Secret { metadata = 1, data = 2 }.
+    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+        out.push(number << 3 | 2);
+        let mut len = bytes.len();
+        while len >= 0x80 {
+            out.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+        out.extend_from_slice(bytes);
+    }
+    let mut meta = Vec::new();
+    field(&mut meta, 1, name.as_bytes());
+    field(&mut meta, 3, b"default");
+    let mut entry = Vec::new();
+    field(&mut entry, 1, b"password");
+    field(&mut entry, 2, b"hunter2");
+    let mut secret = Vec::new();
+    field(&mut secret, 1, &meta);
+    field(&mut secret, 2, &entry);
+    kube_kms::inspect::classify::build::plaintext_protobuf("v1", "Secret", &secret)
+}
