@@ -27,6 +27,10 @@
 //! `--threads 1` for a single-thread plugin), `BENCH_EMPTY_THREADS=1` (run the
 //! baseline on a single-thread runtime, to compare with `--threads 1`),
 //! `BENCH_BACKEND` (`file`, the default, `pkcs11`, `aws-kms` or `vault`),
+//! `BENCH_OPS` (`encrypt` or `decrypt` only) and `BENCH_CONCURRENCY`
+//! (comma-separated, default `1,16,64`) to measure fewer points (when profiling),
+//! `BENCH_A_A=1` (a second empty server in the plugin's place: how far the
+//! ratios of two identical servers spread on this machine),
 //! `BENCH_COLD_CONCURRENCY` (comma-separated, default `16,64,256`) and `BENCH_COLD_SECRETS`
 //! (default 20000): the cold-start phase wraps that many distinct seeds, then
 //! for each of concurrency 16, 64 and 256 starts a fresh plugin and times
@@ -72,7 +76,12 @@ const COLD_CONCURRENCY: [usize; 3] = [16, 64, 256];
 
 /// The cold-start concurrencies: `BENCH_COLD_CONCURRENCY` or the default.
 fn cold_concurrency() -> Vec<usize> {
-    std::env::var("BENCH_COLD_CONCURRENCY")
+    concurrency_list("BENCH_COLD_CONCURRENCY", &COLD_CONCURRENCY)
+}
+
+/// A comma-separated list of concurrencies from `variable`, or `default`.
+fn concurrency_list(variable: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(variable)
         .ok()
         .map(|text| {
             text.split(',')
@@ -81,7 +90,7 @@ fn cold_concurrency() -> Vec<usize> {
                 .collect::<Vec<_>>()
         })
         .filter(|list| !list.is_empty())
-        .unwrap_or_else(|| COLD_CONCURRENCY.to_vec())
+        .unwrap_or_else(|| default.to_vec())
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -861,14 +870,22 @@ async fn bench() -> Result<()> {
 
     let plugin_socket = dir.path().join("kms.sock");
     let spawned = Instant::now();
-    let mut plugin = ChildServer::spawn(
-        setup.command(&plugin_socket).args(
+    // BENCH_A_A=1: a second empty server in the plugin's place, to see how
+    // far two identical servers' ratios spread on this machine.
+    let mut plugin_command = if std::env::var("BENCH_A_A").is_ok_and(|value| value == "1") {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.env(EMPTY_SERVER_ENV, &plugin_socket);
+        command
+    } else {
+        let mut command = setup.command(&plugin_socket);
+        command.args(
             std::env::var("BENCH_SERVE_ARGS")
                 .unwrap_or_default()
                 .split_whitespace(),
-        ),
-        plugin_socket,
-    )?;
+        );
+        command
+    };
+    let mut plugin = ChildServer::spawn(&mut plugin_command, plugin_socket)?;
     let first_start = plugin.ready(spawned).await?;
 
     println!(
@@ -898,13 +915,18 @@ async fn bench() -> Result<()> {
         "p99 ratio"
     );
     let mut checks: Vec<(bool, String)> = Vec::new();
-    for op in [Op::Encrypt, Op::Decrypt] {
+    let ops = match std::env::var("BENCH_OPS").as_deref() {
+        Ok("encrypt") => vec![Op::Encrypt],
+        Ok("decrypt") => vec![Op::Decrypt],
+        _ => vec![Op::Encrypt, Op::Decrypt],
+    };
+    for op in ops {
         let name = if op == Op::Encrypt {
             "Encrypt"
         } else {
             "Decrypt"
         };
-        for concurrency in CONCURRENCY {
+        for concurrency in concurrency_list("BENCH_CONCURRENCY", &CONCURRENCY) {
             // Alternate baseline and plugin; each round's pair is measured
             // back to back, and the median of the pairs' ratios resists
             // other processes' load coming and going between rounds.

@@ -300,7 +300,9 @@ pub async fn serve_baseline<S: KeyManagementService>(
         .layer(tonic::service::InterceptorLayer::new(check))
         .add_service(kms_service(service))
         .add_service(health_service)
-        .serve_with_incoming(incoming)
+        // As `Server::run` serves (with a shutdown signal, here one that
+        // never comes): tonic then watches each connection for it.
+        .serve_with_incoming_shutdown(incoming, std::future::pending::<()>())
         .await
         .map_err(ServerError::from)
 }
