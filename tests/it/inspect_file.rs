@@ -479,14 +479,24 @@ fn corrupted_snapshots_fail_their_checksum() {
         bad_trailer[last] ^= 0x01;
         for corrupt in [flipped, bad_trailer] {
             let (_dir, path) = scratch_copy(&fixture, &corrupt);
-            let output = run(&["scan", "--file", path.to_str().unwrap()]);
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert_eq!(output.status.code(), Some(2), "{stderr}");
-            assert!(stderr.contains("snapshot checksum mismatch"), "{stderr}");
-            assert!(
-                stderr.contains(&format!("offset {}", bytes.len() - 32)),
-                "{stderr}"
-            );
+            let path = path.to_str().unwrap();
+            // The JSON of the values is formatted while the checksum runs:
+            // none of it may come out of a file that fails it.
+            for args in [
+                &["scan", "--file", path][..],
+                &["scan", "--file", path, "--format", "json"],
+                &["scan", "--file", path, "--format", "json", "--deep"],
+            ] {
+                let output = run(args);
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+                assert!(stderr.contains("snapshot checksum mismatch"), "{stderr}");
+                assert!(
+                    stderr.contains(&format!("offset {}", bytes.len() - 32)),
+                    "{stderr}"
+                );
+                assert!(output.stdout.is_empty(), "{args:?} wrote a report");
+            }
         }
         // --skip-checksum reads the (intact) keyspace of a bad-trailer copy.
         let mut bad_trailer = bytes.clone();

@@ -6,12 +6,16 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use kube_kms::inspect::audit::{Audit, AuditOptions, Console};
-use kube_kms::inspect::report::escape;
+use kube_kms::inspect::report::{escape, JsonAhead};
 use kube_kms::inspect::source::bbolt::FileSource;
 use kube_kms::inspect::source::data_dir::DataDirSource;
 use kube_kms::inspect::source::live::{read_password_file, ClusterSource, LiveSource};
 use kube_kms::inspect::source::wal::WalSource;
 use kube_kms::inspect::source::{Source, Timings};
+
+/// Most JSON formatted ahead while a checksum runs (about 40,000 values):
+/// memory traded for time, bounded whatever the file holds.
+const JSON_AHEAD_BUDGET: usize = 16 << 20;
 
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -195,7 +199,15 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
         list_stale: args.emit_stale,
     };
     let mut console = Stderr::new();
-    let report = Audit::run(source.as_mut(), options, &mut console)?;
+    // The JSON of the first values is formatted while the file's checksum
+    // still runs on the other core, and written once it passed.
+    let mut ahead = JsonAhead::default();
+    let format_ahead = args.format == Format::Json && !args.emit_stale;
+    let report = Audit::run_overlapping(source.as_mut(), options, &mut console, |result| {
+        if format_ahead {
+            ahead = JsonAhead::format(result, JSON_AHEAD_BUDGET);
+        }
+    })?;
     if args.timings {
         if let Some(timings) = &report.timings {
             eprintln!("etcd-inspect: timings: {}", describe_timings(timings));
@@ -212,7 +224,7 @@ pub(crate) fn run(args: ScanArgs) -> anyhow::Result<u8> {
             .try_for_each(|name| writeln!(out, "{name}"))
     } else {
         match args.format {
-            Format::Json => report.write_json(&mut out),
+            Format::Json => report.write_json_ahead(&mut out, ahead),
             Format::Table => report.write_table(&mut out),
         }
     }

@@ -121,6 +121,20 @@ impl Audit {
         options: AuditOptions,
         console: &mut dyn Console,
     ) -> Result<Report, AuditError> {
+        Self::run_overlapping(source, options, console, |_| {})
+    }
+
+    /// [`Audit::run`], calling `meanwhile` with the judged values while a
+    /// check of the source may still run (a backup file's SHA-256, on its
+    /// own thread): work done there costs no time when the check is the
+    /// longer of the two. It must not report anything: if the check fails,
+    /// this returns the error and what `meanwhile` saw must be discarded.
+    pub fn run_overlapping(
+        source: &mut dyn Source,
+        options: AuditOptions,
+        console: &mut dyn Console,
+        meanwhile: impl FnOnce(&AuditResult),
+    ) -> Result<Report, AuditError> {
         let scanned_at = std::time::SystemTime::now();
         let require_provider = match &options.require_provider {
             Some(spec) => Some(
@@ -202,20 +216,23 @@ impl Audit {
         }
         let scope = ReadScope::of(&ledger_options);
         let label = source.label();
-        let read = match console.progress() {
+        let started = match console.progress() {
             Some(out) => {
                 let mut progress = Progress::new(&mut ledger, out, label);
                 source.read(&scope, &mut progress)
             }
             None => source.read(&scope, &mut ledger as &mut dyn ObservationSink),
         }?;
+        let result = ledger.finish();
+        meanwhile(&result);
+        let read = started.finish()?;
         for notice in &read.notices {
             console.notice(&format!("notice: {notice}"));
         }
         let mut info = read.info;
         info.scanned_at = Some(scanned_at);
         Ok(Report {
-            result: ledger.finish(),
+            result,
             source: info,
             remnants: read.remnants,
             timings: read.timings,

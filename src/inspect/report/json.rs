@@ -56,23 +56,20 @@ fn write_record(out: &mut dyn Write, line: &mut Vec<u8>, record: &Record<'_>) ->
     out.write_all(line)
 }
 
-/// Writes JSON Lines: a `value` record per value, one `residue` record per
-/// remnant of the deep scan, then the `summary` record.
-pub(super) fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
-    let (result, residue) = (&report.result, report.remnants.as_ref());
-    let mut line = Vec::with_capacity(1024);
-    for value in result.values() {
+/// The `value` records, in the order written: each value examined, then
+/// the copies outside the keyspace (WAL entries, leftover snap.db files) in
+/// the order read, each with where it is.
+fn value_records(result: &AuditResult) -> impl Iterator<Item = Record<'_>> {
+    let values = result.values().map(move |value| {
         let mut record = value_record(result, value.key, value.resource, value.class);
         record.revision = value.revision.main;
         record.sub_revision = value.revision.sub;
         record.latest = value.latest;
         record.finding = value.finding.map(|finding| finding.code().into());
         record.verify = value.verify_failure.map(|failure| failure.code().into());
-        write_record(out, &mut line, &Record::Value(record))?;
-    }
-    // Then the copies outside the keyspace (WAL entries, leftover snap.db
-    // files), in the order read, each with where it is.
-    for copy in result.copies() {
+        Record::Value(record)
+    });
+    let copies = result.copies().map(move |copy| {
         let mut record = value_record(result, copy.key, copy.resource, copy.class);
         record.finding = copy.finding.map(|finding| finding.code().into());
         record.location = Some(match copy.location {
@@ -100,7 +97,49 @@ pub(super) fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
                 }
             }
         });
-        write_record(out, &mut line, &Record::Value(record))?;
+        Record::Value(record)
+    });
+    values.chain(copies)
+}
+
+/// The first `value` lines of a result, formatted ahead of writing (while
+/// the source's checksum still runs), at most about a budget of bytes.
+#[derive(Debug, Default)]
+pub struct JsonAhead {
+    lines: Vec<u8>,
+    records: usize,
+}
+
+impl JsonAhead {
+    /// Formats the first value records of `result` until `budget` bytes
+    /// are reached (the line that crosses it is kept whole).
+    pub fn format(result: &AuditResult, budget: usize) -> Self {
+        let mut ahead = Self::default();
+        let mut line = Vec::with_capacity(1024);
+        for record in value_records(result) {
+            if ahead.lines.len() >= budget {
+                break;
+            }
+            // Writing to a Vec cannot fail; a record that would not
+            // serialize is left to the writer, which reports it.
+            if write_record(&mut ahead.lines, &mut line, &record).is_err() {
+                break;
+            }
+            ahead.records += 1;
+        }
+        ahead
+    }
+}
+
+/// Writes JSON Lines: a `value` record per value, one `residue` record per
+/// remnant of the deep scan, then the `summary` record. `ahead` holds the
+/// first value lines already formatted from the same result.
+pub(super) fn write(out: &mut dyn Write, report: &Report, ahead: JsonAhead) -> io::Result<()> {
+    let (result, residue) = (&report.result, report.remnants.as_ref());
+    out.write_all(&ahead.lines)?;
+    let mut line = Vec::with_capacity(1024);
+    for record in value_records(result).skip(ahead.records) {
+        write_record(out, &mut line, &record)?;
     }
     for remnant in residue.map_or(&[][..], |residue| residue.remnants.as_slice()) {
         let finding = remnant.plaintext && residue.is_some_and(|residue| !residue.ignored);

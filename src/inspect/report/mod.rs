@@ -20,6 +20,8 @@ use crate::inspect::source::{SourceInfo, Timings};
 
 mod json;
 pub mod record;
+
+pub use json::JsonAhead;
 mod summary;
 mod table;
 
@@ -91,7 +93,15 @@ impl Report {
 
     /// Writes JSON Lines (see [`json`]).
     pub fn write_json(&self, out: &mut dyn Write) -> io::Result<()> {
-        json::write(out, self)
+        json::write(out, self, JsonAhead::default())
+    }
+
+    /// Writes JSON Lines, the first value lines from `ahead`, formatted
+    /// from this report's result ([`Audit::run_overlapping`]).
+    ///
+    /// [`Audit::run_overlapping`]: crate::inspect::audit::Audit::run_overlapping
+    pub fn write_json_ahead(&self, out: &mut dyn Write, ahead: JsonAhead) -> io::Result<()> {
+        json::write(out, self, ahead)
     }
 
     /// Writes the table for people (see [`table`]).

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::bbolt::{read_file, FileOptions, FileSource};
 use super::wal::{scan_segments, segments_in, WalSummary};
-use super::{ReadScope, Source, SourceError, SourceRead};
+use super::{ReadScope, Source, SourceError, StartedRead};
 use crate::inspect::{CopySink, ObservationSink};
 
 /// A data dir to audit.
@@ -49,7 +49,7 @@ impl Source for DataDirSource {
         &mut self,
         scope: &ReadScope<'_>,
         sink: &mut dyn ObservationSink,
-    ) -> Result<SourceRead, SourceError> {
+    ) -> Result<StartedRead, SourceError> {
         let member = self.dir.join("member");
         let snap = member.join("snap");
         let db = snap.join("db");
@@ -65,9 +65,12 @@ impl Source for DataDirSource {
             deep: self.deep,
             ignore_residue: self.ignore_residue,
         };
-        let mut read = db_source.read(scope, sink)?;
+        // The WAL and the snap.db files are read while the db's checksum
+        // still runs on its own thread.
+        let started = db_source.read(scope, sink)?;
         let wal = read_wal(&member.join("wal"), sink);
         let snap_dbs = read_snap_dbs(&snap, sink);
+        let mut read = started.finish()?;
         let info = &mut read.info;
         info.kind = "data-dir";
         info.location = self.dir.display().to_string();
@@ -75,7 +78,7 @@ impl Source for DataDirSource {
             .insert("db".into(), json!(db.display().to_string()));
         info.details.insert("wal".into(), wal.details());
         info.details.insert("snap_dbs".into(), json!(snap_dbs));
-        Ok(read)
+        Ok(read.into())
     }
 }
 

@@ -36,12 +36,67 @@ pub trait Source {
 
     /// Reads everything in `scope` into `sink` (page-level problems go to
     /// [`ObservationSink::read_error`]); an `Err` means the read is
-    /// incomplete and nothing the sink got may be reported.
+    /// incomplete and nothing the sink got may be reported. A check of what
+    /// was read may still be running when this returns (a backup file's
+    /// SHA-256): the caller may work on what the sink got meanwhile, but
+    /// reports nothing before [`StartedRead::finish`] says the read stands.
     fn read(
         &mut self,
         scope: &ReadScope<'_>,
         sink: &mut dyn ObservationSink,
-    ) -> Result<SourceRead, SourceError>;
+    ) -> Result<StartedRead, SourceError>;
+}
+
+/// A read whose last check may still be running. What it read is only
+/// reachable through [`StartedRead::finish`], which waits for the check, so
+/// no caller can report a read whose check failed or never ended.
+#[must_use = "a read is only complete once finished"]
+pub struct StartedRead {
+    read: SourceRead,
+    pending: Option<PendingCheck>,
+}
+
+/// Waits for a check and completes the read with its verdict (the file's
+/// digest, its trailer status, the checksum thread's CPU time), or fails it.
+pub type PendingCheck = Box<dyn FnOnce(&mut SourceRead) -> Result<(), SourceError> + Send>;
+
+impl StartedRead {
+    /// `read`, complete once `check` passes.
+    pub fn checking(read: SourceRead, check: PendingCheck) -> Self {
+        Self {
+            read,
+            pending: Some(check),
+        }
+    }
+
+    /// Waits for the check still running, if any: the complete read, or
+    /// why it does not stand (then nothing the sink got may be reported).
+    pub fn finish(self) -> Result<SourceRead, SourceError> {
+        let mut read = self.read;
+        if let Some(check) = self.pending {
+            check(&mut read)?;
+        }
+        Ok(read)
+    }
+}
+
+impl From<SourceRead> for StartedRead {
+    /// A read with nothing left to check.
+    fn from(read: SourceRead) -> Self {
+        Self {
+            read,
+            pending: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StartedRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartedRead")
+            .field("read", &self.read)
+            .field("pending", &self.pending.is_some())
+            .finish()
+    }
 }
 
 /// What the audit asks a source for (the same scope the ledger judges).

@@ -9,7 +9,9 @@ use super::keyspace::{self, FileOptions, FileSummary};
 use super::{Database, TrailerStatus};
 use crate::inspect::remnants::RemnantScope;
 use crate::inspect::report::record::{self, Identity};
-use crate::inspect::source::{ReadScope, Source, SourceError, SourceInfo, SourceRead, Timings};
+use crate::inspect::source::{
+    PendingCheck, ReadScope, Source, SourceError, SourceInfo, SourceRead, StartedRead, Timings,
+};
 use crate::inspect::ObservationSink;
 
 /// A backup file to audit.
@@ -47,20 +49,15 @@ impl Source for FileSource {
         &mut self,
         scope: &ReadScope<'_>,
         sink: &mut dyn ObservationSink,
-    ) -> Result<SourceRead, SourceError> {
+    ) -> Result<StartedRead, SourceError> {
         let path = &self.path;
         let options = FileOptions {
             verify_trailer: self.verify_trailer,
         };
         let started = std::time::Instant::now();
-        let summary = keyspace::read_file(path, sink, options)
-            .map_err(|error| SourceError::new(format!("scanning {}", path.display()), error))?;
-        let timings = Timings {
-            wall: started.elapsed(),
-            walk: summary.cpu.walk,
-            read_ahead: Some(summary.cpu.read_ahead),
-            checksum: summary.cpu.checksum,
-        };
+        let scan_error = |error| SourceError::new(format!("scanning {}", path.display()), error);
+        let (mut summary, pending) =
+            keyspace::start_read_file(path, sink, options).map_err(scan_error)?;
         let mut notices = Vec::new();
         if let Some(notice) = &summary.meta_fallback {
             notices.push(notice.clone());
@@ -71,18 +68,64 @@ impl Source for FileSource {
                 resources: scope.resources.clone(),
                 classifier: scope.classifier.clone(),
             };
-            let mut report = self.deep_scan(&summary, &remnant_scope)?;
+            let deep = self.deep_scan(&summary, &remnant_scope);
+            let mut report = match (deep, pending) {
+                (Ok(report), pending) => {
+                    // The deep scan ran while the checksum did: it waits now.
+                    if let Some(pending) = pending {
+                        pending.finish(&mut summary).map_err(scan_error)?;
+                    }
+                    report
+                }
+                (Err(error), Some(pending)) => {
+                    // A checksum that fails explains the rest.
+                    pending.finish(&mut summary).map_err(scan_error)?;
+                    return Err(error);
+                }
+                (Err(error), None) => return Err(error),
+            };
             report.ignored = self.ignore_residue;
             Some(report)
+        } else if let Some(pending) = pending {
+            // The caller works while the checksum runs: the read completes
+            // when it finishes (StartedRead::finish).
+            let source = self.clone();
+            let read = SourceRead {
+                info: source.info(&summary),
+                remnants: None,
+                timings: Some(timings(&summary, started)),
+                notices,
+            };
+            let check: PendingCheck = Box::new(move |read: &mut SourceRead| {
+                let path = source.path.display();
+                pending
+                    .finish(&mut summary)
+                    .map_err(|error| SourceError::new(format!("scanning {path}"), error))?;
+                read.info = source.info(&summary);
+                read.timings = Some(timings(&summary, started));
+                Ok(())
+            });
+            return Ok(StartedRead::checking(read, check));
         } else {
             None
         };
         Ok(SourceRead {
             info: self.info(&summary),
             remnants,
-            timings: Some(timings),
+            timings: Some(timings(&summary, started)),
             notices,
-        })
+        }
+        .into())
+    }
+}
+
+/// The read's wall time (to now) and its threads' CPU times.
+fn timings(summary: &FileSummary, started: std::time::Instant) -> Timings {
+    Timings {
+        wall: started.elapsed(),
+        walk: summary.cpu.walk,
+        read_ahead: Some(summary.cpu.read_ahead),
+        checksum: summary.cpu.checksum,
     }
 }
 

@@ -6,7 +6,9 @@
 //! the sink sorts history out. Records are decoded by [`crate::inspect::mvcc`].
 
 use std::path::Path;
+use std::sync::Arc;
 
+use super::walk::WalkStats;
 use super::{BboltError, Database, PageSet, ReadAt, TrailerStatus, Visitor};
 use crate::inspect::cputime;
 use crate::inspect::mvcc::{decode_key_value, parse_revision_key, MvccError};
@@ -126,7 +128,6 @@ pub struct ReadCpu {
 
 /// Scans the etcd backup at `path` into `sink`. See [`read_image`].
 ///
-/// A file another process holds a lock on is refused ([`FileError::Locked`]):
 /// bbolt (so etcd) holds an exclusive `flock` on its database while it runs.
 /// Otherwise a shared lock is held during the scan, so no bbolt writer opens
 /// the file meanwhile (where `flock` is not supported, the meta pages are
@@ -136,6 +137,23 @@ pub fn read_file(
     sink: &mut dyn ObservationSink,
     options: FileOptions,
 ) -> Result<FileSummary, FileError> {
+    let (mut summary, pending) = start_read_file(path, sink, options)?;
+    if let Some(pending) = pending {
+        pending.finish(&mut summary)?;
+    }
+    Ok(summary)
+}
+
+/// [`read_file`], returning as soon as the walk is done while the file's
+/// SHA-256 may still run on its own thread: the caller does its own work
+/// meanwhile, then [`PendingHash::finish`]es the summary. Until then the
+/// summary has no `sha256` and no trailer status, and nothing the sink got
+/// may be reported: a file whose trailer does not match is an `Err` there.
+pub fn start_read_file(
+    path: &Path,
+    sink: &mut dyn ObservationSink,
+    options: FileOptions,
+) -> Result<(FileSummary, Option<PendingHash>), FileError> {
     let file = std::fs::File::open(path).map_err(|source| FileError::Open {
         path: path.display().to_string(),
         source,
@@ -145,7 +163,26 @@ pub fn read_file(
             path: path.display().to_string(),
         });
     }
-    read_image(file, sink, options)
+    let db = Arc::new(Database::open(file)?);
+    report_other_meta(&db, sink);
+    let hasher = options.verify_trailer.then(|| {
+        let db = Arc::clone(&db);
+        std::thread::spawn(move || hash_timed(&db))
+    });
+    let mut visitor = MvccVisitor::new(sink);
+    let walk = walk_timed(&db, &mut visitor, hasher.is_none());
+    let pending = hasher.map(|thread| PendingHash {
+        thread,
+        has_trailer: db.has_trailer(),
+    });
+    match summarize(&db, walk, visitor) {
+        Ok(summary) => Ok((summary, pending)),
+        // As read_image: a checksum that fails explains the rest.
+        Err(error) => match pending.map(PendingHash::join) {
+            Some((Err(hash_error), ..)) => Err(hash_error.into()),
+            _ => Err(error),
+        },
+    }
 }
 
 /// Scans an etcd bbolt image from any [`ReadAt`] source: every revision of the
@@ -160,6 +197,97 @@ pub fn read_image<R: ReadAt + Sync>(
     options: FileOptions,
 ) -> Result<FileSummary, FileError> {
     let db = Database::open(source)?;
+    report_other_meta(&db, sink);
+    let mut visitor = MvccVisitor::new(sink);
+    let (walk, hashed) = std::thread::scope(|scope| {
+        let hasher = options
+            .verify_trailer
+            .then(|| scope.spawn(|| hash_timed(&db)));
+        let walk = walk_timed(&db, &mut visitor, hasher.is_none());
+        (
+            walk,
+            hasher.map(|thread| thread.join().unwrap_or_else(|_| died())),
+        )
+    });
+    // A checksum that fails explains whatever else went wrong.
+    if let Some((Err(error), ..)) = hashed {
+        return Err(error.into());
+    }
+    let mut summary = summarize(&db, walk, visitor)?;
+    if let Some(hashed) = hashed {
+        apply_hash(&mut summary, db.has_trailer(), hashed)?;
+    }
+    Ok(summary)
+}
+
+/// The file's SHA-256 (and trailer check) running on its own thread while
+/// the caller works: [`PendingHash::finish`] waits for it.
+#[must_use = "the summary has no checksum verdict until the hash is finished"]
+#[derive(Debug)]
+pub struct PendingHash {
+    thread: std::thread::JoinHandle<HashOutcome>,
+    has_trailer: bool,
+}
+
+impl PendingHash {
+    /// Waits for the hash and puts its verdict, digest and CPU times in
+    /// `summary`; a trailer that does not match (or a read that failed) is
+    /// the `Err` the whole read would have been.
+    pub fn finish(self, summary: &mut FileSummary) -> Result<(), FileError> {
+        let has_trailer = self.has_trailer;
+        apply_hash(summary, has_trailer, self.join())
+    }
+
+    fn join(self) -> HashOutcome {
+        self.thread.join().unwrap_or_else(|_| died())
+    }
+}
+
+/// What the checksum thread returns: the verdict and digest, its own CPU
+/// time and its reader's.
+type HashOutcome = (
+    Result<(TrailerStatus, [u8; 32]), BboltError>,
+    Option<std::time::Duration>,
+    Option<std::time::Duration>,
+);
+
+fn hash_timed<R: ReadAt + Sync>(db: &Database<R>) -> HashOutcome {
+    let cpu = cputime::thread_cpu_time();
+    let (hashed, reader_cpu) = db.hash_file_timed(super::meta::HASH_BLOCK);
+    (hashed, cputime::thread_cpu_since(cpu), reader_cpu)
+}
+
+fn died() -> HashOutcome {
+    let problem = "checksum thread died".to_string();
+    (
+        Err(BboltError::Page {
+            pgid: 0,
+            offset: 0,
+            problem,
+        }),
+        None,
+        None,
+    )
+}
+
+fn apply_hash(
+    summary: &mut FileSummary,
+    has_trailer: bool,
+    (hashed, checksum_cpu, reader_cpu): HashOutcome,
+) -> Result<(), FileError> {
+    summary.cpu.checksum = checksum_cpu;
+    summary.cpu.read_ahead += reader_cpu.unwrap_or_default();
+    let (status, digest) = hashed?;
+    summary.sha256 = Some(digest);
+    summary.trailer = Some(if has_trailer {
+        status
+    } else {
+        TrailerStatus::Absent
+    });
+    Ok(())
+}
+
+fn report_other_meta<R: ReadAt>(db: &Database<R>, sink: &mut dyn ObservationSink) {
     if let Err(problem) = db.other_meta() {
         sink.read_error(format!(
             "{problem}; using meta page {} (txid {})",
@@ -167,43 +295,29 @@ pub fn read_image<R: ReadAt + Sync>(
             db.meta().txid
         ));
     }
-    let mut visitor = MvccVisitor {
-        sink,
-        summary: FileSummary::default(),
-        first_page_error: None,
-    };
-    let mut cpu = ReadCpu::default();
-    let (walk, trailer) = std::thread::scope(|scope| {
-        let verifier = options.verify_trailer.then(|| {
-            scope.spawn(|| {
-                let cpu = cputime::thread_cpu_time();
-                let (hashed, reader_cpu) = db.hash_file_timed(super::meta::HASH_BLOCK);
-                (hashed, cputime::thread_cpu_since(cpu), reader_cpu)
-            })
-        });
-        // With the checksum thread busy on the second core, the walk reads
-        // on its own thread: a read-ahead thread would only take turns with
-        // the hash, which is the longer of the two.
-        let walk_cpu = cputime::thread_cpu_time();
-        let walk = db.walk_with(&mut visitor, verifier.is_none());
-        cpu.walk = cputime::thread_cpu_since(walk_cpu);
-        let trailer = verifier.map(|handle| {
-            let (status, checksum_cpu, reader_cpu) = handle.join().unwrap_or((
-                Err(BboltError::Page {
-                    pgid: 0,
-                    offset: 0,
-                    problem: "checksum thread died".to_string(),
-                }),
-                None,
-                None,
-            ));
-            cpu.checksum = checksum_cpu;
-            cpu.read_ahead += reader_cpu.unwrap_or_default();
-            status
-        });
-        (walk, trailer)
-    });
-    let hashed = trailer.transpose()?;
+}
+
+/// The walk, timed. With the checksum thread busy on the second core, the
+/// walk reads on its own thread: a read-ahead thread would only take turns
+/// with the hash, which is the longer of the two.
+fn walk_timed<R: ReadAt + Sync>(
+    db: &Database<R>,
+    visitor: &mut MvccVisitor<'_>,
+    read_ahead: bool,
+) -> (Result<WalkStats, BboltError>, Option<std::time::Duration>) {
+    let cpu = cputime::thread_cpu_time();
+    let walk = db.walk_with(visitor, read_ahead);
+    (walk, cputime::thread_cpu_since(cpu))
+}
+
+/// The summary of a finished walk (all but the checksum's part), or why the
+/// file cannot be reported: the walk failed, the file changed meanwhile, or
+/// it is not etcd's.
+fn summarize<R: ReadAt>(
+    db: &Database<R>,
+    (walk, walk_cpu): (Result<WalkStats, BboltError>, Option<std::time::Duration>),
+    visitor: MvccVisitor<'_>,
+) -> Result<FileSummary, FileError> {
     let walk = walk?;
     db.check_unchanged()?;
     let has_key_bucket = walk
@@ -235,20 +349,20 @@ pub fn read_image<R: ReadAt + Sync>(
         });
     }
     let mut summary = visitor.summary;
-    summary.sha256 = hashed.map(|(_, digest)| digest);
-    summary.trailer = if db.has_trailer() {
-        hashed.map(|(status, _)| status)
-    } else {
-        Some(TrailerStatus::Absent)
-    };
+    // Until a hash says otherwise: not checked, or no trailer to check.
+    summary.trailer = (!db.has_trailer()).then_some(TrailerStatus::Absent);
+    summary.sha256 = None;
     summary.page_size = db.page_size();
     summary.pages = db.meta().high_water;
     summary.reachable_pages = walk.reachable.count();
     summary.reachable = walk.reachable;
     summary.txid = db.meta().txid;
     summary.bytes_read = walk.bytes_read;
-    cpu.read_ahead += walk.read_ahead_cpu;
-    summary.cpu = cpu;
+    summary.cpu = ReadCpu {
+        walk: walk_cpu,
+        read_ahead: walk.read_ahead_cpu,
+        checksum: None,
+    };
     summary.file_size = db.file_size();
     summary.meta_fallback = db.meta_fallback().map(str::to_string);
     Ok(summary)
@@ -258,6 +372,16 @@ struct MvccVisitor<'s> {
     sink: &'s mut dyn ObservationSink,
     summary: FileSummary,
     first_page_error: Option<String>,
+}
+
+impl<'s> MvccVisitor<'s> {
+    fn new(sink: &'s mut dyn ObservationSink) -> Self {
+        Self {
+            sink,
+            summary: FileSummary::default(),
+            first_page_error: None,
+        }
+    }
 }
 
 impl MvccVisitor<'_> {

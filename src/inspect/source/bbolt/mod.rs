@@ -41,7 +41,10 @@ pub mod page;
 pub mod read;
 pub mod walk;
 pub use file::FileSource;
-pub use keyspace::{read_file, read_image, FileError, FileOptions, FileSummary, ReadCpu};
+pub use keyspace::{
+    read_file, read_image, start_read_file, FileError, FileOptions, FileSummary, PendingHash,
+    ReadCpu,
+};
 pub use meta::{Meta, TrailerStatus};
 pub use page::{
     PageHeader, PageSet, BRANCH_PAGE, FREELIST_PAGE, LEAF_PAGE, META_PAGE, PAGE_HEADER_SIZE,

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{read, LiveError, LiveSource};
 use crate::inspect::report::record::Identity;
 use crate::inspect::resource::key_range;
-use crate::inspect::source::{ReadScope, Source, SourceError, SourceInfo, SourceRead};
+use crate::inspect::source::{ReadScope, Source, SourceError, SourceInfo, SourceRead, StartedRead};
 use crate::inspect::ObservationSink;
 use crate::secret::SecretBytes;
 
@@ -34,7 +34,7 @@ impl Source for ClusterSource {
         &mut self,
         scope: &ReadScope<'_>,
         sink: &mut dyn ObservationSink,
-    ) -> Result<SourceRead, SourceError> {
+    ) -> Result<StartedRead, SourceError> {
         let endpoints = self.connection.endpoints.join(",");
         let context = || format!("scanning etcd at {endpoints}");
         let prefix = String::from_utf8_lossy(scope.prefix);
@@ -77,7 +77,8 @@ impl Source for ClusterSource {
         Ok(SourceRead {
             info,
             ..SourceRead::default()
-        })
+        }
+        .into())
     }
 }
 

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use self::request::{decode_entry, decode_request, Form, Op};
 use self::segment::{RecordType, SegmentEnd, SegmentReader};
-use super::{ReadScope, Source, SourceError, SourceInfo, SourceRead};
+use super::{ReadScope, Source, SourceError, SourceInfo, SourceRead, StartedRead};
 use crate::inspect::report::record::Identity;
 use crate::inspect::{Location, ObservationSink, Observed, Revision};
 
@@ -239,7 +239,7 @@ impl Source for WalSource {
         &mut self,
         _scope: &ReadScope<'_>,
         sink: &mut dyn ObservationSink,
-    ) -> Result<SourceRead, SourceError> {
+    ) -> Result<StartedRead, SourceError> {
         if self.paths.is_empty() {
             return Err(SourceError::plain("--wal: no segment given"));
         }
@@ -264,7 +264,8 @@ impl Source for WalSource {
                 scanned_at: None,
             },
             ..SourceRead::default()
-        })
+        }
+        .into())
     }
 }
 
