@@ -114,7 +114,17 @@ impl JsonAhead {
     /// Formats the first value records of `result` until `budget` bytes
     /// are reached (the line that crosses it is kept whole).
     pub fn format(result: &AuditResult, budget: usize) -> Self {
-        let mut ahead = Self::default();
+        // Reserved once (pages untouched stay out of memory): growing by
+        // doubling would copy megabytes on the way.
+        let records = result.values().count() + result.copies().count();
+        let mut ahead = Self {
+            lines: Vec::with_capacity(
+                budget
+                    .saturating_add(1024)
+                    .min(records.saturating_mul(1024)),
+            ),
+            records: 0,
+        };
         let mut line = Vec::with_capacity(1024);
         for record in value_records(result) {
             if ahead.lines.len() >= budget {
