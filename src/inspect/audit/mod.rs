@@ -125,10 +125,11 @@ impl Audit {
     }
 
     /// [`Audit::run`], calling `meanwhile` with the judged values while a
-    /// check of the source may still run (a backup file's SHA-256, on its
-    /// own thread): work done there costs no time when the check is the
-    /// longer of the two. It must not report anything: if the check fails,
-    /// this returns the error and what `meanwhile` saw must be discarded.
+    /// check of the source still runs (a backup file's SHA-256, on its own
+    /// thread), and only then: work done there costs no time when the check
+    /// is the longer of the two. It must not report anything: if the check
+    /// fails, this returns the error and what `meanwhile` saw must be
+    /// discarded.
     pub fn run_overlapping(
         source: &mut dyn Source,
         options: AuditOptions,
@@ -224,7 +225,9 @@ impl Audit {
             None => source.read(&scope, &mut ledger as &mut dyn ObservationSink),
         }?;
         let result = ledger.finish();
-        meanwhile(&result);
+        if started.is_checking() {
+            meanwhile(&result);
+        }
         let read = started.finish()?;
         for notice in &read.notices {
             console.notice(&format!("notice: {notice}"));

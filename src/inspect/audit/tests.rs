@@ -199,6 +199,13 @@ fn a_check_still_running_is_finished_before_the_report_exists() {
         Audit::run(&mut source, options("secrets"), &mut Quiet),
         Err(AuditError::Source(_))
     ));
+    // With nothing left to check there is nothing to overlap: not called.
+    let mut called = false;
+    Audit::run_overlapping(&mut two_secrets(), options("secrets"), &mut Quiet, |_| {
+        called = true;
+    })
+    .unwrap();
+    assert!(!called);
 }
 
 #[test]

@@ -69,6 +69,11 @@ impl StartedRead {
         }
     }
 
+    /// True while a check may still be running (until [`StartedRead::finish`]).
+    pub fn is_checking(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// Waits for the check still running, if any: the complete read, or
     /// why it does not stand (then nothing the sink got may be reported).
     pub fn finish(self) -> Result<SourceRead, SourceError> {

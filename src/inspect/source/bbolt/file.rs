@@ -68,54 +68,45 @@ impl Source for FileSource {
                 resources: scope.resources.clone(),
                 classifier: scope.classifier.clone(),
             };
-            let deep = self.deep_scan(&summary, &remnant_scope);
-            let mut report = match (deep, pending) {
-                (Ok(report), pending) => {
-                    // The deep scan ran while the checksum did: it waits now.
+            // The deep scan runs while the checksum does.
+            match self.deep_scan(&summary, &remnant_scope) {
+                Ok(mut report) => {
+                    report.ignored = self.ignore_residue;
+                    Some(report)
+                }
+                Err(error) => {
+                    // A checksum that fails explains the rest.
                     if let Some(pending) = pending {
                         pending.finish(&mut summary).map_err(scan_error)?;
                     }
-                    report
-                }
-                (Err(error), Some(pending)) => {
-                    // A checksum that fails explains the rest.
-                    pending.finish(&mut summary).map_err(scan_error)?;
                     return Err(error);
                 }
-                (Err(error), None) => return Err(error),
-            };
-            report.ignored = self.ignore_residue;
-            Some(report)
-        } else if let Some(pending) = pending {
-            // The caller works while the checksum runs: the read completes
-            // when it finishes (StartedRead::finish).
-            let source = self.clone();
-            let read = SourceRead {
-                info: source.info(&summary),
-                remnants: None,
-                timings: Some(timings(&summary, started)),
-                notices,
-            };
-            let check: PendingCheck = Box::new(move |read: &mut SourceRead| {
-                let path = source.path.display();
-                pending
-                    .finish(&mut summary)
-                    .map_err(|error| SourceError::new(format!("scanning {path}"), error))?;
-                read.info = source.info(&summary);
-                read.timings = Some(timings(&summary, started));
-                Ok(())
-            });
-            return Ok(StartedRead::checking(read, check));
+            }
         } else {
             None
         };
-        Ok(SourceRead {
+        let read = SourceRead {
             info: self.info(&summary),
             remnants,
             timings: Some(timings(&summary, started)),
             notices,
-        }
-        .into())
+        };
+        let Some(pending) = pending else {
+            return Ok(read.into());
+        };
+        // The caller works while the checksum runs: the read is complete
+        // when it finishes (StartedRead::finish), with the digest in it.
+        let source = self.clone();
+        let check: PendingCheck = Box::new(move |read: &mut SourceRead| {
+            let path = source.path.display();
+            pending
+                .finish(&mut summary)
+                .map_err(|error| SourceError::new(format!("scanning {path}"), error))?;
+            read.info = source.info(&summary);
+            read.timings = Some(timings(&summary, started));
+            Ok(())
+        });
+        Ok(StartedRead::checking(read, check))
     }
 }
 
