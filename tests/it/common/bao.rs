@@ -64,7 +64,12 @@ pub struct Bao {
 impl Bao {
     /// `bao server -dev` with a random root token.
     pub fn start_dev(dir: &Path) -> Bao {
-        let port = free_port();
+        start_ours(|| Self::start_dev_on(dir, free_port()))
+    }
+
+    /// `bao server -dev` on `port`, and whether the server answering there
+    /// is this one (it knows our root token).
+    fn start_dev_on(dir: &Path, port: u16) -> (Bao, bool) {
         let root_token = format!("root-{}", hex(&random_bytes(8)));
         let mut command = Command::new(bao_path());
         command.args([
@@ -85,47 +90,54 @@ impl Bao {
             tls_dir: None,
         };
         bao.wait_ready(true);
-        bao
+        let (status, _) = bao.api("GET", "auth/token/lookup-self", None);
+        (bao, status == 200)
     }
 
     /// `bao server -dev -dev-tls`: HTTPS with a CA of its own (`ca_cert`),
     /// which asks clients for a certificate. Set it up with [`Bao::cli`]
     /// (the plain-HTTP [`Bao::api`] does not speak TLS).
     pub fn start_dev_tls(dir: &Path) -> Bao {
-        let port = free_port();
-        let root_token = format!("root-{}", hex(&random_bytes(8)));
-        let tls_dir = dir.join("bao-tls");
-        std::fs::create_dir_all(&tls_dir).expect("tls dir");
-        let mut command = Command::new(bao_path());
-        command.args([
-            "server",
-            "-dev",
-            "-dev-tls",
-            &format!("-dev-tls-cert-dir={}", tls_dir.display()),
-            &format!("-dev-root-token-id={root_token}"),
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-            "-dev-no-store-token",
-        ]);
-        let child = spawn(command, dir);
-        let bao = Bao {
-            child: Some(child),
-            port,
-            root_token,
-            dir: dir.to_path_buf(),
-            unseal_key: None,
-            config: None,
-            tls_dir: Some(tls_dir),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !bao.try_cli(&["status"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "bao -dev-tls did not start: {}",
-                std::fs::read_to_string(dir.join("bao.err")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bao
+        start_ours(|| {
+            let port = free_port();
+            let root_token = format!("root-{}", hex(&random_bytes(8)));
+            let tls_dir = dir.join("bao-tls");
+            std::fs::create_dir_all(&tls_dir).expect("tls dir");
+            let mut command = Command::new(bao_path());
+            command.args([
+                "server",
+                "-dev",
+                "-dev-tls",
+                &format!("-dev-tls-cert-dir={}", tls_dir.display()),
+                &format!("-dev-root-token-id={root_token}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+                "-dev-no-store-token",
+            ]);
+            let child = spawn(command, dir);
+            let bao = Bao {
+                child: Some(child),
+                port,
+                root_token,
+                dir: dir.to_path_buf(),
+                unseal_key: None,
+                config: None,
+                tls_dir: Some(tls_dir),
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !bao.try_cli(&["status"]).status.success() {
+                // Another server on the port speaks another TLS (or none).
+                if Instant::now() >= deadline {
+                    eprintln!(
+                        "bao -dev-tls did not start: {}",
+                        std::fs::read_to_string(dir.join("bao.err")).unwrap_or_default()
+                    );
+                    return (bao, false);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let ours = bao.try_cli(&["token", "lookup"]).status.success();
+            (bao, ours)
+        })
     }
 
     /// The CA certificate of a `-dev-tls` server.
@@ -450,6 +462,23 @@ impl Bao {
     }
 }
 
+/// Starts a server with `start` until one is ours. `free_port` lets the
+/// port go before bao binds it, so a server another test starts meanwhile
+/// can take it: ours then exits, theirs answers the health check, and every
+/// call with our root token is refused (403). `start` says whether the
+/// server that answers knows our root token.
+fn start_ours(mut start: impl FnMut() -> (Bao, bool)) -> Bao {
+    for _ in 0..5 {
+        let (bao, ours) = start();
+        if ours {
+            return bao;
+        }
+        // Stops ours by PID (it may have exited already).
+        drop(bao);
+    }
+    panic!("bao: five servers in a row lost their port to another server");
+}
+
 impl Drop for Bao {
     fn drop(&mut self) {
         self.stop();
@@ -504,4 +533,17 @@ pub fn serve_policy(mount: &str, key: &str) -> String {
          path \"{mount}/decrypt/{key}\" {{ capabilities = [\"update\"] }}\n\
          path \"{mount}/keys/{key}\" {{ capabilities = [\"read\"] }}\n"
     )
+}
+
+#[test]
+fn a_server_that_lost_its_port_is_not_taken_for_ours() {
+    let first_dir = tempfile::tempdir().expect("temp dir");
+    let second_dir = tempfile::tempdir().expect("temp dir");
+    let first = Bao::start_dev(first_dir.path());
+    // The race start_ours retries: our server's port taken by another one.
+    let (second, ours) = Bao::start_dev_on(second_dir.path(), first.port);
+    assert!(!ours, "another test's server was taken for ours");
+    drop(second);
+    let (status, _) = first.api("GET", "auth/token/lookup-self", None);
+    assert_eq!(status, 200);
 }
