@@ -30,10 +30,15 @@ struct Tally {
 
 fn transport_failure(error: &kube_kms::client::ClientError) -> bool {
     match error.status() {
-        // tonic reports a dead connection as Unavailable (or Unknown when the
-        // stream breaks mid-call); the plugin itself never answers those to a
-        // well-formed request.
-        Some(status) => matches!(status.code(), Code::Unavailable | Code::Unknown),
+        // tonic reports a dead connection as Unavailable, as Unknown when the
+        // stream breaks mid-call, and as Cancelled ("operation was canceled",
+        // hyper's request canceled) when the connection closes with the
+        // request in flight; the plugin itself never answers those to a
+        // well-formed request in time.
+        Some(status) => matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
         None => true,
     }
 }
