@@ -20,10 +20,10 @@ use crate::inspect::source::{SourceInfo, Timings};
 
 mod json;
 pub mod record;
-
-pub use json::JsonAhead;
 mod summary;
 mod table;
+
+pub use json::JsonAhead;
 
 /// Exit code: nothing wrong.
 pub const EXIT_CLEAN: u8 = 0;

@@ -70,25 +70,7 @@ impl Bao {
     /// `bao server -dev` on `port`, and whether the server answering there
     /// is this one (it knows our root token).
     fn start_dev_on(dir: &Path, port: u16) -> (Bao, bool) {
-        let root_token = format!("root-{}", hex(&random_bytes(8)));
-        let mut command = Command::new(bao_path());
-        command.args([
-            "server",
-            "-dev",
-            &format!("-dev-root-token-id={root_token}"),
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-            "-dev-no-store-token",
-        ]);
-        let child = spawn(command, dir);
-        let bao = Bao {
-            child: Some(child),
-            port,
-            root_token,
-            dir: dir.to_path_buf(),
-            unseal_key: None,
-            config: None,
-            tls_dir: None,
-        };
+        let bao = spawn_dev(dir, port, None);
         bao.wait_ready(true);
         let (status, _) = bao.api("GET", "auth/token/lookup-self", None);
         (bao, status == 200)
@@ -99,30 +81,9 @@ impl Bao {
     /// (the plain-HTTP [`Bao::api`] does not speak TLS).
     pub fn start_dev_tls(dir: &Path) -> Bao {
         start_ours(|| {
-            let port = free_port();
-            let root_token = format!("root-{}", hex(&random_bytes(8)));
             let tls_dir = dir.join("bao-tls");
             std::fs::create_dir_all(&tls_dir).expect("tls dir");
-            let mut command = Command::new(bao_path());
-            command.args([
-                "server",
-                "-dev",
-                "-dev-tls",
-                &format!("-dev-tls-cert-dir={}", tls_dir.display()),
-                &format!("-dev-root-token-id={root_token}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-                "-dev-no-store-token",
-            ]);
-            let child = spawn(command, dir);
-            let bao = Bao {
-                child: Some(child),
-                port,
-                root_token,
-                dir: dir.to_path_buf(),
-                unseal_key: None,
-                config: None,
-                tls_dir: Some(tls_dir),
-            };
+            let bao = spawn_dev(dir, free_port(), Some(tls_dir));
             let deadline = Instant::now() + Duration::from_secs(30);
             while !bao.try_cli(&["status"]).status.success() {
                 // Another server on the port speaks another TLS (or none).
@@ -459,6 +420,35 @@ impl Bao {
                 .expect("secret_id")
                 .to_owned(),
         )
+    }
+}
+
+/// Spawns `bao server -dev` (with `-dev-tls` when `tls_dir` is given, its
+/// certificates there) on `port` with a random root token; not yet ready.
+fn spawn_dev(dir: &Path, port: u16, tls_dir: Option<PathBuf>) -> Bao {
+    let root_token = format!("root-{}", hex(&random_bytes(8)));
+    let mut command = Command::new(bao_path());
+    command.args([
+        "server",
+        "-dev",
+        &format!("-dev-root-token-id={root_token}"),
+        &format!("-dev-listen-address=127.0.0.1:{port}"),
+        "-dev-no-store-token",
+    ]);
+    if let Some(tls_dir) = &tls_dir {
+        command
+            .arg("-dev-tls")
+            .arg(format!("-dev-tls-cert-dir={}", tls_dir.display()));
+    }
+    let child = spawn(command, dir);
+    Bao {
+        child: Some(child),
+        port,
+        root_token,
+        dir: dir.to_path_buf(),
+        unseal_key: None,
+        config: None,
+        tls_dir,
     }
 }
 

@@ -55,7 +55,8 @@ impl Source for FileSource {
             verify_trailer: self.verify_trailer,
         };
         let started = std::time::Instant::now();
-        let scan_error = |error| SourceError::new(format!("scanning {}", path.display()), error);
+        let context = format!("scanning {}", path.display());
+        let scan_error = |error| SourceError::new(context.clone(), error);
         let (mut summary, pending) =
             keyspace::start_read_file(path, sink, options).map_err(scan_error)?;
         let mut notices = Vec::new();
@@ -98,10 +99,9 @@ impl Source for FileSource {
         // when it finishes (StartedRead::finish), with the digest in it.
         let source = self.clone();
         let check: PendingCheck = Box::new(move |read: &mut SourceRead| {
-            let path = source.path.display();
             pending
                 .finish(&mut summary)
-                .map_err(|error| SourceError::new(format!("scanning {path}"), error))?;
+                .map_err(|error| SourceError::new(context, error))?;
             read.info = source.info(&summary);
             read.timings = Some(timings(&summary, started));
             Ok(())

@@ -128,6 +128,7 @@ pub struct ReadCpu {
 
 /// Scans the etcd backup at `path` into `sink`. See [`read_image`].
 ///
+/// A file another process holds a lock on is refused ([`FileError::Locked`]):
 /// bbolt (so etcd) holds an exclusive `flock` on its database while it runs.
 /// Otherwise a shared lock is held during the scan, so no bbolt writer opens
 /// the file meanwhile (where `flock` is not supported, the meta pages are
