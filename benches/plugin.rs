@@ -30,7 +30,10 @@
 //! `BENCH_OPS` (`encrypt` or `decrypt` only) and `BENCH_CONCURRENCY`
 //! (comma-separated, default `1,16,64`) to measure fewer points (when profiling),
 //! `BENCH_A_A=1` (a second empty server in the plugin's place: how far the
-//! ratios of two identical servers spread on this machine),
+//! ratios of two identical servers spread on this machine) and with it
+//! `BENCH_A_A_SPIN_NS=N` (that second server busy for N ns of CPU in each
+//! Encrypt and Decrypt, as long as a wrap's cryptography: what a real call's
+//! work alone does to the ratios, with no kube-kms code in the way),
 //! `BENCH_COLD_CONCURRENCY` (comma-separated, default `16,64,256`) and `BENCH_COLD_SECRETS`
 //! (default 20000): the cold-start phase wraps that many distinct seeds, then
 //! for each of concurrency 16, 64 and 256 starts a fresh plugin and times
@@ -69,6 +72,8 @@ use kube_kms::proto::v2::{
 use tonic::{Request, Response, Status};
 
 const EMPTY_SERVER_ENV: &str = "KUBE_KMS_BENCH_EMPTY_SERVER";
+/// Nanoseconds of CPU the empty server spends in each Encrypt and Decrypt (default 0).
+const EMPTY_SPIN_ENV: &str = "KUBE_KMS_BENCH_EMPTY_SPIN_NS";
 const KUBE_KMS: &str = env!("CARGO_BIN_EXE_kube-kms");
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Concurrency of the cold-start phase's Decrypt calls (default).
@@ -95,8 +100,25 @@ fn concurrency_list(variable: &str, default: &[usize]) -> Vec<usize> {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// The baseline: answers at once with fixed, realistically sized messages.
-struct EmptyService;
+/// The baseline: answers at once with fixed, realistically sized messages,
+/// after `spin` of busy CPU in Encrypt and Decrypt (zero but in the
+/// `BENCH_A_A_SPIN_NS` control).
+struct EmptyService {
+    spin: Duration,
+}
+
+impl EmptyService {
+    /// Keeps the worker busy, as a wrap's cryptography would, for `spin`.
+    fn work(&self) {
+        if self.spin.is_zero() {
+            return;
+        }
+        let started = Instant::now();
+        while started.elapsed() < self.spin {
+            std::hint::spin_loop();
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl KeyManagementService for EmptyService {
@@ -115,6 +137,7 @@ impl KeyManagementService for EmptyService {
         &self,
         _: Request<DecryptRequest>,
     ) -> std::result::Result<Response<DecryptResponse>, Status> {
+        self.work();
         Ok(Response::new(DecryptResponse {
             plaintext: vec![0; 32],
         }))
@@ -124,6 +147,7 @@ impl KeyManagementService for EmptyService {
         &self,
         _: Request<EncryptRequest>,
     ) -> std::result::Result<Response<EncryptResponse>, Status> {
+        self.work();
         Ok(Response::new(EncryptResponse {
             ciphertext: vec![0; 81],
             key_id: "kk-v1-0000000000000000".into(),
@@ -147,7 +171,11 @@ fn run_empty_server(socket: &str) -> Result<()> {
         // only the service differs.
         let address = kube_kms::server::SocketAddress::parse(socket);
         let listener = kube_kms::server::SocketListener::bind(&address, 0o600)?;
-        kube_kms::server::serve_baseline(listener, EmptyService).await?;
+        let spin = std::env::var(EMPTY_SPIN_ENV)
+            .ok()
+            .and_then(|nanos| nanos.parse().ok())
+            .map_or(Duration::ZERO, Duration::from_nanos);
+        kube_kms::server::serve_baseline(listener, EmptyService { spin }).await?;
         Ok(())
     })
 }
@@ -872,9 +900,13 @@ async fn bench() -> Result<()> {
     let spawned = Instant::now();
     // BENCH_A_A=1: a second empty server in the plugin's place, to see how
     // far two identical servers' ratios spread on this machine.
-    let mut plugin_command = if std::env::var("BENCH_A_A").is_ok_and(|value| value == "1") {
+    let a_a = std::env::var("BENCH_A_A").is_ok_and(|value| value == "1");
+    let mut plugin_command = if a_a {
         let mut command = Command::new(std::env::current_exe()?);
         command.env(EMPTY_SERVER_ENV, &plugin_socket);
+        if let Ok(nanos) = std::env::var("BENCH_A_A_SPIN_NS") {
+            command.env(EMPTY_SPIN_ENV, nanos);
+        }
         command
     } else {
         let mut command = setup.command(&plugin_socket);
@@ -887,6 +919,12 @@ async fn bench() -> Result<()> {
     };
     let mut plugin = ChildServer::spawn(&mut plugin_command, plugin_socket)?;
     let first_start = plugin.ready(spawned).await?;
+    if a_a {
+        println!(
+            "A/A control: the \"plugin\" columns are a second empty server, busy {} ns of CPU per Encrypt/Decrypt",
+            std::env::var("BENCH_A_A_SPIN_NS").unwrap_or_else(|_| "0".into())
+        );
+    }
 
     println!(
         "kube-kms plugin benchmark ({} backend): {seconds} s per point, {rounds} alternating rounds (figures: medians; ratios: median of the rounds' back-to-back pairs, range in brackets; sw: server context switches per call), one connection per client, {} CPUs, load average {}",
