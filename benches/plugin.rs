@@ -901,12 +901,18 @@ async fn bench() -> Result<()> {
     // BENCH_A_A=1: a second empty server in the plugin's place, to see how
     // far two identical servers' ratios spread on this machine.
     let a_a = std::env::var("BENCH_A_A").is_ok_and(|value| value == "1");
+    let a_a_spin_ns: u64 = match std::env::var("BENCH_A_A_SPIN_NS") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| format!("BENCH_A_A_SPIN_NS={text}: give whole nanoseconds, e.g. 1500"))?,
+        Err(_) => 0,
+    };
     let mut plugin_command = if a_a {
         let mut command = Command::new(std::env::current_exe()?);
-        command.env(EMPTY_SERVER_ENV, &plugin_socket);
-        if let Ok(nanos) = std::env::var("BENCH_A_A_SPIN_NS") {
-            command.env(EMPTY_SPIN_ENV, nanos);
-        }
+        command
+            .env(EMPTY_SERVER_ENV, &plugin_socket)
+            .env(EMPTY_SPIN_ENV, a_a_spin_ns.to_string());
         command
     } else {
         let mut command = setup.command(&plugin_socket);
@@ -921,8 +927,7 @@ async fn bench() -> Result<()> {
     let first_start = plugin.ready(spawned).await?;
     if a_a {
         println!(
-            "A/A control: the \"plugin\" columns are a second empty server, busy {} ns of CPU per Encrypt/Decrypt",
-            std::env::var("BENCH_A_A_SPIN_NS").unwrap_or_else(|_| "0".into())
+            "A/A control: the \"plugin\" columns are a second empty server, busy {a_a_spin_ns} ns of CPU per Encrypt/Decrypt"
         );
     }
 
